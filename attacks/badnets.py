@@ -1,0 +1,51 @@
+"""BadNets (Gu et al. 2017): a small patch in the bottom-right corner, labels set to the target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import Attack, AttackParams, register_attack
+from benchmark.registry import UsageError
+
+PATTERNS = ("white", "checkerboard")
+
+
+@dataclass
+class BadNetsParams(AttackParams):
+    patch_size: int = 3  # at 32x32; scaled with the image size (7 at 224x224)
+    pattern: str = "white"  # white square, or a black/white checkerboard ("BadNets-Grid")
+    margin: int = 0  # pixels between the patch and the image border
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pattern not in PATTERNS:
+            raise UsageError(f"unknown BadNets pattern {self.pattern!r}; valid: {', '.join(PATTERNS)}")
+
+
+def scaled(size: int, image_side: int) -> int:
+    """A size given for 32x32 images, scaled to ``image_side`` (at least 1)."""
+    return max(1, round(size * image_side / 32))
+
+
+@register_attack
+class BadNets(Attack):
+    name = "badnets"
+    Params = BadNetsParams
+
+    def patch(self, channels: int, side: int) -> torch.Tensor:
+        """The uint8 patch (C, s, s) for images of the given side."""
+        s = scaled(self.params.patch_size, side)
+        if self.params.pattern == "white":
+            return torch.full((channels, s, s), 255, dtype=torch.uint8)
+        grid = (torch.arange(s)[:, None] + torch.arange(s)[None, :]) % 2 == 0
+        return (grid.to(torch.uint8) * 255).expand(channels, s, s).clone()
+
+    def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        c, h, w = images.shape[1:]
+        p = self.patch(c, min(h, w))
+        s, m = p.shape[-1], scaled(self.params.margin, min(h, w)) if self.params.margin else 0
+        out[:, :, h - m - s:h - m, w - m - s:w - m] = p.to(out.device)
+        return out

@@ -1,0 +1,78 @@
+"""Content addressing: config hashes and a cache of artifacts computed once and reused.
+
+An artifact (poisoned set, trained generator, pre-isolation model, ...) is keyed by the hash
+of everything it depends on. Concurrent trials asking for the same artifact wait on a file lock
+while the first computes it; files are written to a temp name and renamed, so an interrupted
+run never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactCache:
+    def __init__(self, root: Path | str | None) -> None:
+        self.root = Path(root) if root is not None else None
+
+    def path(self, kind: str, key: Any) -> Path:
+        assert self.root is not None
+        return self.root / kind / f"{config_hash(key)}.pt"
+
+    def get_or_create(self, kind: str, key: Any, compute: Callable[[], Any]) -> Any:
+        """The artifact ``kind``/``hash(key)``: loaded if cached, else computed and stored."""
+        if self.root is None:
+            return compute()
+        path = self.path(kind, key)
+        if path.exists():
+            return torch.load(path, weights_only=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if path.exists():  # computed by another trial while we waited
+                    return torch.load(path, weights_only=False)
+                value = compute()
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                os.close(fd)
+                try:
+                    torch.save(value, tmp)
+                    (path.parent / "index.jsonl").open("a").write(
+                        canonical_json({"hash": path.stem, "key": key}) + "\n")
+                    os.replace(tmp, path)
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+                return value
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

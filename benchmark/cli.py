@@ -1,0 +1,151 @@
+"""``python run_benchmark.py``: run a grid of (dataset, attack, defense, seed) cells.
+
+Exit codes: 0 every cell ok, 1 some cell failed, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from benchmark.registry import UsageError
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from benchmark.config import PRESETS
+    from benchmark.data import default_cache_dir, default_data_root
+
+    p = argparse.ArgumentParser(
+        prog="run_benchmark.py",
+        description="Benchmark training-time backdoor defenses: one Ray Tune trial per "
+                    "(dataset, attack, defense, seed) cell, one JSON record per cell.")
+    p.add_argument("--grid", default="smoke", help=f"preset: {', '.join(PRESETS)} (default smoke)")
+    p.add_argument("--attacks", help="comma-separated attack names (default: all registered)")
+    p.add_argument("--defenses", help="comma-separated defense names (default: all registered)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.epochs=5, data.train_size=5000, "
+                        "pipd.rounds=5, attack.rate=0.1 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done")
+    p.add_argument("--results", default="results", help="results folder (default results/)")
+    p.add_argument("--data-root", default=None,
+                   help=f"dataset folder or archive (default $BDBENCH_DATA, else {default_data_root()})")
+    p.add_argument("--imagenet-root", default=None,
+                   help="ImageFolder root of the ImageNet subset (adds its cells to --grid full)")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"decoded-dataset cache (default $BDBENCH_CACHE, else {default_cache_dir()})")
+    p.add_argument("--executor", default="ray", choices=["ray", "serial"],
+                   help="ray (default): Ray Tune trials; serial: in-process, for debugging")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial, fractional allowed (default 1 if the cluster has GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs per trial (default: all CPUs per GPU share, or all cores)")
+    p.add_argument("--device", default=None, help="torch device for --executor serial (default auto)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="Python file registering your own attack/defense (repeatable)")
+    p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+    p.add_argument("--list", action="store_true", help="list registered components and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; re-run the same command to complete the rest",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from attacks import ATTACKS
+    from benchmark.cell import Runtime
+    from benchmark.config import cell_id, parse_sets
+    from benchmark.data import default_cache_dir, default_data_root
+    from benchmark.grid import expand_grid, run_ray, run_serial
+    from benchmark.models import MODELS
+    from benchmark.plugins import load_plugin
+    from benchmark.report import summary
+    from benchmark.store import ResultStore
+    from defenses import DEFENSES
+
+    for plugin in args.plugin:
+        for added in load_plugin(plugin):
+            print(f"plugin {plugin}: registered {added}")
+    if args.list:
+        for reg in (ATTACKS, DEFENSES, MODELS):
+            print(f"{reg.kind}s: {', '.join(reg.names())}")
+        return 0
+
+    sets = parse_sets(args.sets)
+    cells = expand_grid(args.grid, _csv(args.attacks), _csv(args.defenses), _seeds(args.seeds),
+                        sets, imagenet=args.imagenet_root is not None)
+    rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
+                 imagenet_root=args.imagenet_root,
+                 cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
+                 progress=args.executor == "serial", download=not args.no_download,
+                 plugins=[str(Path(p).resolve()) for p in args.plugin])
+    store = ResultStore(rt.results)
+    status = {cell_id(c): store.status(cell_id(c)) for c in cells}
+    todo = [c for c in cells if status[cell_id(c)] != "ok"]
+
+    if args.dry_run:
+        for c in cells:
+            cid = cell_id(c)
+            print(f"{cid}  {status[cid]:6}  {c['dataset']}/{c['model']}/{c['attack']}/"
+                  f"{c['defense']} seed {c['seed']}")
+        print(f"{len(cells)} cell(s): {len(cells) - len(todo)} done, {len(todo)} to run")
+        return 0
+
+    print(f"grid {args.grid}: {len(cells)} cell(s), {len(cells) - len(todo)} already done, "
+          f"{len(todo)} to run; results in {rt.results}", flush=True)
+    t0 = time.perf_counter()
+    if todo:
+        _check_data(rt, todo)
+        if args.executor == "serial":
+            run_serial(todo, rt, store)
+        else:
+            run_ray(todo, rt, store, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                    cpus_per_trial=args.cpus_per_trial)
+    frame = store.frame([cell_id(c) for c in cells])
+    print()
+    print(summary(frame))
+    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
+    print(f"\n{len(cells)} cell(s), {failed} failed, {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
+
+
+def _check_data(rt, cells: list[dict]) -> None:
+    """Find (and decode once) every dataset before any trial starts: a missing dataset is a
+    one-line usage error, not a grid of failed cells."""
+    from benchmark.cell import load_cell_dataset
+
+    seen = set()
+    for c in cells:
+        key = (c["dataset"], str(c["data"]))
+        if key not in seen:
+            seen.add(key)
+            load_cell_dataset(c, rt)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

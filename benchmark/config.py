@@ -1,0 +1,191 @@
+"""Presets, ``--set`` overrides, and the resolved per-cell config whose hash is the cell's identity.
+
+A resolved cell config holds everything that determines a result (dataset options, model,
+training recipe, every attack and defense parameter, seed) and nothing about where files lie,
+so the same cell has the same hash on every machine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+from benchmark.cache import config_hash
+from benchmark.data import DATASETS
+from benchmark.models import MODELS
+from benchmark.registry import UsageError
+from benchmark.train import TrainConfig
+
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar10": {"train_size": None, "test_size": None, "subset_seed": 0},
+    "imagefolder": {"train_size": None, "test_size": None, "subset_seed": 0, "image_size": 224},
+}
+EVAL_DEFAULTS = {"curve_size": 1000, "curve_every": 1}  # per-epoch CA/ASR curves on a test subset
+DEFAULT_MODEL = {"cifar10": "resnet18", "imagefolder": "resnet18_imagenet"}
+
+# Presets. ``attacks``/``defenses`` hold per-component parameter overrides; every registered
+# attack and defense is in the grid unless --attacks/--defenses narrow it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # a few minutes for the whole grid on 2 CPU cores: exercises every code path, nothing more
+    "smoke": {
+        "dataset": "cifar10",
+        "data": {"train_size": 1000, "test_size": 500},
+        "model_params": {"width": 8},
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "onecycle"},
+        "eval": {"curve_size": 250},
+        "defenses": {"pipd": {"pre_epochs": 3, "pre_augment": False, "rounds": 2,
+                              "selective_epochs": 2, "selective_lr": 0.02}},
+    },
+    # reduced scale calibrated for 2 CPU cores (see README: calibration)
+    "quick": {
+        "dataset": "cifar10",
+        "data": {"train_size": 20000, "test_size": None},
+        "model_params": {"width": 16},
+        "train": {"epochs": 15, "batch_size": 128, "lr": 0.1, "schedule": "onecycle",
+                  "warmup": 0.2},
+        "eval": {"curve_size": 1000},
+        "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
+                              "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05}},
+    },
+    # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
+    "full": {
+        "dataset": "cifar10",
+        "data": {},
+        "model_params": {"width": 64},
+        "train": {"epochs": 200, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
+        "eval": {"curve_size": 2000},
+        "defenses": {},
+    },
+}
+
+
+def model_param_defaults(model: str) -> dict[str, Any]:
+    sig = inspect.signature(MODELS.get(model))
+    return {k: v.default for k, v in sig.parameters.items()
+            if k != "num_classes" and v.default is not inspect.Parameter.empty}
+
+
+def params_dict(cls: type) -> dict[str, Any]:
+    return asdict(cls())
+
+
+def parse_value(text: str) -> Any:
+    """JSON if it parses (numbers, true/false, null, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def coerce(key: str, value: Any, default: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"--set {key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int | float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+    if type(value) is not type(default):
+        raise UsageError(f"--set {key}: expected a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        out.append((key.strip(), parse_value(text.strip())))
+    return out
+
+
+def _apply(section: dict, key: str, field_name: str, value: Any, where: str) -> None:
+    if field_name not in section:
+        raise UsageError(f"unknown --set key {key!r}; valid {where} keys: {', '.join(sorted(section))}")
+    section[field_name] = coerce(key, value, section[field_name])
+
+
+def resolve_cell(preset: str, attack: str, defense: str, seed: int,
+                 sets: list[tuple[str, Any]], *, dataset: str | None = None,
+                 model: str | None = None) -> dict[str, Any]:
+    """The fully resolved config of one cell: preset defaults, then ``--set`` overrides."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    top = dict(sets)
+    dataset = str(top.get("dataset", dataset or spec["dataset"]))
+    DATASETS.get(dataset)
+    model = str(top.get("model", model or spec.get("model") or DEFAULT_MODEL[dataset]))
+    model_defaults = model_param_defaults(model)
+    attack_cls, defense_cls = ATTACKS.get(attack), DEFENSES.get(defense)
+
+    data = {**DATA_DEFAULTS[dataset], **spec.get("data", {})}
+    model_params = {**model_defaults,
+                    **{k: v for k, v in spec.get("model_params", {}).items() if k in model_defaults}}
+    train = {**asdict(TrainConfig()), **spec.get("train", {})}
+    eval_ = {**EVAL_DEFAULTS, **spec.get("eval", {})}
+    attack_params = {**params_dict(attack_cls.Params), **spec.get("attacks", {}).get(attack, {})}
+    defense_params = {**params_dict(defense_cls.Params), **spec.get("defenses", {}).get(defense, {})}
+    sections = {"data": data, "model": model_params, "train": train, "eval": eval_}
+
+    for key, value in sets:
+        if key in ("dataset", "model"):
+            continue
+        if "." not in key:
+            raise UsageError(f"unknown --set key {key!r}; use dataset=, model= or a dotted key "
+                             "such as train.epochs=, data.train_size=, pipd.rounds=, attack.rate=")
+        ns, name = key.split(".", 1)
+        if ns in sections:
+            _apply(sections[ns], key, name, value, ns)
+        elif ns == attack or (ns == "attack" and name in attack_params):
+            _apply(attack_params, key, name, value, attack)
+        elif ns == defense or (ns == "defense" and name in defense_params):
+            _apply(defense_params, key, name, value, defense)
+        elif ns in ("attack", "defense"):
+            pass  # a generic key another component of the grid has (checked by validate_sets)
+        elif ns not in ATTACKS and ns not in DEFENSES:
+            valid = ["data", "model", "train", "eval", "attack", "defense", *ATTACKS, *DEFENSES]
+            raise UsageError(f"unknown --set namespace {ns!r}; valid: {', '.join(valid)}")
+        # a key for another attack/defense of the grid: validated in that cell
+
+    # validate by constructing (raises UsageError naming the problem)
+    TrainConfig.from_dict(train)
+    attack_cls.Params(**attack_params)
+    defense_cls.Params(**defense_params)
+    return {
+        "preset": preset, "dataset": dataset, "model": model, "attack": attack,
+        "defense": defense, "seed": seed, "data": data, "model_params": model_params,
+        "train": train, "eval": eval_, "attack_params": attack_params,
+        "defense_params": defense_params,
+    }
+
+
+def validate_sets(sets: list[tuple[str, Any]], attacks: list[str], defenses: list[str]) -> None:
+    """A component-specific key must name a field of that component (checked even when the
+    component is outside this grid, so a typo never passes silently)."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    for key, _ in sets:
+        ns, _, name = key.partition(".")
+        for reg in (ATTACKS, DEFENSES):
+            if ns in reg and name not in {f.name for f in fields(reg.get(ns).Params)}:
+                valid = ", ".join(f.name for f in fields(reg.get(ns).Params))
+                raise UsageError(f"unknown --set key {key!r}; valid {ns} keys: {valid}")
+        if ns == "attack" and attacks:
+            if not any(name in {f.name for f in fields(ATTACKS.get(a).Params)} for a in attacks):
+                raise UsageError(f"unknown --set key {key!r}: no selected attack has {name!r}")
+        if ns == "defense" and defenses:
+            if not any(name in {f.name for f in fields(DEFENSES.get(d).Params)} for d in defenses):
+                raise UsageError(f"unknown --set key {key!r}: no selected defense has {name!r}")
+
+
+def cell_id(config: dict[str, Any]) -> str:
+    return config_hash(config)

@@ -1,0 +1,319 @@
+"""Datasets as uint8 tensors (N, C, H, W) with int64 labels, decoded once and cached as .npy.
+
+Sources for ``cifar10``: the standard python pickles (``cifar-10-batches-py``, what torchvision
+downloads), an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``) or a ``.tar.gz`` of one.
+``imagefolder``: any ImageFolder tree (e.g. an ImageNet subset), resized to ``image_size`` and
+cached as a memory-mapped array so that it never has to fit in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.registry import Registry, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataNotFoundError(UsageError):
+    """No usable copy of a dataset was found (and none could be downloaded)."""
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: ImageSet
+    test: ImageSet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""  # which copy the data came from (recorded with every result)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return int(c), int(h), int(w)
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("BDBENCH_DATA")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "backdoor-defense-bench" / "data"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("BDBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "backdoor-defense-bench"
+
+
+def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a seeded subset of ``size`` samples with class proportions preserved."""
+    n = int(labels.shape[0])
+    if size is None or size >= n:
+        return None
+    if size <= 0:
+        raise UsageError(f"subset size must be positive, got {size}")
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    quota = (counts.double() * size / n).floor().long()
+    remainder = size - int(quota.sum())
+    if remainder:  # hand the leftover to the classes with the largest fractional share
+        frac = counts.double() * size / n - quota.double()
+        quota[frac.argsort(descending=True)[:remainder]] += 1
+    picked = []
+    for cls, q in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = (labels == cls).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[:q]])
+    return torch.cat(picked).sort().values
+
+
+# --------------------------------------------------------------------------------------------
+# decoding and caching
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _decode(data: bytes | Path, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        img = img.convert("RGB")
+        if size is not None and img.size != (size, size):
+            # shorter side to `size`, then a centre crop: keeps the aspect ratio undistorted
+            w, h = img.size
+            scale = size / min(w, h)
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                             Image.BILINEAR)
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _save_split(out: Path, split: str, items: list[tuple[str, bytes | Path]], classes: list[str],
+                size: int | None) -> None:
+    """Decode ``items`` (class name, bytes or file) into ``{split}_images.npy`` (memory-mapped)."""
+    from tqdm import tqdm
+
+    index = {c: i for i, c in enumerate(classes)}
+    first = _decode(items[0][1], size)
+    tmp = out / f".{split}_images.npy.tmp"
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), *first.shape))
+    labels = np.empty(len(items), dtype=np.int64)
+    for i, (cls, data) in enumerate(tqdm(items, desc=f"decode {split}", unit="img", leave=False,
+                                         mininterval=2.0)):
+        arr[i] = first if i == 0 else _decode(data, size)
+        labels[i] = index[cls]
+    arr.flush()
+    del arr
+    os.replace(tmp, out / f"{split}_images.npy")
+    np.save(out / f"{split}_labels.npy", labels)
+
+
+def _load_cached(out: Path, splits: Iterable[str], mmap: bool) -> dict[str, ImageSet] | None:
+    meta = out / "classes.json"
+    if not meta.exists():
+        return None
+    classes = json.loads(meta.read_text())
+    sets = {}
+    for split in splits:
+        images = np.load(out / f"{split}_images.npy", mmap_mode="c" if mmap else None)
+        labels = np.load(out / f"{split}_labels.npy")
+        sets[split] = ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
+    return sets
+
+
+def _split_entries(entries: Iterable[tuple[str, bytes | Path]], split_names: dict[str, str]
+                   ) -> tuple[dict[str, list], list[str]]:
+    """Group ``(relative path, payload)`` pairs of an ImageFolder tree by split and class."""
+    by_split: dict[str, list] = {v: [] for v in set(split_names.values())}
+    for rel, payload in entries:
+        parts = Path(rel).parts
+        for k in range(len(parts) - 2):
+            if parts[k] in split_names and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+                by_split[split_names[parts[k]]].append((parts[k + 1], rel, payload))
+                break
+    classes = sorted({cls for items in by_split.values() for cls, _, _ in items})
+    ordered = {s: [(c, p) for c, _, p in sorted(items, key=lambda t: (t[0], t[1]))]
+               for s, items in by_split.items()}
+    return ordered, classes
+
+
+def _tree_entries(root: Path) -> Iterator[tuple[str, Path]]:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            yield str(p.relative_to(root)), p
+
+
+def _tar_entries(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                yield member.name, tar.extractfile(member).read()
+
+
+def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None,
+                      split_names: dict[str, str], mmap: bool = False) -> dict[str, ImageSet]:
+    """Decode an ImageFolder tree (directory or tar archive) once; later calls read the cache."""
+    out = cache_dir / "datasets" / f"{name}-{_fingerprint(source)}-{size or 'native'}"
+    cached = _load_cached(out, sorted(set(split_names.values())), mmap)
+    if cached is not None:
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    entries = _tar_entries(source) if source.is_file() else _tree_entries(source)
+    by_split, classes = _split_entries(entries, split_names)
+    for split, items in by_split.items():
+        if not items:
+            raise DataNotFoundError(f"{source}: no images under a '{split}' folder")
+        _save_split(out, split, items, classes, size)
+    (out / "classes.json").write_text(json.dumps(classes))
+    return _load_cached(out, by_split, mmap)
+
+
+def _load_cifar_pickles(folder: Path) -> dict[str, ImageSet]:
+    def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for n in names:
+            with open(folder / n, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d["labels"], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    with open(folder / "batches.meta", "rb") as f:
+        classes = pickle.load(f, encoding="latin1")["label_names"]
+    train = read([f"data_batch_{i}" for i in range(1, 6)])
+    test = read(["test_batch"])
+    return {"train": ImageSet(*train, classes), "test": ImageSet(*test, classes)}
+
+
+def _is_imagefolder(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "test").is_dir()
+
+
+def _find_cifar10(root: Path) -> tuple[str, Path] | None:
+    """Where a CIFAR-10 copy lies under ``root`` (or ``root`` itself, a tree or an archive)."""
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "archive", root
+    for d in (root / "cifar-10-batches-py", root):
+        if (d / "data_batch_1").exists():
+            return "pickle", d
+    for d in (root, root / "cifar10-jpeg", root / "cifar10", root / "CIFAR10"):
+        if d.is_dir() and _is_imagefolder(d):
+            return "imagefolder", d
+    if root.is_dir():
+        archives = sorted(p for p in root.iterdir() if "cifar" in p.name.lower()
+                          and p.name.endswith((".tar.gz", ".tgz")) and "python" not in p.name)
+        if archives:
+            return "archive", archives[0]
+    return None
+
+
+def load_cifar10(data_root: Path, cache_dir: Path, *, download: bool = True,
+                 **_: object) -> tuple[dict[str, ImageSet], str]:
+    found = _find_cifar10(data_root)
+    if found is None and download:
+        try:
+            import torchvision
+
+            torchvision.datasets.CIFAR10(str(data_root), train=True, download=True)
+            found = _find_cifar10(data_root)
+        except Exception as exc:  # offline: fall through to the clear error below
+            download_error = f"download failed ({type(exc).__name__})"
+        else:
+            download_error = ""
+    else:
+        download_error = "download disabled"
+    if found is None:
+        raise DataNotFoundError(
+            f"CIFAR-10 not found under {data_root} (looked for cifar-10-batches-py/, an ImageFolder "
+            f"tree train/ test/, or a cifar*.tar.gz; {download_error}); pass --data-root DIR or set "
+            "BDBENCH_DATA to a folder holding one of them")
+    kind, path = found
+    if kind == "pickle":
+        return _load_cifar_pickles(path), f"cifar10-python:{path}"
+    splits = cache_imagefolder(path, cache_dir, "cifar10", None, {"train": "train", "test": "test"})
+    return splits, f"cifar10-{kind}:{path}"
+
+
+def load_imagefolder(data_root: Path, cache_dir: Path, *, image_size: int = 224,
+                     **_: object) -> tuple[dict[str, ImageSet], str]:
+    if not data_root.exists():
+        raise DataNotFoundError(f"ImageFolder root {data_root} does not exist; pass --data-root DIR")
+    test_dir = next((n for n in ("test", "val", "validation") if (data_root / n).is_dir()), None)
+    if not (data_root / "train").is_dir() or test_dir is None:
+        raise DataNotFoundError(
+            f"{data_root} is not an ImageFolder root: expected train/<class>/ and val/<class>/")
+    splits = cache_imagefolder(data_root, cache_dir, "imagefolder", image_size,
+                               {"train": "train", test_dir: "test"}, mmap=True)
+    return splits, f"imagefolder:{data_root}"
+
+
+DATASET_SPECS = {
+    "cifar10": (load_cifar10, CIFAR10_MEAN, CIFAR10_STD),
+    "imagefolder": (load_imagefolder, IMAGENET_MEAN, IMAGENET_STD),
+}
+for _name, _spec in DATASET_SPECS.items():
+    DATASETS.register(_name, _spec)
+
+
+def load_dataset(name: str, data_root: Path, cache_dir: Path, *, train_size: int | None = None,
+                 test_size: int | None = None, subset_seed: int = 0, **options: object) -> Dataset:
+    """Load (from the cache when possible) and subsample a registered dataset."""
+    loader, mean, std = DATASETS.get(name)
+    splits, source = loader(Path(data_root), Path(cache_dir), **options)
+    train, test = splits["train"], splits["test"]
+    for size, which in ((train_size, "train"), (test_size, "test")):
+        idx = stratified_subset(splits[which].labels, size, subset_seed)
+        if idx is not None:
+            if which == "train":
+                train = train.subset(idx)
+            else:
+                test = test.subset(idx)
+    return Dataset(name, train, test, mean, std, source)

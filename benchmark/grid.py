@@ -1,0 +1,165 @@
+"""Expand a grid into cells and run the unfinished ones, serially or as Ray Tune trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmark.cell import Runtime, run_cell_safe
+from benchmark.config import PRESETS, cell_id, resolve_cell, validate_sets
+from benchmark.store import ResultStore
+
+# Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
+# is given and the attack is selected.
+IMAGENET_ATTACKS = ("badnets", "trojan", "blended", "sig")
+
+
+def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | None,
+                seeds: list[int], sets: list[tuple[str, Any]], *,
+                imagenet: bool = False) -> list[dict[str, Any]]:
+    """Every (dataset, attack, defense, seed) cell of the grid, resolved and validated."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    if preset not in PRESETS:
+        from benchmark.registry import UsageError
+        raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
+    attacks = attacks or ATTACKS.names()
+    defenses = defenses or DEFENSES.names()
+    for a in attacks:
+        ATTACKS.get(a)
+    for d in defenses:
+        DEFENSES.get(d)
+    validate_sets(sets, attacks, defenses)
+    datasets: list[str | None] = [None]
+    if imagenet and preset == "full":
+        datasets.append("imagefolder")
+    cells = []
+    for dataset in datasets:
+        for attack in attacks:
+            if dataset == "imagefolder" and attack not in IMAGENET_ATTACKS:
+                continue
+            for defense in defenses:
+                for seed in seeds:
+                    cells.append(resolve_cell(preset, attack, defense, seed, sets, dataset=dataset))
+    return cells
+
+
+def _line(record: dict[str, Any]) -> str:
+    c = record["config"]
+    head = f"{c['dataset']}/{c['attack']}/{c['defense']} seed {c['seed']}"
+    if record["status"] != "ok":
+        return f"{head}: FAILED {record.get('error', '')}"
+    m = record["metrics"]
+    iso = f" TPR {100 * m['tpr']:.2f} FPR {100 * m['fpr']:.2f}" if m.get("tpr") is not None else ""
+    return (f"{head}: CA {100 * m['ca']:.2f} ASR {100 * m['asr']:.2f}{iso} "
+            f"({record['timings']['total_s']:.0f} s)")
+
+
+def run_serial(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore) -> list[dict]:
+    records = []
+    for i, config in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] {config['attack']}/{config['defense']} seed {config['seed']} ...",
+              flush=True)
+        record = run_cell_safe(config, rt)
+        store.write(record)
+        records.append(record)
+        print(f"[{i}/{len(cells)}] {_line(record)}", flush=True)
+    return records
+
+
+def _ray_trial(config: dict[str, Any]) -> None:
+    """One Tune trial = one cell. Writes its own record (nothing is lost if the driver dies)."""
+    from ray import tune
+
+    from benchmark.plugins import load_plugin
+
+    rt = Runtime(**config["runtime"])
+    for plugin in rt.plugins:
+        load_plugin(plugin)
+    record = run_cell_safe(config["cell"], rt)
+    ResultStore(rt.results).write(record)
+    metrics = record.get("metrics", {})
+    tune.report({"ok": record["status"] == "ok",
+                 **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+
+
+def ray_resources(cluster: dict[str, float], gpus_per_trial: float | None,
+                  cpus_per_trial: float | None) -> dict[str, float]:
+    """Per-trial request derived from what the cluster has: never asks for a GPU that is not
+    there (such a trial would stay PENDING forever)."""
+    gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
+    if gpus_per_trial is None:
+        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
+    if gpus_per_trial > 0 and gpus == 0:
+        print("warning: --gpus-per-trial given but the cluster has no GPU; running on CPUs",
+              file=sys.stderr)
+        gpus_per_trial = 0.0
+    gpus_per_trial = min(gpus_per_trial, gpus) if gpus_per_trial else 0.0
+    if cpus_per_trial is None:
+        # with GPUs: share the CPUs among the concurrent trials; without: one trial, all cores
+        parallel = int(gpus / gpus_per_trial) if gpus_per_trial else 1
+        cpus_per_trial = max(1.0, float(int(cpus // max(parallel, 1))))
+    return {"cpu": min(cpus_per_trial, cpus), "gpu": gpus_per_trial}
+
+
+def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
+            address: str | None = None, gpus_per_trial: float | None = None,
+            cpus_per_trial: float | None = None) -> list[dict]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    try:
+        res = ray_resources(ray.cluster_resources(), gpus_per_trial, cpus_per_trial)
+        print(f"ray: {len(cells)} trial(s), each {res['cpu']:g} CPU / {res['gpu']:g} GPU", flush=True)
+        runtime = {k: (str(v) if isinstance(v, Path) else v)
+                   for k, v in dataclasses.asdict(rt).items()}
+        runtime["threads"] = rt.threads or int(res["cpu"])
+        if res["gpu"] == 0:
+            runtime["device"] = rt.device or "cpu"
+        done = {"n": 0}
+        total = len(cells)
+
+        class Progress(tune.Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                done["n"] += 1
+                rec = store.read(cell_id(trial.config["cell"]))
+                print(f"[{done['n']}/{total}] {_line(rec) if rec else trial}", flush=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                done["n"] += 1
+                print(f"[{done['n']}/{total}] trial crashed: {trial}", flush=True)
+
+        tuner = tune.Tuner(
+            tune.with_resources(_ray_trial, res),
+            param_space={"cell": tune.grid_search(cells), "runtime": runtime},
+            tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"cell-{t.trial_id}"),
+            run_config=tune.RunConfig(
+                name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(rt.results / "ray"), verbose=0, callbacks=[Progress()],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    records = []
+    from benchmark.cell import failed_record
+
+    for config in cells:  # a trial that died without writing (OOM, killed) is recorded failed
+        rec = store.read(cell_id(config))
+        if rec is None:
+            rec = failed_record(config, "trial process died without a result (see ray logs)")
+            store.write(rec)
+        records.append(rec)
+    return records

@@ -1,0 +1,161 @@
+"""Models: CIFAR-style ResNet-18 (width option), PreAct-ResNet-18, torchvision ResNet-18.
+
+``conv_feature_layers`` names the layers PIPD/NONE read (every conv of stages 2-4, pre-BN, and
+each 1x1 shortcut after its BN); ``collect_features`` runs a model over a tensor of images and
+returns those layers' per-channel spatial maxima.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if len(self.shortcut) else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages, global pool, linear head."""
+
+    def __init__(self, block: type[nn.Module], num_blocks: list[int], num_classes: int = 10,
+                 width: int = 64, in_channels: int = 3, preact: bool = False) -> None:
+        super().__init__()
+        self.preact = preact
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes, layers = width, []
+        in_planes = width
+        for stage, n in enumerate(num_blocks):
+            stride = 1 if stage == 0 else 2
+            blocks = []
+            for s in [stride] + [1] * (n - 1):
+                blocks.append(block(in_planes, planes * (2 ** stage), s))
+                in_planes = planes * (2 ** stage)
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        if not self.preact:
+            out = F.relu(self.bn1(out))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if self.preact:
+            out = F.relu(self.final_bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int = 10, width: int = 64, **_: object) -> nn.Module:
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
+
+
+@MODELS.register("preact_resnet18")
+def preact_resnet18(num_classes: int = 10, width: int = 64, **_: object) -> nn.Module:
+    return CifarResNet(PreActBlock, [2, 2, 2, 2], num_classes, width, preact=True)
+
+
+@MODELS.register("resnet18_imagenet")
+def resnet18_imagenet(num_classes: int = 1000, **_: object) -> nn.Module:
+    """torchvision's ResNet-18 (7x7 stem, max-pool) for ImageNet-size inputs, random init."""
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -> dict[str, nn.Module]:
+    """The layers whose outputs PIPD reads, by name, in forward order.
+
+    Every Conv2d of the given residual stages (its raw output, before BatchNorm and ReLU) and
+    each projection shortcut taken after its BatchNorm (the shortcut Sequential / torchvision's
+    ``downsample``). 15 layers for ResNet-18 stages 2-4.
+    """
+    layers: dict[str, nn.Module] = {}
+    for s in stages:
+        stage = getattr(model, f"layer{s}")
+        for b, block in enumerate(stage):
+            for conv in ("conv1", "conv2", "conv3"):
+                if hasattr(block, conv):
+                    layers[f"layer{s}.{b}.{conv}"] = getattr(block, conv)
+            for short in ("shortcut", "downsample"):
+                mod = getattr(block, short, None)
+                if mod is not None and len(mod) > 0:
+                    layers[f"layer{s}.{b}.{short}"] = mod
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layer{stages} stages to read features from")
+    return layers
+
+
+@torch.no_grad()
+def collect_features(model: nn.Module, layers: dict[str, nn.Module],
+                     batches: Callable[[], object]) -> dict[str, torch.Tensor]:
+    """Per-channel global spatial max of each layer's output over every batch ``batches()`` yields.
+
+    ``batches`` yields ready (normalised, on-device) input batches. Returns float32 CPU tensors
+    of shape (N, channels) per layer name.
+    """
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: store[name].append(out.float().amax(dim=(2, 3)).cpu()))
+        for name, module in layers.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in store.items()}
+
+
+def build_model(name: str, num_classes: int, **params: object) -> nn.Module:
+    return MODELS.get(name)(num_classes=num_classes, **params)
