@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmark.jenks import jenks_upper
 from benchmark.models import collect_features, conv_feature_layers
-from benchmark.train import TrainConfig, Trainer
+from benchmark.train import Trainer
 from defenses.base import (
     Defense,
     DefenseContext,

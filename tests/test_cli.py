@@ -1,0 +1,103 @@
+"""End to end through the CLI on a tiny synthetic CIFAR-shaped dataset."""
+
+import json
+
+import pytest
+
+from benchmark.cli import main
+
+TINY = ["--set", "data.train_size=200", "--set", "data.test_size=60", "--set", "model.width=4",
+        "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "eval.curve_size=20",
+        "--set", "pipd.pre_epochs=1", "--set", "pipd.selective_epochs=1", "--set", "pipd.rounds=2",
+        "--set", "attack.rate=0.1"]
+
+
+@pytest.fixture()
+def args(tiny_cifar, tmp_path):
+    return ["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar),
+            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY]
+
+
+def records(tmp_path):
+    return {p.name: json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")}
+
+
+def test_grid_runs_writes_records_and_rerun_skips(args, tmp_path, capsys):
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Table 1 style" in out and "Table 2 style" in out
+    recs = records(tmp_path)
+    assert len(recs) == 2
+    pipd = next(r for r in recs.values() if r["config"]["defense"] == "pipd")
+    assert pipd["status"] == "ok" and pipd["config"]["attack"] == "badnets"
+    for key in ("ca", "asr", "tpr", "fpr", "r_acc", "auroc"):
+        assert 0.0 <= pipd["metrics"][key] <= 1.0
+    assert {"round_1", "round_2", "seed_poison", "seed_benign"} <= set(pipd["isolation"]["masks"])
+    assert pipd["attack_info"]["n_poisoned"] == 20
+    assert len(pipd["curves"]["pre_isolation"]) == 1 and "ca" in pipd["curves"]["selective"][0]
+    assert pipd["versions"]["torch"] and pipd["hardware"]["device"] == "cpu"
+    assert pipd["data_source"].startswith("cifar10-imagefolder")
+    mtimes = {p: (tmp_path / "res" / "records" / p).stat().st_mtime_ns for p in recs}
+
+    assert main(args) == 0  # everything done: skipped, nothing rewritten
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert mtimes == {p: (tmp_path / "res" / "records" / p).stat().st_mtime_ns for p in recs}
+
+    assert main([*args, "--dry-run"]) == 0
+    assert "2 cell(s): 2 done, 0 to run" in capsys.readouterr().out
+
+
+FAILING = '''
+from defenses import Defense, register_defense
+
+@register_defense
+class Exploding(Defense):
+    name = "exploding_defense"
+
+    def run(self, ctx):
+        raise RuntimeError("kaboom")
+'''
+
+
+def test_failing_cell_is_recorded_and_the_rest_go_on(args, tmp_path, capsys):
+    plugin = tmp_path / "exploding.py"
+    plugin.write_text(FAILING)
+    code = main([*args, "--plugin", str(plugin), "--defenses", "exploding_defense,no_defense"])
+    assert code == 1
+    recs = list(records(tmp_path).values())
+    by_def = {r["config"]["defense"]: r for r in recs}
+    assert by_def["exploding_defense"]["status"] == "failed"
+    assert "RuntimeError: kaboom" in by_def["exploding_defense"]["error"]
+    assert by_def["no_defense"]["status"] == "ok"
+    assert "1 failed cell(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--attacks", "nope"], "unknown attack 'nope'; valid choices"),
+    (["--defenses", "pipd,abc"], "unknown defense 'abc'"),
+    (["--grid", "huge"], "unknown grid 'huge'"),
+    (["--set", "attack.rate=0"], "poison rate must be in (0, 1)"),
+    (["--set", "train.nope=1"], "unknown --set key 'train.nope'"),
+    (["--seeds", "a,b"], "--seeds expects comma-separated integers"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, tmp_path, capsys, extra, message):
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_missing_dataset_exits_2(tmp_path, capsys):
+    code = main(["--grid", "smoke", "--executor", "serial", "--no-download", "--data-root",
+                 str(tmp_path / "void"), "--results", str(tmp_path / "res")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "CIFAR-10 not found under" in err and "\n" not in err
+    assert not (tmp_path / "res" / "records").exists()
+
+
+def test_plugin_errors_exit_2(args, tmp_path, capsys):
+    bad = tmp_path / "nothing.py"
+    bad.write_text("VALUE = 1\n")
+    assert main([*args, "--plugin", str(bad)]) == 2
+    assert "registered nothing" in capsys.readouterr().err

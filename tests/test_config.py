@@ -1,0 +1,57 @@
+import pytest
+
+from benchmark.config import cell_id, parse_sets, resolve_cell, validate_sets
+from benchmark.registry import UsageError
+
+
+def test_presets_resolve_to_complete_configs():
+    c = resolve_cell("quick", "badnets", "pipd", 0, [])
+    assert c["attack"] == "badnets" and c["defense"] == "pipd" and c["dataset"] == "cifar10"
+    assert c["model"] == "resnet18" and c["model_params"] == {"width": 16}
+    assert c["attack_params"]["rate"] == 0.05 and c["attack_params"]["target"] == 0
+    assert c["defense_params"]["beta"] == 3.0 and c["defense_params"]["rho"] == 0.04
+    full = resolve_cell("full", "badnets", "pipd", 0, [])
+    assert full["model_params"] == {"width": 64} and full["data"]["train_size"] is None
+    assert full["defense_params"]["pre_epochs"] == 200 and full["defense_params"]["rounds"] == 8
+
+
+def test_set_overrides_by_namespace_and_changes_the_hash():
+    base = resolve_cell("smoke", "badnets", "pipd", 0, [])
+    sets = parse_sets(["train.epochs=7", "pipd.rounds=3", "attack.rate=0.1", "model.width=4",
+                       "data.train_size=123", "train.milestones=[2, 4]"])
+    c = resolve_cell("smoke", "badnets", "pipd", 0, sets)
+    assert c["train"]["epochs"] == 7 and c["defense_params"]["rounds"] == 3
+    assert c["attack_params"]["rate"] == 0.1 and c["model_params"]["width"] == 4
+    assert c["data"]["train_size"] == 123 and c["train"]["milestones"] == [2, 4]
+    assert cell_id(c) != cell_id(base)
+    assert cell_id(resolve_cell("smoke", "badnets", "pipd", 0, [])) == cell_id(base)
+    assert cell_id(resolve_cell("smoke", "badnets", "pipd", 1, [])) != cell_id(base)
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.epochz=3", "unknown --set key 'train.epochz'; valid train keys: .*epochs"),
+    ("pipd.rhoo=1", "unknown --set key 'pipd.rhoo'; valid pipd keys: .*rho"),
+    ("bogus.x=1", "unknown --set namespace 'bogus'; valid: data, model, train"),
+    ("epochs=3", "unknown --set key 'epochs'"),
+    ("train.epochs=many", "expected a int"),
+    ("attack.rate=1.5", r"poison rate must be in \(0, 1\)"),
+    ("train.optimizer=rmsprop", "valid choices: sgd, adam"),
+])
+def test_bad_overrides_name_the_valid_choices(item, message):
+    sets = parse_sets([item])
+    with pytest.raises(UsageError, match=message):
+        validate_sets(sets, ["badnets"], ["pipd"])
+        resolve_cell("smoke", "badnets", "pipd", 0, sets)
+
+
+def test_unknown_names_are_usage_errors():
+    with pytest.raises(UsageError, match="unknown attack 'badnet'; valid choices: .*badnets"):
+        resolve_cell("smoke", "badnet", "pipd", 0, [])
+    with pytest.raises(UsageError, match="unknown defense"):
+        resolve_cell("smoke", "badnets", "pipe", 0, [])
+    with pytest.raises(UsageError, match="unknown grid 'tiny'; valid choices: smoke, quick, full"):
+        resolve_cell("tiny", "badnets", "pipd", 0, [])
+    with pytest.raises(UsageError, match="unknown model"):
+        resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["model=vgg"]))
+    with pytest.raises(UsageError, match="key=value"):
+        parse_sets(["train.epochs"])

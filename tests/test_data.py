@@ -1,0 +1,101 @@
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import data as data_mod
+from benchmark.data import DataNotFoundError, load_dataset, stratified_subset
+from tests.conftest import CLASSES
+
+
+def test_imagefolder_tree_loads_as_uint8_tensors(tiny_cifar, cache_dir):
+    ds = load_dataset("cifar10", tiny_cifar, cache_dir)
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (400, 3, 32, 32)
+    assert ds.test.images.shape == (100, 3, 32, 32)
+    assert ds.train.labels.dtype == torch.int64
+    assert ds.train.classes == CLASSES
+    assert torch.bincount(ds.train.labels).tolist() == [40] * 10
+    assert ds.source.startswith("cifar10-imagefolder:")
+
+
+def test_decoded_once_then_read_from_cache(tiny_cifar, cache_dir, monkeypatch):
+    first = load_dataset("cifar10", tiny_cifar, cache_dir)
+
+    def boom(*_a, **_k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data_mod, "_decode", boom)
+    again = load_dataset("cifar10", tiny_cifar, cache_dir)
+    assert torch.equal(first.train.images, again.train.images)
+    assert torch.equal(first.test.labels, again.test.labels)
+
+
+def test_tar_archive_gives_the_same_arrays_as_the_tree(tiny_cifar, tmp_path, cache_dir):
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_cifar, arcname="cifar10-jpeg")
+    from_tree = load_dataset("cifar10", tiny_cifar, cache_dir)
+    from_tar = load_dataset("cifar10", tmp_path, cache_dir)  # a folder holding the archive
+    assert from_tar.source.startswith("cifar10-archive:")
+    assert torch.equal(from_tree.train.images, from_tar.train.images)
+    assert torch.equal(from_tree.train.labels, from_tar.train.labels)
+
+
+def test_standard_cifar_python_format(tmp_path, cache_dir):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 6) for i in range(1, 6)] + [("test_batch", 4)]:
+        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             "labels": rng.integers(0, 10, n).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f)
+        if name == "data_batch_1":
+            first = d
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CLASSES}, f)
+    ds = load_dataset("cifar10", tmp_path, cache_dir)
+    assert ds.train.images.shape == (30, 3, 32, 32) and ds.test.images.shape == (4, 3, 32, 32)
+    assert torch.equal(ds.train.images[0].flatten(), torch.from_numpy(first["data"][0]))
+    assert ds.train.labels[:6].tolist() == first["labels"]
+
+
+def test_missing_data_says_where_it_looked(tmp_path, cache_dir):
+    with pytest.raises(DataNotFoundError, match=r"CIFAR-10 not found under .*--data-root"):
+        load_dataset("cifar10", tmp_path / "nothing", cache_dir, download=False)
+
+
+def test_stratified_subset_is_seeded_and_keeps_proportions():
+    labels = torch.arange(10).repeat_interleave(100)
+    a = stratified_subset(labels, 250, seed=3)
+    b = stratified_subset(labels, 250, seed=3)
+    c = stratified_subset(labels, 250, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a) == 250 and len(set(a.tolist())) == 250
+    counts = torch.bincount(labels[a], minlength=10)
+    assert counts.min() >= 25 and counts.max() <= 25 + 1 and counts.sum() == 250
+    assert stratified_subset(labels, None, 0) is None
+
+
+def test_imagefolder_dataset_resizes_and_memory_maps(tmp_path, cache_dir):
+    from tests.conftest import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "inet", 3, 2, size=48)
+    os.rename(root / "test", root / "val")
+    ds = load_dataset("imagefolder", root, cache_dir, image_size=40)
+    assert ds.train.images.shape == (30, 3, 40, 40) and ds.test.images.shape == (20, 3, 40, 40)
+    assert ds.mean == data_mod.IMAGENET_MEAN
+
+
+@pytest.mark.skipif(not os.environ.get("BDBENCH_DATA"), reason="BDBENCH_DATA not set")
+def test_real_cifar10_archive_when_provided(tmp_path_factory):
+    """CI points BDBENCH_DATA at the CIFAR-10 JPEG archive: check it loads completely."""
+    from benchmark.data import default_cache_dir, default_data_root
+
+    ds = load_dataset("cifar10", default_data_root(), default_cache_dir(), download=False)
+    assert ds.train.images.shape == (50000, 3, 32, 32) and ds.test.images.shape == (10000, 3, 32, 32)
+    assert ds.train.classes[0] == "airplane" and ds.train.classes[-1] == "truck"
+    assert torch.bincount(ds.test.labels).tolist() == [1000] * 10

@@ -1,0 +1,51 @@
+import pytest
+import torch
+from torch import nn
+
+from benchmark.models import build_model, collect_features, conv_feature_layers
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("preact_resnet18", 32),
+                                       ("resnet18_imagenet", 64)])
+def test_models_give_logits(name, size):
+    model = build_model(name, num_classes=7, width=8) if name != "resnet18_imagenet" else \
+        build_model(name, num_classes=7)
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+
+
+def test_cifar_resnet_shape_follows_the_reference():
+    m = build_model("resnet18", 10, width=64)
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1)
+    assert not any(isinstance(x, nn.MaxPool2d) for x in m.modules())
+    assert [m.layer1[0].conv1.out_channels, m.layer2[0].conv1.out_channels,
+            m.layer3[0].conv1.out_channels, m.layer4[0].conv1.out_channels] == [64, 128, 256, 512]
+    assert 11_000_000 < sum(p.numel() for p in m.parameters()) < 11_300_000
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_imagenet"])
+def test_pipd_reads_fifteen_layers_of_stages_2_to_4(name):
+    m = build_model(name, 10, width=8)
+    layers = conv_feature_layers(m)
+    assert len(layers) == 15
+    shortcut = [k for k in layers if k.endswith(("shortcut", "downsample"))]
+    assert shortcut == ["layer2.0." + shortcut[0].split(".")[-1], "layer3.0." + shortcut[0].split(".")[-1],
+                        "layer4.0." + shortcut[0].split(".")[-1]]
+    # the shortcut is read after its BatchNorm: the hooked module ends with the BN
+    assert isinstance(list(layers[shortcut[0]].children())[-1], nn.BatchNorm2d)
+
+
+def test_collect_features_is_the_spatial_max_of_pre_bn_conv_outputs():
+    torch.manual_seed(0)
+    m = build_model("resnet18", 10, width=8).eval()
+    x = torch.randn(5, 3, 32, 32)
+    layers = conv_feature_layers(m)
+    feats = collect_features(m, layers, lambda: iter([x[:3], x[3:]]))
+    captured = {}
+    h = m.layer3[1].conv2.register_forward_hook(lambda _m, _i, o: captured.setdefault("o", o))
+    with torch.no_grad():
+        m(x)
+    h.remove()
+    expected = captured["o"].amax(dim=(2, 3))
+    assert torch.allclose(feats["layer3.1.conv2"], expected, atol=1e-5)
+    assert feats["layer4.0.conv1"].shape == (5, 64)

@@ -1,0 +1,29 @@
+"""The default executor: cells as Ray Tune trials on a local Ray instance."""
+
+import json
+
+from benchmark.grid import ray_resources
+from tests.test_cli import TINY
+
+
+def test_resources_never_request_a_missing_gpu():
+    assert ray_resources({"CPU": 2.0}, None, None) == {"cpu": 2.0, "gpu": 0.0}
+    assert ray_resources({"CPU": 2.0}, 0.5, None) == {"cpu": 2.0, "gpu": 0.0}
+    assert ray_resources({"CPU": 16.0, "GPU": 2.0}, None, None) == {"cpu": 8.0, "gpu": 1.0}
+    assert ray_resources({"CPU": 16.0, "GPU": 2.0}, 0.5, None) == {"cpu": 4.0, "gpu": 0.5}
+    assert ray_resources({"CPU": 16.0, "GPU": 1.0}, 1.0, 3.0) == {"cpu": 3.0, "gpu": 1.0}
+
+
+def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
+    from benchmark.cli import main
+
+    code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
+                 str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
+                 "--defenses", "no_defense,pipd", "--gpus-per-trial", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[2/2]" in out and "0 failed" in out
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert sorted(r["config"]["defense"] for r in recs) == ["no_defense", "pipd"]
+    assert all(r["status"] == "ok" for r in recs)
+    assert (tmp_path / "res" / "ray").is_dir()
