@@ -108,6 +108,11 @@ def resnet18_imagenet(num_classes: int = 1000, **_: object) -> nn.Module:
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
+def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d of a model by its qualified name (its output is the pre-BatchNorm value)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
 def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -> dict[str, nn.Module]:
     """The layers whose outputs PIPD reads, by name, in forward order.
 

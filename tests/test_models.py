@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.models import build_model, collect_features, conv_feature_layers
+from benchmark.models import build_model, collect_features, conv_feature_layers, conv_layers
 
 
 @pytest.mark.parametrize("name,size", [("resnet18", 32), ("preact_resnet18", 32),
@@ -49,3 +49,11 @@ def test_collect_features_is_the_spatial_max_of_pre_bn_conv_outputs():
     expected = captured["o"].amax(dim=(2, 3))
     assert torch.allclose(feats["layer3.1.conv2"], expected, atol=1e-5)
     assert feats["layer4.0.conv1"].shape == (5, 64)
+
+
+def test_conv_layers_names_every_conv():
+    m = build_model("resnet18", 10, width=8)
+    names = conv_layers(m)
+    assert len(names) == 20 and "conv1" in names and "layer4.1.conv2" in names
+    feats = collect_features(m, names, lambda: iter([torch.randn(2, 3, 32, 32)]))
+    assert feats["conv1"].shape == (2, 8) and feats["layer2.0.shortcut.0"].shape == (2, 16)
