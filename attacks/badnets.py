@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackParams, register_attack
+from attacks.triggers import corner_box, scaled, stamp
 from benchmark.registry import UsageError
 
 PATTERNS = ("white", "checkerboard")
@@ -14,9 +15,9 @@ PATTERNS = ("white", "checkerboard")
 
 @dataclass
 class BadNetsParams(AttackParams):
-    patch_size: int = 3  # at 32x32; scaled with the image size (7 at 224x224)
+    patch_size: int = 3  # at 32x32; scaled with the image size (21 at 224x224)
     pattern: str = "white"  # white square, or a black/white checkerboard ("BadNets-Grid")
-    margin: int = 0  # pixels between the patch and the image border
+    margin: int = 0  # pixels between the patch and the image border (at 32x32, scaled)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -24,9 +25,9 @@ class BadNetsParams(AttackParams):
             raise UsageError(f"unknown BadNets pattern {self.pattern!r}; valid: {', '.join(PATTERNS)}")
 
 
-def scaled(size: int, image_side: int) -> int:
-    """A size given for 32x32 images, scaled to ``image_side`` (at least 1)."""
-    return max(1, round(size * image_side / 32))
+def checkerboard(channels: int, s: int) -> torch.Tensor:
+    grid = (torch.arange(s)[:, None] + torch.arange(s)[None, :]) % 2 == 0
+    return (grid.to(torch.uint8) * 255).expand(channels, s, s).clone()
 
 
 @register_attack
@@ -39,13 +40,11 @@ class BadNets(Attack):
         s = scaled(self.params.patch_size, side)
         if self.params.pattern == "white":
             return torch.full((channels, s, s), 255, dtype=torch.uint8)
-        grid = (torch.arange(s)[:, None] + torch.arange(s)[None, :]) % 2 == 0
-        return (grid.to(torch.uint8) * 255).expand(channels, s, s).clone()
+        return checkerboard(channels, s)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.clone()
         c, h, w = images.shape[1:]
-        p = self.patch(c, min(h, w))
-        s, m = p.shape[-1], scaled(self.params.margin, min(h, w)) if self.params.margin else 0
-        out[:, :, h - m - s:h - m, w - m - s:w - m] = p.to(out.device)
-        return out
+        side = min(h, w)
+        p = self.patch(c, side)
+        m = scaled(self.params.margin, side) if self.params.margin else 0
+        return stamp(images, p, *corner_box(h, w, p.shape[-1], "br", m))

@@ -64,12 +64,21 @@ class AttackContext:
 
 
 class Attack:
-    """Base class. Subclasses set ``name``, ``Params`` and implement ``apply_trigger``."""
+    """Base class. Subclasses set ``name``, ``Params`` and implement ``apply_trigger``.
+
+    Hooks, all batched over uint8 (N, C, H, W) tensors:
+    - ``apply_trigger``: the test-time trigger (full strength);
+    - ``poison_images``: what the poisoned training samples get (default: the test trigger;
+      A-Patch uses partial opacity, Dynamic a per-image generator output);
+    - ``cover_images``: what cover / cross samples get (they keep their true labels).
+    """
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[AttackParams]] = AttackParams
     clean_label: ClassVar[bool] = False
     rate_of: ClassVar[str] = "training set"  # what ``rate`` is a fraction of
+    cover_kind: ClassVar[str] = ""  # what cover samples are, for the record ("" = none)
+    chunk: ClassVar[int] = 512  # images per batch when triggering (bounds memory at 224x224)
 
     def __init__(self, params: AttackParams, ctx: AttackContext) -> None:
         if not 0 <= params.target < ctx.num_classes:
@@ -77,50 +86,102 @@ class Attack:
         self.params = params
         self.ctx = ctx
 
+    @classmethod
+    def uses_model(cls, params: AttackParams) -> bool:
+        """Whether the attack's artifacts depend on the model (reference model, generator)."""
+        return False
+
+    @property
+    def is_clean_label(self) -> bool:
+        return bool(getattr(self.params, "clean_label", self.clean_label))
+
     # -- to implement --------------------------------------------------------------------
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
-        """Stamp the trigger on a batch of uint8 images (N, C, H, W) and return the new batch."""
+        """Stamp the test-time trigger on a batch of uint8 images and return the new batch."""
         raise NotImplementedError
 
     # -- overridable defaults -------------------------------------------------------------
     def prepare(self, train: ImageSet) -> None:
         """Build expensive artifacts (reference models, generators) before poisoning."""
 
+    def poison_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The training-time trigger for the samples ``index`` (rows of the training set)."""
+        return self.apply_trigger(images)
+
+    def cover_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.poison_images(images, index)
+
     def poison_count(self, train: ImageSet) -> int:
         return round(self.params.rate * len(train))
 
+    def cover_count(self, train: ImageSet) -> int:
+        return 0
+
+    def eligible(self, train: ImageSet) -> torch.Tensor:
+        """Mask of the samples that may be poisoned: non-target (dirty label) or target
+        (clean label)."""
+        return (train.labels == self.params.target) if self.is_clean_label \
+            else (train.labels != self.params.target)
+
+    def generator(self, stream: int) -> torch.Generator:
+        """A generator seeded by the cell seed; ``stream`` separates independent draws."""
+        return torch.Generator().manual_seed(self.ctx.seed * 1000 + stream)
+
     def select_poison(self, train: ImageSet) -> torch.Tensor:
-        """Seeded choice of the samples to poison: non-target images (dirty label) or
-        target-class images (clean label)."""
-        labels = train.labels
-        pool = (labels == self.params.target) if self.clean_label else (labels != self.params.target)
-        candidates = pool.nonzero().flatten()
+        """Seeded choice of the samples to poison (sorted row indices)."""
+        candidates = self.eligible(train).nonzero().flatten()
         k = self.poison_count(train)
         if k > len(candidates):
             raise UsageError(f"{self.name}: {k} samples to poison but only {len(candidates)} eligible")
-        gen = torch.Generator().manual_seed(self.ctx.seed)
-        return candidates[torch.randperm(len(candidates), generator=gen)[:k]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=self.generator(0))[:k]].sort().values
+
+    def select_cover(self, train: ImageSet, poisoned: torch.Tensor) -> torch.Tensor:
+        """Seeded choice of cover samples among the rest (any class, labels kept)."""
+        k = self.cover_count(train)
+        if k == 0:
+            return torch.zeros(0, dtype=torch.long)
+        free = torch.ones(len(train), dtype=torch.bool)
+        free[poisoned] = False
+        candidates = free.nonzero().flatten()
+        if k > len(candidates):
+            raise UsageError(f"{self.name}: {k} cover samples but only {len(candidates)} left")
+        return candidates[torch.randperm(len(candidates), generator=self.generator(1))[:k]].sort().values
+
+    def _chunked(self, fn, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        out = []
+        for s in range(0, len(images), self.chunk):
+            part = images[s:s + self.chunk]
+            out.append(fn(part) if index is None else fn(part, index[s:s + self.chunk]))
+        return torch.cat(out) if out else images.clone()
 
     def poison_train(self, train: ImageSet) -> PoisonedTrainSet:
         idx = self.select_poison(train)
+        cover = self.select_cover(train, idx)
         images = train.images.clone()
         labels = train.labels.clone()
-        images[idx] = self.apply_trigger(train.images[idx])
-        if not self.clean_label:
+        if len(idx):
+            images[idx] = self._chunked(self.poison_images, train.images[idx], idx)
+        if len(cover):
+            images[cover] = self._chunked(self.cover_images, train.images[cover], cover)
+        if not self.is_clean_label:
             labels[idx] = self.params.target
         mask = torch.zeros(len(train), dtype=torch.bool)
         mask[idx] = True
-        return PoisonedTrainSet(images, labels, mask, torch.zeros_like(mask), train.labels.clone(),
+        cover_mask = torch.zeros(len(train), dtype=torch.bool)
+        cover_mask[cover] = True
+        return PoisonedTrainSet(images, labels, mask, cover_mask, train.labels.clone(),
                                 train.classes, info=self.describe())
 
     def trigger_test(self, test: ImageSet) -> ImageSet:
         keep = (test.labels != self.params.target).nonzero().flatten()
-        return ImageSet(self.apply_trigger(test.images[keep]), test.labels[keep], test.classes)
+        return ImageSet(self._chunked(self.apply_trigger, test.images[keep]), test.labels[keep],
+                        test.classes)
 
     def describe(self) -> dict[str, Any]:
-        return {"rate_of": self.rate_of, "clean_label": self.clean_label,
-                "poisoned": "triggered samples relabelled to the target" if not self.clean_label
-                else "triggered target-class samples (labels unchanged)"}
+        return {"rate_of": self.rate_of, "clean_label": self.is_clean_label,
+                "poisoned": "triggered samples relabelled to the target" if not self.is_clean_label
+                else "triggered target-class samples (labels unchanged)",
+                "cover": self.cover_kind or "none"}
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:

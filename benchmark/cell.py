@@ -107,7 +107,11 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
-    key = {k: config[k] for k in ("dataset", "data", "attack", "attack_params", "seed")}
+    fields = ["dataset", "data", "attack", "attack_params", "seed"]
+    # reference models and generators: the architecture is part of the artifact's identity
+    if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
+        fields += ["model", "model_params"]
+    key = {k: config[k] for k in fields}
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=trainer.device, trainer=trainer,
                         make_model=make_model)

@@ -1,5 +1,7 @@
 """``python run_benchmark.py``: run a grid of (dataset, attack, defense, seed) cells.
 
+``python run_benchmark.py triggers --out DIR`` writes the trigger gallery instead.
+
 Exit codes: 0 every cell ok, 1 some cell failed, 2 bad input (nothing written).
 """
 
@@ -31,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Benchmark training-time backdoor defenses: one Ray Tune trial per "
-                    "(dataset, attack, defense, seed) cell, one JSON record per cell.")
+                    "(dataset, attack, defense, seed) cell, one JSON record per cell.",
+        epilog="Trigger gallery: python run_benchmark.py triggers --out DIR (see triggers --help).")
     p.add_argument("--grid", default="smoke", help=f"preset: {', '.join(PRESETS)} (default smoke)")
-    p.add_argument("--attacks", help="comma-separated attack names (default: all registered)")
-    p.add_argument("--defenses", help="comma-separated defense names (default: all registered)")
+    p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
+    p.add_argument("--defenses", help="comma-separated defense names, or all (default: all registered)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.epochs=5, data.train_size=5000, "
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["triggers"]:
+        from benchmark.gallery import main as gallery
+        return gallery(argv[1:])
     args = build_parser().parse_args(argv)
     from attacks import ATTACKS
     from benchmark.cell import Runtime

@@ -28,8 +28,8 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     if preset not in PRESETS:
         from benchmark.registry import UsageError
         raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
-    attacks = attacks or ATTACKS.names()
-    defenses = defenses or DEFENSES.names()
+    attacks = ATTACKS.names() if not attacks or attacks == ["all"] else attacks
+    defenses = DEFENSES.names() if not defenses or defenses == ["all"] else defenses
     for a in attacks:
         ATTACKS.get(a)
     for d in defenses:

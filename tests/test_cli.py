@@ -15,7 +15,8 @@ TINY = ["--set", "data.train_size=200", "--set", "data.test_size=60", "--set", "
 @pytest.fixture()
 def args(tiny_cifar, tmp_path):
     return ["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar),
-            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY]
+            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"),
+            "--attacks", "badnets", *TINY]
 
 
 def records(tmp_path):
@@ -101,3 +102,34 @@ def test_plugin_errors_exit_2(args, tmp_path, capsys):
     bad.write_text("VALUE = 1\n")
     assert main([*args, "--plugin", str(bad)]) == 2
     assert "registered nothing" in capsys.readouterr().err
+
+
+def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_path, capsys):
+    fast = ["--set", "cl.ref_epochs=1", "--set", "cl.steps=2", "--set", "dynamic.mask_epochs=1",
+            "--set", "dynamic.epochs=1", "--set", "dynamic.width=4"]
+    assert main([*args, "--attacks", "all", "--defenses", "no_defense", *fast]) == 0
+    recs = list(records(tmp_path).values())
+    attacks = {r["config"]["attack"] for r in recs}
+    assert {"badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
+            "refool", "clean"} <= attacks
+    for r in recs:
+        assert r["status"] == "ok", r.get("error")
+        info = r["attack_info"]
+        assert info["n_poisoned"] == (0 if r["config"]["attack"] == "clean" else 20)
+    by = {r["config"]["attack"]: r["attack_info"] for r in recs}
+    assert by["wanet"]["n_cover"] == 40 and by["adaptive_patch"]["n_cover"] == 40
+    assert by["sig"]["clean_label"] and not by["badnets"]["clean_label"]
+    cache = tmp_path / "res" / "cache"
+    assert len(list((cache / "generators").glob("*.pt"))) == 1  # Dynamic's generator, once
+    assert len(list((cache / "models").glob("*.pt"))) == 1  # CL's clean reference model
+
+
+def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "gallery"
+    code = main(["triggers", "--out", str(out), "--attacks", "badnets,sig,wanet", "--n", "2",
+                 "--data-root", str(tiny_cifar), "--cache-dir", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "res"), "--set", "data.train_size=200"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["badnets.png", "sig.png", "wanet.png"]
+    assert main(["triggers", "--out", str(out), "--attacks", "nope"]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err

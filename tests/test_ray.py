@@ -19,7 +19,7 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
 
     code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
                  str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
-                 "--defenses", "no_defense,pipd", "--gpus-per-trial", "1"])
+                 "--attacks", "badnets", "--defenses", "no_defense,pipd", "--gpus-per-trial", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[2/2]" in out and "0 failed" in out

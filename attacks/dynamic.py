@@ -1,0 +1,198 @@
+"""Input-aware dynamic attack (Nguyen & Tran, NeurIPS 2020).
+
+A generator G makes a per-image pattern and a mask network M a per-image mask; the poisoned
+image is x + m (g - x). As in the original, M is first trained alone (diversity + mask-density
+losses), then G is trained jointly with a classifier on batches holding backdoor samples (target
+label), cross samples (another image's trigger, true label) and clean samples, with G's
+diversity loss. The trained G and M are the attack's artifact (cached, shared by every defense
+cell); the classifier is discarded. The training set is then poisoned with them: poisoned
+samples get their own trigger and the target label, cross samples (``cross_ratio`` x the
+poisoned count; the cover samples) another image's trigger and their true label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.base import Attack, AttackParams, register_attack
+from benchmark.data import ImageSet
+
+
+@dataclass
+class DynamicParams(AttackParams):
+    mask_epochs: int = 25
+    epochs: int = 100  # joint G + classifier training
+    batch_size: int = 128
+    lr_c: float = 0.01
+    lr_g: float = 0.01
+    train_attack_ratio: float = 0.1  # backdoor share of each batch while training G
+    train_cross_ratio: float = 0.1  # cross share of each batch while training G
+    lambda_div: float = 1.0
+    lambda_norm: float = 100.0
+    mask_density: float = 0.032
+    cross_ratio: float = 1.0  # cross samples in the poisoned set, per poisoned sample
+    width: int = 32  # channels of the first generator stage
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Generator(nn.Module):
+    """The original's encoder-decoder: two down stages, two up stages, any input size."""
+
+    def __init__(self, channels: int = 3, out_channels: int | None = None, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            conv_block(channels, w), conv_block(w, w), nn.MaxPool2d(2),
+            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
+            conv_block(2 * w, 4 * w), conv_block(4 * w, 4 * w),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            conv_block(4 * w, 2 * w), conv_block(2 * w, 2 * w),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            conv_block(2 * w, w), nn.Conv2d(w, out_channels or channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        out = self.net(x)
+        if out.shape[-2:] != (h, w):  # sizes not divisible by 4
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return (torch.tanh(out) + 1) / 2  # in [0, 1]
+
+
+def spread(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample RMS distance."""
+    return ((a - b) ** 2).flatten(1).mean(1).sqrt()
+
+
+def diversity_loss(x1: torch.Tensor, x2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor
+                   ) -> torch.Tensor:
+    """Different inputs must get different triggers: mean of d(x1, x2) / d(t1, t2)."""
+    return (spread(x1, x2) / (spread(t1, t2) + 1e-6)).mean()
+
+
+@register_attack
+class Dynamic(Attack):
+    name = "dynamic"
+    Params = DynamicParams
+    cover_kind = "cross samples: another image's generated trigger, true labels kept"
+
+    @classmethod
+    def uses_model(cls, params: AttackParams) -> bool:
+        return True
+
+    # -- artifact: the trained generator and mask network ---------------------------------
+    def prepare(self, train: ImageSet) -> None:
+        c = train.images.shape[1]
+        key = {**self.ctx.cache_key, "phase": "dynamic-generator"}
+        art = self.ctx.cache.get_or_create("generators", key, lambda: self.train_generators(train))
+        tr = self.ctx.trainer
+        self.gen, self.mask_net = Generator(c, width=self.params.width), Generator(c, 1, self.params.width)
+        self.gen.load_state_dict(art["gen"])
+        self.mask_net.load_state_dict(art["mask"])
+        self.gen, self.mask_net = tr.prepare_model(self.gen).eval(), tr.prepare_model(self.mask_net).eval()
+        self.generator_curve = art["curve"]
+
+    def train_generators(self, train: ImageSet) -> dict:
+        p, tr = self.params, self.ctx.trainer
+        torch.manual_seed(self.ctx.seed)
+        c = train.images.shape[1]
+        gen = tr.prepare_model(Generator(c, width=p.width))
+        mask_net = tr.prepare_model(Generator(c, 1, p.width))
+        x_all, y_all = tr.to_device(train.images), tr.to_device(train.labels)
+        g = self.generator(8)
+        n, bs = len(train), p.batch_size
+        curve: list[dict] = []
+
+        def batches():
+            perm = torch.randperm(n, generator=g)
+            other = torch.randperm(n, generator=g)
+            for s in range(0, n - bs + 1, bs):
+                i, j = tr.to_device(perm[s:s + bs]), tr.to_device(other[s:s + bs])
+                yield x_all[i].float() / 255, y_all[i], x_all[j].float() / 255
+
+        # 1. the mask network alone: diverse masks of the given density
+        opt_m = torch.optim.Adam(mask_net.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
+        for epoch in range(p.mask_epochs):
+            mask_net.train()
+            for x1, _y, x2 in batches():
+                m1, m2 = mask_net(tr.normalize(x1 * 255)), mask_net(tr.normalize(x2 * 255))
+                loss = p.lambda_div * diversity_loss(x1, x2, m1, m2) \
+                    + p.lambda_norm * F.relu(m1.mean() - p.mask_density)
+                opt_m.zero_grad()
+                loss.backward()
+                opt_m.step()
+            curve.append({"phase": "mask", "epoch": epoch + 1, "mask_density": float(m1.detach().mean())})
+        mask_net.eval()
+        for q in mask_net.parameters():
+            q.requires_grad_(False)
+
+        # 2. the generator jointly with a classifier
+        clf = tr.prepare_model(self.ctx.make_model())
+        opt_c = torch.optim.SGD(clf.parameters(), lr=p.lr_c, momentum=0.9, weight_decay=5e-4)
+        opt_g = torch.optim.Adam(gen.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
+        n_bd, n_cross = round(p.train_attack_ratio * bs), round(p.train_cross_ratio * bs)
+        for epoch in range(p.epochs):
+            clf.train()
+            gen.train()
+            correct = bd_hit = seen = 0
+            for x1, y1, x2 in batches():
+                xn1, xn2 = tr.normalize(x1 * 255), tr.normalize(x2 * 255)
+                g1, g2 = gen(xn1), gen(xn2)
+                m1, m2 = mask_net(xn1), mask_net(xn2)
+                bd = x1[:n_bd] + m1[:n_bd] * (g1[:n_bd] - x1[:n_bd])
+                cross = x1[n_bd:n_bd + n_cross] + m2[n_bd:n_bd + n_cross] * (
+                    g2[n_bd:n_bd + n_cross] - x1[n_bd:n_bd + n_cross])
+                inputs = torch.cat([bd, cross, x1[n_bd + n_cross:]])
+                targets = torch.cat([torch.full_like(y1[:n_bd], self.params.target), y1[n_bd:]])
+                logits = clf(tr.normalize(tr.augment(inputs * 255, 4, g)))  # the original augments too
+                loss = F.cross_entropy(logits, targets) + p.lambda_div * diversity_loss(x1, x2, g1, g2)
+                opt_c.zero_grad()
+                opt_g.zero_grad()
+                loss.backward()
+                opt_c.step()
+                opt_g.step()
+                pred = logits.argmax(1)
+                correct += int((pred[n_bd:] == targets[n_bd:]).sum())
+                bd_hit += int((pred[:n_bd] == self.params.target).sum())
+                seen += len(x1)
+            curve.append({"phase": "joint", "epoch": epoch + 1,
+                          "clean_acc": correct / max(1, seen - seen * n_bd // bs),
+                          "backdoor_acc": bd_hit / max(1, seen * n_bd // bs)})
+        return {"gen": {k: v.cpu() for k, v in gen.state_dict().items()},
+                "mask": {k: v.cpu() for k, v in mask_net.state_dict().items()}, "curve": curve}
+
+    # -- triggering ----------------------------------------------------------------------
+    @torch.no_grad()
+    def triggered(self, images: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """x + m(s) (g(s) - x), with s = ``source`` (another image: cross) or x itself."""
+        tr = self.ctx.trainer
+        x = tr.to_device(images).float() / 255
+        s = x if source is None else tr.to_device(source).float() / 255
+        sn = tr.normalize(s * 255)
+        g, m = self.gen(sn).float(), self.mask_net(sn).float()
+        return ((x + m * (g - x)) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+
+    def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
+        return self.triggered(images)
+
+    def cover_count(self, train: ImageSet) -> int:
+        return round(self.params.cross_ratio * self.poison_count(train))
+
+    def select_cover(self, train: ImageSet, poisoned: torch.Tensor) -> torch.Tensor:
+        self.train_images = train.images
+        return super().select_cover(train, poisoned)
+
+    def cover_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # each cross sample takes the trigger of a random other training image
+        donors = torch.randint(0, len(self.train_images), (len(images),),
+                               generator=self.generator(9 + int(index[0])))
+        return self.triggered(images, self.train_images[donors])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "generator_curve": getattr(self, "generator_curve", [])[-1:]}

@@ -1,0 +1,33 @@
+"""A clean reference model trained once per (dataset, model, seed) and shared by every attack
+that needs one (CL's PGD, Trojan's trigger optimisation). Cached under artifacts/models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attacks.base import AttackContext
+from benchmark.data import ImageSet
+from benchmark.train import TrainConfig
+
+
+def reference_model(ctx: AttackContext, train: ImageSet, epochs: int, lr: float = 0.1) -> nn.Module:
+    if ctx.trainer is None or ctx.make_model is None:
+        raise RuntimeError("this attack needs a trainer and a model factory in its AttackContext")
+    cfg = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", warmup=0.2)
+    upstream = {k: v for k, v in ctx.cache_key.items() if k not in ("attack", "attack_params")}
+    key = {**upstream, "phase": "clean-reference", "cfg": vars(cfg)}
+
+    def train_model() -> dict:
+        torch.manual_seed(ctx.seed)  # the same seed gives the same reference model
+        model = ctx.make_model()
+        curve = ctx.trainer.fit(model, train.images, train.labels, cfg, seed=ctx.seed,
+                                desc="clean reference model")
+        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
+
+    art = ctx.cache.get_or_create("models", key, train_model)
+    model = ctx.make_model()
+    model.load_state_dict(art["state"])
+    model = ctx.trainer.prepare_model(model)
+    model.eval()
+    return model

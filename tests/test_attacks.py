@@ -1,0 +1,82 @@
+"""Invariants every attack must keep (counts, labels, untouched samples, determinism)."""
+
+import pytest
+import torch
+
+from attacks import ATTACKS
+from tests.attack_helpers import make_set, poisoned
+
+ALL = ["badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch", "refool"]
+CLEAN_LABEL = {"sig", "cl"}
+
+
+def test_the_nine_attacks_are_registered():
+    assert set(ALL) <= set(ATTACKS.names())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_counts_labels_and_untouched_samples(name):
+    train = make_set(400)
+    atk, ps = poisoned(name, train)
+    idx = ps.poison_mask.nonzero().flatten()
+    assert len(idx) == round(0.05 * 400)
+    if name in CLEAN_LABEL:
+        assert (train.labels[idx] == 0).all()  # target-class images only
+        assert torch.equal(ps.labels, train.labels)  # a clean-label attack never relabels
+    else:
+        assert (train.labels[idx] != 0).all()
+        assert (ps.labels[idx] == 0).all()
+        assert torch.equal(ps.labels[~ps.poison_mask], train.labels[~ps.poison_mask])
+    # the trigger is on the poisoned (and cover) samples and nowhere else
+    assert not torch.equal(ps.images[idx], train.images[idx])
+    rest = ~ps.poison_mask & ~ps.cover_mask
+    assert torch.equal(ps.images[rest], train.images[rest])
+    # cover samples: disjoint from the poisoned ones, triggered, true labels
+    assert not (ps.cover_mask & ps.poison_mask).any()
+    if ps.cover_mask.any():
+        assert torch.equal(ps.labels[ps.cover_mask], train.labels[ps.cover_mask])
+        assert not torch.equal(ps.images[ps.cover_mask], train.images[ps.cover_mask])
+    info = ps.info
+    assert info["clean_label"] == (name in CLEAN_LABEL) and info["rate_of"].startswith("training set")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_byte_identical_other_seed_differs(name):
+    train = make_set(300)
+    _, a = poisoned(name, train, seed=3)
+    _, b = poisoned(name, train, seed=3)
+    _, c = poisoned(name, train, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert torch.equal(a.poison_mask, b.poison_mask) and torch.equal(a.cover_mask, b.cover_mask)
+    assert not torch.equal(a.poison_mask, c.poison_mask)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_test_triggering_excludes_the_target_class(name):
+    train, test = make_set(300), make_set(100, seed=9)
+    atk, _ = poisoned(name, train)
+    trig = atk.trigger_test(test)
+    keep = test.labels != 0
+    assert len(trig) == int(keep.sum()) and (trig.labels != 0).all()
+    assert torch.equal(trig.labels, test.labels[keep])
+    assert trig.images.dtype == torch.uint8 and trig.images.shape[1:] == test.images.shape[1:]
+    assert not torch.equal(trig.images, test.images[keep])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_works_on_imagenet_size_inputs(name):
+    atk, _ = poisoned(name, make_set(200))
+    big = make_set(4, size=224, seed=2).images
+    out = atk.apply_trigger(big)
+    assert out.shape == big.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, big)
+
+
+def test_clean_baseline_poisons_nothing_and_its_trigger_is_the_identity():
+    train = make_set(200)
+    atk, ps = poisoned("clean", train)
+    assert not ps.poison_mask.any() and not ps.cover_mask.any()
+    assert torch.equal(ps.images, train.images) and torch.equal(ps.labels, train.labels)
+    test = make_set(50, seed=3)
+    trig = atk.trigger_test(test)
+    assert torch.equal(trig.images, test.images[test.labels != 0])
