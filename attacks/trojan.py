@@ -73,6 +73,10 @@ class Trojan(Attack):
             return optimised
         return seeded_pattern(c, h, w, self.params.pattern_seed, smooth=scaled(1, min(h, w)))
 
+    def describe(self) -> dict:
+        return {**super().describe(), **({"optimisation": self.optimisation}
+                                         if hasattr(self, "optimisation") else {})}
+
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         c, h, w = images.shape[1:]
         mask, alpha = self.region(c, h, w)
@@ -99,15 +103,21 @@ class Trojan(Attack):
         x = tr.to_device(sample).float()
         pat = (tr.to_device(self.pattern(c, h, w)).float() / 255).requires_grad_(True)
         opt = torch.optim.Adam([pat], lr=0.05)
+        activations = []
         try:
-            for _ in range(self.params.optimize_steps):
+            for _ in range(self.params.optimize_steps + 1):
                 feats.clear()
                 stamped = x * (1 - alpha * mask) + 255 * pat.clamp(0, 1) * alpha * mask
                 model(tr.normalize(stamped))
                 loss = -feats[0][:, neuron].mean()
+                activations.append(-float(loss.detach()))
+                if len(activations) > self.params.optimize_steps:
+                    break  # the last pass only measures the optimised trigger
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         finally:
             hook.remove()
+        self.optimisation = {"neuron": neuron, "activation_before": activations[0],
+                             "activation_after": activations[-1]}
         return (pat.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -72,6 +72,8 @@ def test_trojan_optimisation_raises_the_chosen_neuron():
     plain, _ = poisoned("trojan", train)
     opt, _ = poisoned("trojan", train, optimize_steps=20, ref_epochs=1)
     assert not torch.equal(opt.pattern(3, 32, 32), plain.pattern(3, 32, 32))
+    info = opt.optimisation
+    assert info["activation_after"] > info["activation_before"]  # the chosen neuron fires more
     # outside the patch nothing changes, whatever the optimisation did
     x = flat(100)
     assert torch.equal(opt.apply_trigger(x)[:, :, :27], x[:, :, :27])
