@@ -1,0 +1,27 @@
+import os
+import stat
+
+import pytest
+
+from benchmark import cache
+from benchmark.cache import atomic_write_bytes
+
+
+def test_atomic_write_honours_umask_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "records" / "a.json"
+    atomic_write_bytes(path, b"{}")
+    assert path.read_bytes() == b"{}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache._UMASK  # not mkstemp's 0600
+    assert os.listdir(path.parent) == ["a.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    atomic_write_bytes(path, b"old")
+
+    def boom(*_a):
+        raise OSError("disk full")
+    monkeypatch.setattr(cache.os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.json"]
