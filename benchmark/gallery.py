@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the PNG files")
     p.add_argument("--grid", default="smoke",
                    help=f"preset whose attack settings to use: {', '.join(PRESETS)}")
-    p.add_argument("--attacks", help="comma-separated attack names (default: all registered)")
+    p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
     p.add_argument("--n", type=int, default=4, help="images per attack (default 4)")
     p.add_argument("--amplify", type=float, default=5.0, help="difference gain (default 5)")
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +89,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for plugin in args.plugin:
         load_plugin(plugin)
-    names = [a.strip() for a in args.attacks.split(",")] if args.attacks else ATTACKS.names()
+    names = [a.strip() for a in (args.attacks or "all").split(",") if a.strip()]
+    names = ATTACKS.names() if names == ["all"] else names
     for name in names:
         ATTACKS.get(name)  # unknown names: one line naming the valid choices
     if args.n < 1:
@@ -100,6 +101,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         clean, poisoned, captions = examples(name, args, rt)
+        if not len(clean):  # e.g. the no-attack baseline
+            print(f"{name}: no poisoned samples, nothing to draw")
+            continue
         path = out / f"{name}.png"
         draw(name, clean, poisoned, captions, args.amplify, path)
         print(f"{name}: {path}")

@@ -126,10 +126,11 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
 
 def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "gallery"
-    code = main(["triggers", "--out", str(out), "--attacks", "badnets,sig,wanet", "--n", "2",
+    code = main(["triggers", "--out", str(out), "--attacks", "badnets,sig,wanet,clean", "--n", "2",
                  "--data-root", str(tiny_cifar), "--cache-dir", str(tmp_path / "cache"),
                  "--results", str(tmp_path / "res"), "--set", "data.train_size=200"])
     assert code == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["badnets.png", "sig.png", "wanet.png"]
+    assert "clean: no poisoned samples" in capsys.readouterr().out  # drawn as nothing, not a crash
     assert main(["triggers", "--out", str(out), "--attacks", "nope"]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err
