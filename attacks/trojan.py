@@ -74,8 +74,10 @@ class Trojan(Attack):
         return seeded_pattern(c, h, w, self.params.pattern_seed, smooth=scaled(1, min(h, w)))
 
     def describe(self) -> dict:
-        return {**super().describe(), **({"optimisation": self.optimisation}
-                                         if hasattr(self, "optimisation") else {})}
+        info = super().describe()
+        if getattr(self, "optimisation", None):
+            info["optimisation"] = self.optimisation
+        return info
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         c, h, w = images.shape[1:]
@@ -103,19 +105,22 @@ class Trojan(Attack):
         x = tr.to_device(sample).float()
         pat = (tr.to_device(self.pattern(c, h, w)).float() / 255).requires_grad_(True)
         opt = torch.optim.Adam([pat], lr=0.05)
+
+        def mean_activation() -> torch.Tensor:
+            feats.clear()
+            model(tr.normalize(x * (1 - alpha * mask) + 255 * pat.clamp(0, 1) * alpha * mask))
+            return feats[0][:, neuron].mean()
+
         activations = []
         try:
-            for _ in range(self.params.optimize_steps + 1):
-                feats.clear()
-                stamped = x * (1 - alpha * mask) + 255 * pat.clamp(0, 1) * alpha * mask
-                model(tr.normalize(stamped))
-                loss = -feats[0][:, neuron].mean()
-                activations.append(-float(loss.detach()))
-                if len(activations) > self.params.optimize_steps:
-                    break  # the last pass only measures the optimised trigger
+            for _ in range(self.params.optimize_steps):
+                act = mean_activation()
+                activations.append(float(act.detach()))
                 opt.zero_grad()
-                loss.backward()
+                (-act).backward()
                 opt.step()
+            with torch.no_grad():  # the optimised trigger's activation
+                activations.append(float(mean_activation()))
         finally:
             hook.remove()
         self.optimisation = {"neuron": neuron, "activation_before": activations[0],

@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmark.registry import UsageError
 
 
-def _csv(text: str | None) -> list[str] | None:
+def split_csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
@@ -103,7 +103,7 @@ def _main(argv: list[str]) -> int:
         return 0
 
     sets = parse_sets(args.sets)
-    cells = expand_grid(args.grid, _csv(args.attacks), _csv(args.defenses), _seeds(args.seeds),
+    cells = expand_grid(args.grid, split_csv(args.attacks), split_csv(args.defenses), _seeds(args.seeds),
                         sets, imagenet=args.imagenet_root is not None)
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                  imagenet_root=args.imagenet_root,

@@ -83,16 +83,14 @@ def draw(name: str, clean: torch.Tensor, poisoned: torch.Tensor, captions: list[
 def main(argv: list[str]) -> int:
     from attacks import ATTACKS
     from benchmark.cell import Runtime
+    from benchmark.cli import split_csv
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.plugins import load_plugin
 
     args = build_parser().parse_args(argv)
     for plugin in args.plugin:
         load_plugin(plugin)
-    names = [a.strip() for a in (args.attacks or "all").split(",") if a.strip()]
-    names = ATTACKS.names() if names == ["all"] else names
-    for name in names:
-        ATTACKS.get(name)  # unknown names: one line naming the valid choices
+    names = ATTACKS.select(split_csv(args.attacks))
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),

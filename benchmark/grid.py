@@ -28,12 +28,7 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     if preset not in PRESETS:
         from benchmark.registry import UsageError
         raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
-    attacks = ATTACKS.names() if not attacks or attacks == ["all"] else attacks
-    defenses = DEFENSES.names() if not defenses or defenses == ["all"] else defenses
-    for a in attacks:
-        ATTACKS.get(a)
-    for d in defenses:
-        DEFENSES.get(d)
+    attacks, defenses = ATTACKS.select(attacks), DEFENSES.select(defenses)
     validate_sets(sets, attacks, defenses)
     datasets: list[str | None] = [None]
     if imagenet and preset == "full":

@@ -47,6 +47,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def select(self, names: list[str] | None) -> list[str]:
+        """``names`` checked against the registry; none given or ``["all"]``: every name."""
+        chosen = self.names() if not names or names == ["all"] else names
+        for name in chosen:
+            self.get(name)  # unknown names: UsageError naming the valid choices
+        return chosen
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -69,3 +69,13 @@ def test_plugin_that_registers_nothing_or_fails_is_a_usage_error(tmp_path):
         load_plugin(broken)
     with pytest.raises(UsageError, match="does not exist"):
         load_plugin(tmp_path / "missing.py")
+
+
+def test_select_resolves_all_and_rejects_unknown_names():
+    reg: Registry[int] = Registry("widget")
+    reg.register("b", 2)
+    reg.register("a", 1)
+    assert reg.select(None) == reg.select(["all"]) == ["a", "b"]
+    assert reg.select(["b"]) == ["b"]
+    with pytest.raises(UsageError, match="unknown widget 'c'; valid choices: a, b"):
+        reg.select(["a", "c"])
