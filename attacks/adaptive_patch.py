@@ -1,7 +1,9 @@
 """Adaptive-Patch (Qi et al., ICLR 2023), dirty label with cover samples.
 
-``n_triggers`` code-generated patches (seeded colour patterns at seeded positions) are blended
-at partial opacity (``train_alpha``): poisoned sample i gets patch i mod K. Cover samples
+``n_triggers`` code-generated patches are blended at partial opacity (``train_alpha``). Each is
+a seeded high-contrast pattern (every pixel and channel 0 or 255, like the BadNets-style and
+Trojan-square patches among the original's triggers) on its own tile of a ``patch_size`` grid,
+so patches never overlap: poisoned sample i gets patch i mod K. Cover samples
 (``cover_ratio`` x the poisoned count, drawn from all classes) get patches the same way but keep
 their true labels, which weakens the latent separation defenses rely on. Test images get every
 patch at full strength (``test_alpha``).
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackParams, register_attack
-from attacks.triggers import blend, scaled, seeded_pattern
+from attacks.triggers import blend, scaled
 from benchmark.registry import UsageError
 
 
@@ -41,19 +43,24 @@ class AdaptivePatch(Attack):
     name = "adaptive_patch"
     Params = AdaptivePatchParams
     cover_kind = "samples carrying a partial-opacity patch with their true labels"
+    version = 2  # 2: high-contrast non-overlapping patches (1: smooth, near-flat colour squares)
 
     def masks_and_patterns(self, c: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per trigger: a float region mask (K, 1, h, w) and a uint8 pattern (K, c, h, w)."""
         p = self.params
         s = scaled(p.patch_size, min(h, w))
+        rows, cols = h // s, w // s
+        if p.n_triggers > rows * cols:
+            raise UsageError(f"adaptive_patch: {p.n_triggers} patches of {s}px do not fit a {h}x{w} image")
         g = torch.Generator().manual_seed(p.pattern_seed)
+        tiles = torch.randperm(rows * cols, generator=g)[:p.n_triggers].tolist()
         masks = torch.zeros(p.n_triggers, 1, h, w)
-        patterns = torch.stack([seeded_pattern(c, h, w, p.pattern_seed * 100 + k, smooth=s)
-                                for k in range(p.n_triggers)])
-        for k in range(p.n_triggers):
-            top = int(torch.randint(0, h - s + 1, (1,), generator=g))
-            left = int(torch.randint(0, w - s + 1, (1,), generator=g))
+        patterns = torch.zeros(p.n_triggers, c, h, w, dtype=torch.uint8)
+        for k, tile in enumerate(tiles):
+            top, left = (tile // cols) * s, (tile % cols) * s
             masks[k, :, top:top + s, left:left + s] = 1
+            bits = torch.rand((c, s, s), generator=g) < 0.5
+            patterns[k, :, top:top + s, left:left + s] = bits.to(torch.uint8) * 255
         return masks, patterns
 
     def cover_count(self, train) -> int:

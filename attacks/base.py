@@ -78,6 +78,9 @@ class Attack:
     clean_label: ClassVar[bool] = False
     rate_of: ClassVar[str] = "training set"  # what ``rate`` is a fraction of
     cover_kind: ClassVar[str] = ""  # what cover samples are, for the record ("" = none)
+    # bump when a change alters what the attack produces for the same params: it re-keys the
+    # attack's cached artifacts and cells (see benchmark.config.method_versions)
+    version: ClassVar[int] = 1
     chunk: ClassVar[int] = 512  # images per batch when triggering (bounds memory at 224x224)
 
     def __init__(self, params: AttackParams, ctx: AttackContext) -> None:

@@ -1,13 +1,15 @@
 """Input-aware dynamic attack (Nguyen & Tran, NeurIPS 2020).
 
 A generator G makes a per-image pattern and a mask network M a per-image mask; the poisoned
-image is x + m (g - x). As in the original, M is first trained alone (diversity + mask-density
-losses), then G is trained jointly with a classifier on batches holding backdoor samples (target
-label), cross samples (another image's trigger, true label) and clean samples, with G's
-diversity loss. The trained G and M are the attack's artifact (cached, shared by every defense
-cell); the classifier is discarded. The training set is then poisoned with them: poisoned
-samples get their own trigger and the target label, cross samples (``cross_ratio`` x the
-poisoned count; the cover samples) another image's trigger and their true label.
+image is x + m (g - x), with m = threshold(M(x)), the original's soft step that makes masks
+near-binary. As in the original, M is first trained alone (diversity loss + a per-pixel hinge
+on mask values above the density), then G is trained jointly with a classifier on batches
+holding backdoor samples (target label), cross samples (another image's trigger, true label)
+and clean samples, with G's diversity loss. The trained G and M are the attack's artifact
+(cached, shared by every defense cell); the classifier is discarded. The training set is then
+poisoned with them: poisoned samples get their own trigger and the target label, cross samples
+(``cross_ratio`` x the poisoned count; the cover samples) another image's trigger and their
+true label.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class Generator(nn.Module):
         return (torch.tanh(out) + 1) / 2  # in [0, 1]
 
 
+def threshold(m: torch.Tensor) -> torch.Tensor:
+    """The original's soft step on the mask network's output: near-binary masks (0.5 -> 0.5)."""
+    return torch.tanh(20 * m - 10) / 2 + 0.5
+
+
 def spread(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample RMS distance."""
     return ((a - b) ** 2).flatten(1).mean(1).sqrt()
@@ -81,6 +88,7 @@ class Dynamic(Attack):
     name = "dynamic"
     Params = DynamicParams
     cover_kind = "cross samples: another image's generated trigger, true labels kept"
+    version = 2  # 2: the original's mask threshold and per-pixel density hinge
 
     @classmethod
     def uses_model(cls, params: AttackParams) -> bool:
@@ -121,9 +129,11 @@ class Dynamic(Attack):
         for epoch in range(p.mask_epochs):
             mask_net.train()
             for x1, _y, x2 in batches():
-                m1, m2 = mask_net(tr.normalize(x1 * 255)), mask_net(tr.normalize(x2 * 255))
+                m1 = threshold(mask_net(tr.normalize(x1 * 255)))
+                m2 = threshold(mask_net(tr.normalize(x2 * 255)))
+                # per-pixel hinge, as the original: every mask pixel above the density costs
                 loss = p.lambda_div * diversity_loss(x1, x2, m1, m2) \
-                    + p.lambda_norm * F.relu(m1.mean() - p.mask_density)
+                    + p.lambda_norm * F.relu(m1 - p.mask_density).mean()
                 opt_m.zero_grad()
                 loss.backward()
                 opt_m.step()
@@ -144,7 +154,7 @@ class Dynamic(Attack):
             for x1, y1, x2 in batches():
                 xn1, xn2 = tr.normalize(x1 * 255), tr.normalize(x2 * 255)
                 g1, g2 = gen(xn1), gen(xn2)
-                m1, m2 = mask_net(xn1), mask_net(xn2)
+                m1, m2 = threshold(mask_net(xn1)), threshold(mask_net(xn2))
                 bd = x1[:n_bd] + m1[:n_bd] * (g1[:n_bd] - x1[:n_bd])
                 cross = x1[n_bd:n_bd + n_cross] + m2[n_bd:n_bd + n_cross] * (
                     g2[n_bd:n_bd + n_cross] - x1[n_bd:n_bd + n_cross])
@@ -175,7 +185,7 @@ class Dynamic(Attack):
         x = tr.to_device(images).float() / 255
         s = x if source is None else tr.to_device(source).float() / 255
         sn = tr.normalize(s * 255)
-        g, m = self.gen(sn).float(), self.mask_net(sn).float()
+        g, m = self.gen(sn).float(), threshold(self.mask_net(sn).float())
         return ((x + m * (g - x)) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
@@ -195,4 +205,4 @@ class Dynamic(Attack):
         return self.triggered(images, self.train_images[donors])
 
     def describe(self) -> dict:
-        return {**super().describe(), "generator_curve": getattr(self, "generator_curve", [])[-1:]}
+        return {**super().describe(), "generator_curve": getattr(self, "generator_curve", [])}

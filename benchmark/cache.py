@@ -73,8 +73,9 @@ class ArtifactCache:
                 os.close(fd)
                 try:
                     torch.save(value, tmp)
-                    (path.parent / "index.jsonl").open("a").write(
-                        canonical_json({"hash": path.stem, "key": key}) + "\n")
+                    os.chmod(tmp, 0o666 & ~_UMASK)  # shared like the records, not mkstemp's 0600
+                    with (path.parent / "index.jsonl").open("a") as index:
+                        index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
                     os.replace(tmp, path)
                 finally:
                     Path(tmp).unlink(missing_ok=True)

@@ -107,7 +107,8 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
-    fields = ["dataset", "data", "attack", "attack_params", "seed"]
+    fields = ["dataset", "data", "attack", "attack_params", "seed",
+              *(["attack_version"] if "attack_version" in config else [])]
     # reference models and generators: the architecture is part of the artifact's identity
     if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
         fields += ["model", "model_params"]
@@ -151,7 +152,8 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     ev = config["eval"]
     defense_cls = DEFENSES.get(config["defense"])
     upstream = {k: config[k] for k in ("dataset", "data", "attack", "attack_params", "model",
-                                       "model_params", "train", "seed")}
+                                       "model_params", "train", "seed", "attack_version")
+                if k in config}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,

@@ -113,6 +113,14 @@ def _apply(section: dict, key: str, field_name: str, value: Any, where: str) -> 
     section[field_name] = coerce(key, value, section[field_name])
 
 
+def method_versions(attack_cls: type, defense_cls: type) -> dict[str, int]:
+    """``attack_version`` / ``defense_version`` config keys, present only once a method's
+    ``version`` is past 1: a changed method re-keys its own cells and artifacts while every
+    other cell keeps its hash (and its finished records)."""
+    pairs = (("attack_version", attack_cls.version), ("defense_version", defense_cls.version))
+    return {key: v for key, v in pairs if v != 1}
+
+
 def resolve_cell(preset: str, attack: str, defense: str, seed: int,
                  sets: list[tuple[str, Any]], *, dataset: str | None = None,
                  model: str | None = None) -> dict[str, Any]:
@@ -167,7 +175,7 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
         "preset": preset, "dataset": dataset, "model": model, "attack": attack,
         "defense": defense, "seed": seed, "data": data, "model_params": model_params,
         "train": train, "eval": eval_, "attack_params": attack_params,
-        "defense_params": defense_params,
+        "defense_params": defense_params, **method_versions(attack_cls, defense_cls),
     }
 
 

@@ -61,6 +61,7 @@ class Defense:
     name: ClassVar[str] = ""
     Params: ClassVar[type[DefenseParams]] = DefenseParams
     is_detector: ClassVar[bool] = False  # isolation only (SCALE-UP, DBALFA); no defended model
+    version: ClassVar[int] = 1  # bump when results change for the same params (re-keys cells)
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params

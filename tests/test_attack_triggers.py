@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from attacks.triggers import to_uint8
 from attacks.trojan import watermark_mask
 from attacks.wanet import identity_grid
+from benchmark.registry import UsageError
 from tests.attack_helpers import make_attack, make_set, poisoned
 
 
@@ -150,6 +151,21 @@ def test_adaptive_patch_equal_shares_partial_opacity_and_full_strength_test():
         assert torch.equal(out[0][:, region], patterns[k][:, region])  # full strength at test
 
 
+def test_adaptive_patch_triggers_are_disjoint_high_contrast_squares():
+    atk, _ = poisoned("adaptive_patch", make_set(100), n_triggers=4, patch_size=4)
+    masks, patterns = atk.masks_and_patterns(3, 32, 32)
+    assert (masks.sum(0) <= 1).all() and (masks.flatten(1).sum(1) == 16).all()  # 4x4, no overlap
+    for k in range(4):
+        region = masks[k, 0].bool()
+        values = patterns[k][:, region]
+        assert set(values.unique().tolist()) == {0, 255}  # every pixel/channel fully on or off
+        assert (patterns[k][:, ~region] == 0).all()
+    big, _ = atk.masks_and_patterns(3, 224, 224)
+    assert (big.flatten(1).sum(1) == 28 * 28).all()  # scaled with the image
+    with pytest.raises(UsageError, match="do not fit"):
+        poisoned("adaptive_patch", make_set(100), n_triggers=65, patch_size=4)
+
+
 # ---------------------------------------------------------------- Refool
 def test_refool_blends_a_pool_reflection_and_never_poisons_the_pool():
     train = make_set(400)
@@ -190,3 +206,19 @@ def test_dynamic_triggers_are_input_specific_and_the_generator_is_cached(tmp_pat
     again = make_attack("dynamic", cache_root=tmp_path)
     again.prepare(train)
     assert torch.equal(again.poison_train(train).images, ps.images)
+
+
+def test_dynamic_blends_through_the_originals_soft_mask_threshold():
+    from attacks.dynamic import threshold
+
+    t = threshold(torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0]))
+    assert t[0] < 1e-3 and t[1] < 0.02 and abs(t[2] - 0.5) < 1e-6 and t[3] > 0.98 and t[4] > 0.999
+    train = make_set(60)
+    atk = make_attack("dynamic")
+    atk.prepare(train)
+    x = train.images[:4]
+    xn = atk.ctx.trainer.normalize(x.float())
+    with torch.no_grad():
+        g, m = atk.gen(xn), threshold(atk.mask_net(xn))
+    expected = to_uint8(x.float() / 255 + m * (g - x.float() / 255))
+    assert (atk.apply_trigger(x).int() - expected.int()).abs().max() <= 1

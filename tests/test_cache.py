@@ -25,3 +25,16 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.json"]
+
+
+def test_artifacts_are_computed_once_shared_like_records_and_indexed(tmp_path):
+    store = cache.ArtifactCache(tmp_path)
+    calls = []
+    key = {"attack": "badnets", "seed": 0}
+    first = store.get_or_create("poisoned", key, lambda: calls.append(1) or {"x": 1})
+    again = store.get_or_create("poisoned", key, lambda: calls.append(1) or {"x": 2})
+    assert first == again == {"x": 1} and calls == [1]
+    path = store.path("poisoned", key)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache._UMASK
+    assert sorted(os.listdir(path.parent)) == sorted([path.name, path.stem + ".lock", "index.jsonl"])
+    assert path.stem in (path.parent / "index.jsonl").read_text()

@@ -28,6 +28,18 @@ def test_set_overrides_by_namespace_and_changes_the_hash():
     assert cell_id(resolve_cell("smoke", "badnets", "pipd", 1, [])) != cell_id(base)
 
 
+def test_a_method_version_bump_rekeys_only_that_methods_cells(monkeypatch):
+    from attacks import ATTACKS
+
+    badnets = ATTACKS.get("badnets")
+    before = {a: cell_id(resolve_cell("smoke", a, "no_defense", 0, [])) for a in ("badnets", "sig")}
+    assert "attack_version" not in resolve_cell("smoke", "badnets", "no_defense", 0, [])
+    monkeypatch.setattr(badnets, "version", 2)
+    c = resolve_cell("smoke", "badnets", "no_defense", 0, [])
+    assert c["attack_version"] == 2 and cell_id(c) != before["badnets"]
+    assert cell_id(resolve_cell("smoke", "sig", "no_defense", 0, [])) == before["sig"]
+
+
 @pytest.mark.parametrize("item,message", [
     ("train.epochz=3", "unknown --set key 'train.epochz'; valid train keys: .*epochs"),
     ("pipd.rhoo=1", "unknown --set key 'pipd.rhoo'; valid pipd keys: .*rho"),
