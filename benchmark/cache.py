@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -32,12 +32,14 @@ _UMASK = os.umask(0)  # the process umask: os has no getter, so set and restore 
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temp file beside ``path``, then rename it into place: readers see
+    the old file or the new one, never half of one. Permissions follow the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
@@ -45,6 +47,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 class ArtifactCache:
@@ -69,16 +75,9 @@ class ArtifactCache:
                 if path.exists():  # computed by another trial while we waited
                     return torch.load(path, weights_only=False)
                 value = compute()
-                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-                os.close(fd)
-                try:
-                    torch.save(value, tmp)
-                    os.chmod(tmp, 0o666 & ~_UMASK)  # shared like the records, not mkstemp's 0600
-                    with (path.parent / "index.jsonl").open("a") as index:
-                        index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
-                    os.replace(tmp, path)
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                atomic_write(path, lambda f: torch.save(value, f))
+                with (path.parent / "index.jsonl").open("a") as index:
+                    index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
                 return value
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

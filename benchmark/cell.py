@@ -107,12 +107,11 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
-    fields = ["dataset", "data", "attack", "attack_params", "seed",
-              *(["attack_version"] if "attack_version" in config else [])]
+    fields = ["dataset", "data", "attack", "attack_params", "attack_version", "seed"]
     # reference models and generators: the architecture is part of the artifact's identity
     if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
         fields += ["model", "model_params"]
-    key = {k: config[k] for k in fields}
+    key = {k: config[k] for k in fields if k in config}  # a version is absent while it is 1
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=trainer.device, trainer=trainer,
                         make_model=make_model)
@@ -151,8 +150,9 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     t = time.perf_counter()
     ev = config["eval"]
     defense_cls = DEFENSES.get(config["defense"])
-    upstream = {k: config[k] for k in ("dataset", "data", "attack", "attack_params", "model",
-                                       "model_params", "train", "seed", "attack_version")
+    # everything the defense's artifacts depend on, its own version included
+    upstream = {k: config[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
+                                       "model", "model_params", "train", "seed", "defense_version")
                 if k in config}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,

@@ -36,7 +36,8 @@ class DefenseContext:
     train_cfg: TrainConfig  # the base recipe (a No Defense run uses exactly this)
     seed: int
     cache: ArtifactCache  # for defense-side artifacts shared across cells (e.g. a pre-isolation model)
-    cache_key: dict  # identity of everything upstream: dataset, attack, model, recipe, seed
+    # identity of everything upstream (dataset, attack, model, recipe, seed) + the defense's version
+    cache_key: dict
     monitor: Callable[[int, nn.Module], dict[str, float]] | None = None  # CA/ASR curves
     trusted: ImageSet | None = None  # a small clean set, for defenses that assume one
 

@@ -38,3 +38,17 @@ def test_artifacts_are_computed_once_shared_like_records_and_indexed(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache._UMASK
     assert sorted(os.listdir(path.parent)) == sorted([path.name, path.stem + ".lock", "index.jsonl"])
     assert path.stem in (path.parent / "index.jsonl").read_text()
+
+
+def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(tmp_path):
+    from dataclasses import replace
+
+    from attacks.reference import reference_model
+    from tests.attack_helpers import make_attack, make_set
+
+    ctx = make_attack("cl", cache_root=tmp_path).ctx
+    train = make_set(60)
+    for key in ({"data": 1, "attack": "cl", "attack_params": {"eps": 8}},
+                {"data": 1, "attack": "trojan", "attack_params": {}, "attack_version": 2}):
+        reference_model(replace(ctx, cache_key=key), train, epochs=1)
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 1
