@@ -18,7 +18,7 @@ def reference_model(ctx: AttackContext, train: ImageSet, epochs: int, lr: float 
     # shared by every attack: nothing of the attack (its version included) is in the key
     upstream = {k: v for k, v in ctx.cache_key.items()
                 if k not in ("attack", "attack_params", "attack_version")}
-    key = {**upstream, "phase": "clean-reference", "cfg": vars(cfg)}
+    key = {**upstream, "phase": "clean-reference", "cfg": cfg.key()}
 
     def train_model() -> dict:
         torch.manual_seed(ctx.seed)  # the same seed gives the same reference model

@@ -8,6 +8,7 @@ run never leaves a half-written artifact behind.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -26,6 +27,18 @@ def canonical_json(obj: Any) -> str:
 
 def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+# Dataclass field metadata for an option added after results existed, whose default reproduces
+# what the code did before it: left out of hashes while at that default, so finished records
+# and cached artifacts keep their keys; any other value enters the hash (and re-keys).
+OMIT_AT_DEFAULT = {"omit_at_default": True}
+
+
+def hashed_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a dict of ``cls``'s fields) minus the ``OMIT_AT_DEFAULT`` fields at their default."""
+    omit = {f.name: f.default for f in dataclasses.fields(cls) if f.metadata.get("omit_at_default")}
+    return {k: v for k, v in values.items() if not (k in omit and v == omit[k])}
 
 
 _UMASK = os.umask(0)  # the process umask: os has no getter, so set and restore once

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from benchmark.cache import ArtifactCache
-from benchmark.config import cell_id
+from benchmark.config import cell_id, identity
 from benchmark.data import Dataset, ImageSet, default_cache_dir, default_data_root, load_dataset
 from benchmark.metrics import accuracy, attack_success_rate, auroc, isolation_rates
 from benchmark.models import build_model
-from benchmark.train import TrainConfig, Trainer
+from benchmark.train import TrainConfig, Trainer, cpu_native_bf16
 
 
 @dataclass
@@ -73,7 +73,12 @@ def versions() -> dict[str, str]:
 
 def hardware(trainer: Trainer) -> dict[str, Any]:
     hw = {"device": str(trainer.device), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+          "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+          # what this cell's own training steps ran in ("" when every model came from the cache)
+          "precision": "+".join(sorted(trainer.precisions_used)),
+          "channels_last": trainer.channels_last}
+    if not trainer.cuda:
+        hw["cpu_native_bf16"] = cpu_native_bf16()
     if trainer.cuda:
         hw["gpu"] = torch.cuda.get_device_name(trainer.device)
     return hw
@@ -111,7 +116,8 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     # reference models and generators: the architecture is part of the artifact's identity
     if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
         fields += ["model", "model_params"]
-    key = {k: config[k] for k in fields if k in config}  # a version is absent while it is 1
+    ident = identity(config)
+    key = {k: ident[k] for k in fields if k in ident}  # a version is absent while it is 1
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=trainer.device, trainer=trainer,
                         make_model=make_model)
@@ -151,17 +157,21 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     ev = config["eval"]
     defense_cls = DEFENSES.get(config["defense"])
     # everything the defense's artifacts depend on, its own version included
-    upstream = {k: config[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
-                                       "model", "model_params", "train", "seed", "defense_version")
-                if k in config}
+    ident = identity(config)
+    upstream = {k: ident[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
+                                      "model", "model_params", "train", "seed", "defense_version")
+                if k in ident}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
         cache_key=upstream,
         monitor=make_monitor(trainer, dataset.test, triggered, target, ev["curve_size"],
                              ev["curve_every"]))
+    params = defense_cls.Params(**config["defense_params"])
+    if defense_cls.needs_ground_truth(params):
+        ctx.ground_truth = poisoned.poison_mask.clone()
     seed_everything(seed)
-    result = defense_cls(defense_cls.Params(**config["defense_params"])).run(ctx)
+    result = defense_cls(params).run(ctx)
     times["defense_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

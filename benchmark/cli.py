@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.epochs=5, data.train_size=5000, "
                         "pipd.rounds=5, attack.rate=0.1 (repeatable)")
+    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=[V,...]",
+                   help="run the grid once per value, e.g. defense.rounds=[1,2,3,4,5] (repeatable: "
+                        "every combination)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     p.add_argument("--data-root", default=None,
@@ -85,9 +88,9 @@ def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from attacks import ATTACKS
     from benchmark.cell import Runtime
-    from benchmark.config import cell_id, parse_sets
+    from benchmark.config import cell_id, parse_sets, parse_sweeps
     from benchmark.data import default_cache_dir, default_data_root
-    from benchmark.grid import expand_grid, run_ray, run_serial
+    from benchmark.grid import describe, expand_grid, run_ray, run_serial
     from benchmark.models import MODELS
     from benchmark.plugins import load_plugin
     from benchmark.report import summary
@@ -104,7 +107,8 @@ def _main(argv: list[str]) -> int:
 
     sets = parse_sets(args.sets)
     cells = expand_grid(args.grid, split_csv(args.attacks), split_csv(args.defenses), _seeds(args.seeds),
-                        sets, imagenet=args.imagenet_root is not None)
+                        sets, imagenet=args.imagenet_root is not None,
+                        sweeps=parse_sweeps(args.sweeps))
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
@@ -117,8 +121,7 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         for c in cells:
             cid = cell_id(c)
-            print(f"{cid}  {status[cid]:6}  {c['dataset']}/{c['model']}/{c['attack']}/"
-                  f"{c['defense']} seed {c['seed']}")
+            print(f"{cid}  {status[cid]:6}  {c['model']} {describe(c)}")
         print(f"{len(cells)} cell(s): {len(cells) - len(todo)} done, {len(todo)} to run")
         return 0
 

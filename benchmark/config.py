@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from benchmark.cache import config_hash
+from benchmark.cache import config_hash, hashed_fields
 from benchmark.data import DATASETS
 from benchmark.models import MODELS
 from benchmark.registry import UsageError
@@ -97,6 +97,17 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def parse_sweeps(items: list[str]) -> list[tuple[str, list[Any]]]:
+    """``--sweep KEY=[v1,v2,...]``: the grid runs every cell once per value (cartesian product
+    over several sweeps)."""
+    out = []
+    for key, value in parse_sets(items):
+        if not isinstance(value, list) or not value:
+            raise UsageError(f"--sweep expects KEY=[v1,v2,...] (a JSON list), got {key}={value!r}")
+        out.append((key, value))
+    return out
+
+
 def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
     out = []
     for item in items:
@@ -111,6 +122,20 @@ def _apply(section: dict, key: str, field_name: str, value: Any, where: str) -> 
     if field_name not in section:
         raise UsageError(f"unknown --set key {key!r}; valid {where} keys: {', '.join(sorted(section))}")
     section[field_name] = coerce(key, value, section[field_name])
+
+
+def lineage(cls: type) -> list[str]:
+    """The registered names of a component and of the components it derives from, base first:
+    a variant (``pipd_median``) takes its base's preset settings and ``--set pipd.`` keys."""
+    names = [getattr(k, "name", "") for k in reversed(cls.__mro__)]
+    return [n for i, n in enumerate(names) if n and n not in names[:i]]
+
+
+def preset_params(section: dict[str, dict[str, Any]], cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in lineage(cls):
+        out.update(section.get(name, {}))
+    return out
 
 
 def method_versions(attack_cls: type, defense_cls: type) -> dict[str, int]:
@@ -143,8 +168,10 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
                     **{k: v for k, v in spec.get("model_params", {}).items() if k in model_defaults}}
     train = {**asdict(TrainConfig()), **spec.get("train", {})}
     eval_ = {**EVAL_DEFAULTS, **spec.get("eval", {})}
-    attack_params = {**params_dict(attack_cls.Params), **spec.get("attacks", {}).get(attack, {})}
-    defense_params = {**params_dict(defense_cls.Params), **spec.get("defenses", {}).get(defense, {})}
+    attack_params = {**params_dict(attack_cls.Params), **preset_params(spec.get("attacks", {}), attack_cls)}
+    defense_params = {**params_dict(defense_cls.Params),
+                      **preset_params(spec.get("defenses", {}), defense_cls)}
+    attack_names, defense_names = lineage(attack_cls), lineage(defense_cls)
     sections = {"data": data, "model": model_params, "train": train, "eval": eval_}
 
     for key, value in sets:
@@ -156,9 +183,9 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
         ns, name = key.split(".", 1)
         if ns in sections:
             _apply(sections[ns], key, name, value, ns)
-        elif ns == attack or (ns == "attack" and name in attack_params):
+        elif ns in attack_names or (ns == "attack" and name in attack_params):
             _apply(attack_params, key, name, value, attack)
-        elif ns == defense or (ns == "defense" and name in defense_params):
+        elif ns in defense_names or (ns == "defense" and name in defense_params):
             _apply(defense_params, key, name, value, defense)
         elif ns in ("attack", "defense"):
             pass  # a generic key another component of the grid has (checked by validate_sets)
@@ -177,6 +204,30 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
         "train": train, "eval": eval_, "attack_params": attack_params,
         "defense_params": defense_params, **method_versions(attack_cls, defense_cls),
     }
+
+
+SECTION_NAMES = {"data": "data", "model_params": "model", "train": "train", "eval": "eval"}
+
+
+def overrides(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``--set``/``--sweep`` changed in a cell against its preset: (everything upstream of
+    the defense, as ``train.epochs`` / ``badnets.rate`` keys; the defense's own options)."""
+    try:
+        base = resolve_cell(config["preset"], config["attack"], config["defense"], config["seed"],
+                            [], dataset=config["dataset"], model=config["model"])
+    except (UsageError, KeyError):  # a component no longer registered: nothing to compare
+        return {}, {}
+    upstream: dict[str, Any] = {}
+    for section, ns in (*SECTION_NAMES.items(), ("attack_params", config["attack"])):
+        upstream.update({f"{ns}.{k}": v for k, v in config[section].items()
+                         if base[section].get(k) != v})
+    defense = {k: v for k, v in config["defense_params"].items()
+               if base["defense_params"].get(k) != v}
+    return upstream, defense
+
+
+def label(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())
 
 
 def validate_sets(sets: list[tuple[str, Any]], attacks: list[str], defenses: list[str]) -> None:
@@ -199,5 +250,19 @@ def validate_sets(sets: list[tuple[str, Any]], attacks: list[str], defenses: lis
                 raise UsageError(f"unknown --set key {key!r}: no selected defense has {name!r}")
 
 
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What names a cell (and keys its artifacts): the resolved config, minus the options added
+    after results existed while they hold the default that reproduces the earlier behaviour
+    (``benchmark.cache.OMIT_AT_DEFAULT``), so finished records keep their ids."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    out = dict(config)
+    for section, cls in (("train", TrainConfig), ("attack_params", ATTACKS.get(config["attack"]).Params),
+                         ("defense_params", DEFENSES.get(config["defense"]).Params)):
+        out[section] = hashed_fields(cls, config[section])
+    return out
+
+
 def cell_id(config: dict[str, Any]) -> str:
-    return config_hash(config)
+    return config_hash(identity(config))

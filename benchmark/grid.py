@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.cell import Runtime, run_cell_safe
-from benchmark.config import PRESETS, cell_id, resolve_cell, validate_sets
+from benchmark.config import PRESETS, cell_id, label, overrides, resolve_cell, validate_sets
 from benchmark.store import ResultStore
 
 # Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
@@ -19,9 +20,10 @@ IMAGENET_ATTACKS = ("badnets", "trojan", "blended", "sig")
 
 
 def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | None,
-                seeds: list[int], sets: list[tuple[str, Any]], *,
-                imagenet: bool = False) -> list[dict[str, Any]]:
-    """Every (dataset, attack, defense, seed) cell of the grid, resolved and validated."""
+                seeds: list[int], sets: list[tuple[str, Any]], *, imagenet: bool = False,
+                sweeps: list[tuple[str, list[Any]]] = ()) -> list[dict[str, Any]]:
+    """Every (dataset, attack, defense, seed, swept value) cell of the grid, resolved and
+    validated; a sweep key that does not apply to a cell leaves one copy of it."""
     from attacks import ATTACKS
     from defenses import DEFENSES
 
@@ -29,24 +31,36 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
         from benchmark.registry import UsageError
         raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
     attacks, defenses = ATTACKS.select(attacks), DEFENSES.select(defenses)
-    validate_sets(sets, attacks, defenses)
+    combos = [list(c) for c in itertools.product(*[[(k, v) for v in vals] for k, vals in sweeps])]
+    for combo in combos:
+        validate_sets([*sets, *combo], attacks, defenses)
     datasets: list[str | None] = [None]
     if imagenet and preset == "full":
         datasets.append("imagefolder")
-    cells = []
+    cells: dict[str, dict[str, Any]] = {}
     for dataset in datasets:
         for attack in attacks:
             if dataset == "imagefolder" and attack not in IMAGENET_ATTACKS:
                 continue
             for defense in defenses:
-                for seed in seeds:
-                    cells.append(resolve_cell(preset, attack, defense, seed, sets, dataset=dataset))
-    return cells
+                for combo in combos:
+                    for seed in seeds:
+                        cell = resolve_cell(preset, attack, defense, seed, [*sets, *combo],
+                                            dataset=dataset)
+                        cells.setdefault(cell_id(cell), cell)
+    return list(cells.values())
+
+
+def describe(config: dict[str, Any]) -> str:
+    """``dataset/attack/defense seed N`` plus what the cell overrides (sweeps show here)."""
+    upstream, defense = overrides(config)
+    extra = label({**upstream, **{f"{config['defense']}.{k}": v for k, v in defense.items()}})
+    return (f"{config['dataset']}/{config['attack']}/{config['defense']} seed {config['seed']}"
+            + (f" [{extra}]" if extra else ""))
 
 
 def _line(record: dict[str, Any]) -> str:
-    c = record["config"]
-    head = f"{c['dataset']}/{c['attack']}/{c['defense']} seed {c['seed']}"
+    head = describe(record["config"])
     if record["status"] != "ok":
         return f"{head}: FAILED {record.get('error', '')}"
     m = record["metrics"]
@@ -58,8 +72,7 @@ def _line(record: dict[str, Any]) -> str:
 def run_serial(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore) -> list[dict]:
     records = []
     for i, config in enumerate(cells, 1):
-        print(f"[{i}/{len(cells)}] {config['attack']}/{config['defense']} seed {config['seed']} ...",
-              flush=True)
+        print(f"[{i}/{len(cells)}] {describe(config)} ...", flush=True)
         record = run_cell_safe(config, rt)
         store.write(record)
         records.append(record)

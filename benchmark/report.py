@@ -10,7 +10,9 @@ def _pivot(df: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     cols = [f"metrics.{m}" for m in metrics if f"metrics.{m}" in ok]
     if ok.empty or not cols:
         return pd.DataFrame()
-    table = ok.pivot_table(index=["config.dataset", "config.attack"], columns="config.defense",
+    # rows: the attack and what a cell overrides upstream of the defense; columns: the defense
+    # and its own overrides (a --sweep shows as separate rows/columns, never averaged)
+    table = ok.pivot_table(index=["config.dataset", "row"], columns="column",
                            values=cols, aggfunc="mean", dropna=True) * 100
     defenses = sorted({d for _, d in table.columns}, key=lambda d: (d != "no_defense", d))
     table = table[[(m, d) for d in defenses for m in cols if (m, d) in table.columns]]

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.cache import atomic_write_bytes
+from benchmark.config import label, overrides
 
 
 def _clean(obj: Any) -> Any:
@@ -75,6 +76,9 @@ class ResultStore:
         for r in recs:
             row = {"id": r["id"], "status": r["status"], "error": r.get("error")}
             row.update({f"config.{k}": v for k, v in r["config"].items() if not isinstance(v, dict)})
+            upstream, defense = overrides(r["config"])  # rows/columns per --set/--sweep variant
+            row["row"] = " ".join(filter(None, [r["config"]["attack"], label(upstream)]))
+            row["column"] = r["config"]["defense"] + (f"[{label(defense)}]" if defense else "")
             row.update({f"metrics.{k}": v for k, v in (r.get("metrics") or {}).items()})
             row["total_s"] = (r.get("timings") or {}).get("total_s")
             rows.append(row)

@@ -1,23 +1,34 @@
 """A lean trainer: data stays a uint8 tensor on the device, augmentation is batched there.
 
 No DataLoader, no per-image Python: each step slices a batch by a permutation of indices,
-crops/flips it with tensor ops, normalises, and runs forward/backward. On CUDA it uses bf16
-autocast, channels_last and cudnn.benchmark; on the CPU channels_last (measured ~1.2-1.5x
-faster than NCHW for ResNet-18 here) and all the cores it is given.
+crops/flips it with tensor ops, normalises, and runs forward/backward. channels_last on both
+devices (measured ~1.2-1.5x faster than NCHW for ResNet-18 on the CPU), cudnn.benchmark on CUDA,
+all the cores it is given on the CPU.
+
+Precision (``TrainConfig.precision``) applies to the training steps only: ``bf16`` autocasts
+forward and backward where the device computes bf16 natively and falls back to fp32 with a
+one-line note where it does not (a CPU without AVX512-BF16/AMX emulates it, ~10x slower than
+fp32). Everything read as a measurement stays fp32: evaluation logits, per-sample losses (which
+rank LGA's seeds), feature statistics (isolation) and metrics.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
 from benchmark.registry import UsageError
 
 # loss_fn(logits, targets, sample_index) -> scalar loss; sample_index: rows of the training tensor
@@ -27,6 +38,7 @@ EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -47,12 +59,16 @@ class TrainConfig:
     augment: bool = True  # random crop (zero padding) + horizontal flip
     crop_padding: int = 4
     label_smoothing: float = 0.0
+    # training-step precision: auto = bf16 on CUDA, fp32 on the CPU (see resolve_precision)
+    precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
+    compile: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # torch.compile the train step
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+        for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
+                                   ("schedule", self.schedule, SCHEDULES),
+                                   ("precision", self.precision, PRECISIONS)):
+            if value not in valid:
+                raise UsageError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -65,9 +81,67 @@ class TrainConfig:
     def replace(self, **changes: object) -> TrainConfig:
         return TrainConfig(**{**asdict(self), **changes})
 
+    def key(self) -> dict:
+        """The fields that identify a training run in cache keys and cell ids."""
+        return hashed_fields(TrainConfig, asdict(self))
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_in_cpu_flags(cpuinfo: str) -> bool:
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, read from
+    /proc/cpuinfo; False where that cannot be read). Elsewhere oneDNN emulates bf16: on an AVX2
+    EPYC here bf16 autocast trained ResNet-18 (width 16) at 32 img/s against 340-480 in fp32."""
+    try:
+        return bf16_in_cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(precision the training steps use, a note when that is not what was asked for).
+
+    ``auto`` is bf16 on CUDA and fp32 on the CPU: bf16 on a bf16-native CPU is available as
+    ``precision=bf16``, but its accuracy at the quick scale has not been measured yet.
+    """
+    if requested == "fp32":
+        return "fp32", ""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", ""
+        return "fp32", "" if requested == "auto" else "this GPU has no bf16 support: training in fp32"
+    if requested == "bf16" and not cpu_native_bf16():
+        return "fp32", ("precision=bf16: this CPU has no native bf16 (AVX512-BF16 / AMX), where "
+                        "autocast runs ~10x slower than fp32; training in fp32")
+    return ("bf16" if requested == "bf16" else "fp32"), ""
+
+
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """One line on stderr, once per process."""
+    if message and message not in _NOTED:
+        _NOTED.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def onednn_crash_prone(model: nn.Module) -> bool:
+    """Whether training ``model`` channels_last on the CPU hits a oneDNN crash seen here.
+
+    torch 2.14.1 on an AVX2 CPU: the backward of a 1x1 stride-2 convolution with 2-7 input
+    channels in channels_last segfaults (1 thread) or spins forever (2 threads); NCHW is fine.
+    Only toy widths (< 8, e.g. the tests' width 4) have such a shortcut.
+    """
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+               and 1 < m.in_channels < 8 for m in model.modules())
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -92,12 +166,12 @@ class Trainer:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *,
                  device: torch.device | str | None = None, channels_last: bool = True,
-                 amp: bool | None = None, threads: int | None = None, progress: bool = False,
+                 threads: int | None = None, progress: bool = False,
                  eval_batch_size: int = 512) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.cuda = self.device.type == "cuda"
         self.channels_last = channels_last
-        self.amp = self.cuda if amp is None else amp
+        self.precisions_used: set[str] = set()  # what the training steps ran in (for records)
         self.progress = progress
         self.eval_batch_size = eval_batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
@@ -113,6 +187,12 @@ class Trainer:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
+        if self.channels_last and not self.cuda and onednn_crash_prone(model):
+            # inputs must follow too (a channels_last input crashes an NCHW conv the same way),
+            # so this trainer stays NCHW from here on
+            note_once("a 1x1 stride-2 conv with < 8 input channels: training NCHW on the CPU "
+                      "(channels_last crashes oneDNN there)")
+            self.channels_last = False
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,8 +217,15 @@ class Trainer:
         flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
         return torch.where(flip[:, None, None, None], x.flip(3), x)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+    def training_precision(self, cfg: TrainConfig) -> str:
+        """The precision ``cfg``'s training steps run in here (notes a fallback once)."""
+        used, note = resolve_precision(cfg.precision, self.device)
+        note_once(note)
+        self.precisions_used.add(used)
+        return used
+
+    def autocast(self, precision: str):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def batches(self, n: int, batch_size: int, perm: torch.Tensor | None = None
                 ) -> Iterator[torch.Tensor]:
@@ -165,6 +252,9 @@ class Trainer:
             raise ValueError(f"{desc}: no samples to train on")
         x_all, y_all = self.to_device(images), self.to_device(labels)
         model = self.prepare_model(model)
+        precision = self.training_precision(cfg)
+        # the compiled module shares the model's parameters; evaluation uses the plain model
+        forward = torch.compile(model) if cfg.compile else model
         opt = self._optimizer(model, cfg)
         steps_per_epoch = len(list(self.batches(len(rows), cfg.batch_size)))
         total = steps_per_epoch * cfg.epochs
@@ -189,8 +279,8 @@ class Trainer:
                 x, y = x_all[dev_idx], y_all[dev_idx]
                 if cfg.augment:
                     x = self.augment(x, cfg.crop_padding, gen)
-                with self.autocast():
-                    logits = model(self.normalize(x))
+                with self.autocast(precision):
+                    logits = forward(self.normalize(x))
                     loss = loss_fn(logits.float(), y, idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -227,14 +317,14 @@ class Trainer:
 
     @torch.no_grad()
     def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits (float32, CPU) for every image."""
+        """Eval-mode logits for every image, computed in fp32 (metrics and loss rankings read
+        them), returned on the CPU."""
         model = self.prepare_model(model)
         was_training = model.training
         model.eval()
         out = []
         for x in self.eval_batches(images)():
-            with self.autocast():
-                out.append(model(x).float().cpu())
+            out.append(model(x).float().cpu())
         model.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 

@@ -40,6 +40,9 @@ class DefenseContext:
     cache_key: dict
     monitor: Callable[[int, nn.Module], dict[str, float]] | None = None  # CA/ASR curves
     trusted: ImageSet | None = None  # a small clean set, for defenses that assume one
+    # the poison mask, given only to analyses that declare needs_ground_truth (PIPD's Table 3
+    # fault-ratio study); None in every defense run
+    ground_truth: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +69,12 @@ class Defense:
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params
+
+    @classmethod
+    def needs_ground_truth(cls, params: DefenseParams) -> bool:
+        """True only for analysis settings that are defined by the ground truth (the record
+        then says ``defense_info.ground_truth_used``); a defense proper never sees it."""
+        return False
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError

@@ -5,7 +5,9 @@
 2. One-step isolation on the frozen model: per channel of every conv of stages 2-4 (pre-BN;
    1x1 shortcuts after their BN), spatial max f; d = max_{P_p} f - (mean_{P_b} f + beta std_{P_b} f);
    keep the top ceil(rho C) channels per layer; score = raw sum of kept values; 2-class Jenks
-   split; the upper class is the predicted poisoned set D_p.
+   split; the upper class is the predicted poisoned set D_p. ``seed_quantile`` < 1 replaces
+   Eq. 4's max over P_p by that quantile (``pipd_median``: 0.5), which one benign member of
+   P_p cannot drag (see README, "PIPD beyond BadNets").
 3. Progressive isolation: T rounds, P_b := P_b U D_b after each, P_p fixed, no retraining.
    The features are fixed (frozen model), so they are extracted once and every round reuses them.
 4. Selective training (Eq. 10), from the pre-isolation model: CE on D_b, gradient ascent
@@ -21,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.cache import OMIT_AT_DEFAULT
 from benchmark.jenks import jenks_upper
 from benchmark.models import collect_features, conv_feature_layers
+from benchmark.registry import UsageError
 from benchmark.train import Trainer
 from defenses.base import (
     Defense,
@@ -43,8 +47,14 @@ class PIPDParams(DefenseParams):
     lga_batch_mean: bool = True  # reference: LGA on the batch-mean loss; False: per sample
     p: float = 0.01  # poisoned seed: this fraction of lowest-loss samples
     q: float = 0.20  # benign seed: this fraction of highest-loss samples
+    # Table 3: a seed of |P_p| samples, this share of them benign (drawn at random outside P_b)
+    # and the rest the lowest-loss poisoned ones; built from the ground truth (an analysis, not
+    # a defense). None: P_p as the loss ranking gives it; 0.0: a pure seed.
+    fault_ratio: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
     # one-step isolation
     beta: float = 3.0
+    # the quantile of P_p's features in Eq. 4: 1.0 is its max (the paper), 0.5 the median
+    seed_quantile: float = field(default=1.0, metadata=OMIT_AT_DEFAULT)
     rho: float = 0.04
     top_k: int | None = None  # fixed channels per layer instead of ceil(rho * C)
     stages: list[int] = field(default_factory=lambda: [2, 3, 4])
@@ -58,6 +68,12 @@ class PIPDParams(DefenseParams):
     selective_lr: float = 0.01
     selective_augment: bool = True
     lam: float = 1.0  # weight of the gradient-ascent term
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.seed_quantile <= 1.0:
+            raise UsageError(f"pipd seed_quantile must be in [0, 1] (1 = max), got {self.seed_quantile}")
+        if self.fault_ratio is not None and not 0.0 <= self.fault_ratio <= 1.0:
+            raise UsageError(f"pipd fault_ratio must be in [0, 1] or null, got {self.fault_ratio}")
 
 
 def lga_loss(gamma: float, batch_mean: bool):
@@ -82,11 +98,12 @@ def selective_loss(poisoned: torch.Tensor, lam: float):
 
 
 def channel_scores(features: torch.Tensor, slices: list[slice], poison_seed: torch.Tensor,
-                   benign_seed: torch.Tensor, beta: float, rho: float, top_k: int | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   benign_seed: torch.Tensor, beta: float, rho: float, top_k: int | None,
+                   seed_quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One-step isolation score of every sample, and the indices of the channels it sums."""
-    fb = features[benign_seed]
-    discrepancy = features[poison_seed].amax(0) - (fb.mean(0) + beta * fb.std(0, unbiased=False))
+    fb, fp = features[benign_seed], features[poison_seed]
+    top = fp.amax(0) if seed_quantile == 1.0 else torch.quantile(fp, seed_quantile, dim=0)
+    discrepancy = top - (fb.mean(0) + beta * fb.std(0, unbiased=False))
     kept = []
     for sl in slices:
         c = sl.stop - sl.start
@@ -96,12 +113,30 @@ def channel_scores(features: torch.Tensor, slices: list[slice], poison_seed: tor
     return features[:, kept_idx].sum(1), kept_idx
 
 
+def faulty_seed(order: torch.Tensor, k: int, benign_seed: torch.Tensor, truth: torch.Tensor,
+                ratio: float, seed: int) -> torch.Tensor:
+    """Table 3's poisoned seed: ``k`` samples, ``round(ratio * k)`` of them benign (drawn at
+    random outside the benign seed), the rest the lowest-loss poisoned samples of ``order``."""
+    n_benign = round(ratio * k)
+    poisoned_by_loss = order[truth[order]]
+    if len(poisoned_by_loss) < k - n_benign:
+        raise ValueError(f"fault_ratio {ratio}: {k - n_benign} poisoned seed samples wanted, "
+                         f"{len(poisoned_by_loss)} exist")
+    candidates = (~truth & ~benign_seed).nonzero().flatten()
+    g = torch.Generator().manual_seed(seed)
+    benign = candidates[torch.randperm(len(candidates), generator=g)[:n_benign]]
+    mask = torch.zeros(len(truth), dtype=torch.bool)
+    mask[poisoned_by_loss[:k - n_benign]] = True
+    mask[benign] = True
+    return mask
+
+
 def pre_isolation_model(ctx: DefenseContext, p: PIPDParams) -> tuple[nn.Module, list[dict]]:
     """Train (or load the cached) LGA pre-isolation model; shared by every PIPD variant whose
     pre-isolation settings match (e.g. the T and fault-ratio sweeps)."""
     cfg = ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
                                 augment=p.pre_augment)
-    key = {**ctx.cache_key, "phase": "pipd-pre-isolation", "cfg": vars(cfg),
+    key = {**ctx.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(),
            "gamma": p.gamma, "batch_mean": p.lga_batch_mean}
 
     def train() -> dict:
@@ -138,6 +173,10 @@ class PIPD(Defense):
     name = "pipd"
     Params = PIPDParams
 
+    @classmethod
+    def needs_ground_truth(cls, params: DefenseParams) -> bool:
+        return getattr(params, "fault_ratio", None) is not None
+
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PIPDParams = self.params
         n = len(ctx.train)
@@ -146,17 +185,21 @@ class PIPD(Defense):
         # seeds from the loss ranking under the pre-isolation model (eval mode, no augmentation)
         losses = ctx.trainer.per_sample_loss(model, ctx.train.images, ctx.train.labels)
         order = losses.argsort()
-        poison_seed = torch.zeros(n, dtype=torch.bool)
-        poison_seed[order[:max(1, round(p.p * n))]] = True
+        k = max(1, round(p.p * n))
         benign_seed = torch.zeros(n, dtype=torch.bool)
         benign_seed[order[n - max(1, round(p.q * n)):]] = True
+        if p.fault_ratio is None:
+            poison_seed = torch.zeros(n, dtype=torch.bool)
+            poison_seed[order[:k]] = True
+        else:
+            poison_seed = faulty_seed(order, k, benign_seed, ctx.ground_truth, p.fault_ratio, ctx.seed)
 
         features, slices, layer_names = isolation_features(model, ctx.trainer, ctx.train.images, p)
         masks = {"seed_poison": poison_seed.clone(), "seed_benign": benign_seed.clone()}
         benign = benign_seed.clone()
         for r in range(1, p.rounds + 1):
             scores, kept = channel_scores(features, slices, poison_seed, benign, p.beta, p.rho,
-                                          p.top_k)
+                                          p.top_k, p.seed_quantile)
             isolated = jenks_upper(scores, p.jenks_inclusive, p.jenks_method)
             masks[f"round_{r}"] = isolated
             benign = benign | ~isolated
@@ -173,4 +216,18 @@ class PIPD(Defense):
             model=model, isolated=isolated, scores=scores,
             curves={"pre_isolation": pre_curve, "selective": sel_curve}, masks=masks,
             info={"layers": layer_names, "kept_channels": kept.tolist(),
-                  "n_isolated": int(isolated.sum())})
+                  "n_isolated": int(isolated.sum()), "ground_truth_used": p.fault_ratio is not None})
+
+
+@dataclass
+class PIPDMedianParams(PIPDParams):
+    seed_quantile: float = 0.5
+
+
+@register_defense
+class PIPDMedian(PIPD):
+    """PIPD with the median of P_p in Eq. 4 instead of its max: one benign sample in the seed
+    (an easy, low-loss image) no longer sets the discrepancy of every channel."""
+
+    name = "pipd_median"
+    Params = PIPDMedianParams

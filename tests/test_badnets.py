@@ -33,15 +33,35 @@ def test_poison_count_indices_and_labels():
     assert not ps.cover_mask.any()
 
 
-def test_trigger_is_a_white_patch_bottom_right_and_nothing_else_changes():
+# ABL's _gridTriger on an HWC image: img[row][col] = value for the bottom-right 3x3 corner
+ABL_GRID = {(31, 31): 255, (31, 30): 0, (31, 29): 255, (30, 31): 0, (30, 30): 255, (30, 29): 0,
+            (29, 31): 255, (29, 30): 0, (29, 29): 0}
+
+
+@pytest.mark.parametrize("pattern", [None, "white"])
+def test_trigger_is_the_corner_patch_and_nothing_else_changes(pattern):
     train = make_set()
-    ps = badnets(rate=0.1).poison_train(train)
+    ps = badnets(rate=0.1, **({"pattern": pattern} if pattern else {})).poison_train(train)
     idx = ps.poison_mask.nonzero().flatten()
-    assert (ps.images[idx][:, :, 29:, 29:] == 255).all()
+    corner = ps.images[idx][:, :, 29:, 29:]
+    if pattern == "white":
+        assert (corner == 255).all()
+    else:  # the default is ABL's grid, in every channel
+        for (r, c), value in ABL_GRID.items():
+            assert (ps.images[idx][:, :, r, c] == value).all(), (r, c)
     untouched = torch.ones(32, 32, dtype=torch.bool)
     untouched[29:, 29:] = False
     assert torch.equal(ps.images[idx][:, :, untouched], train.images[idx][:, :, untouched])
     assert torch.equal(ps.images[~ps.poison_mask], train.images[~ps.poison_mask])
+
+
+def test_grid_scales_by_cells_with_the_image():
+    out = badnets().apply_trigger(torch.full((1, 3, 224, 224), 100, dtype=torch.uint8))
+    patch = out[0, :, -21:, -21:]  # 3 px at 32x32 -> 21 px: each grid cell a 7x7 block
+    for (r, c), value in ABL_GRID.items():
+        block = patch[:, (r - 29) * 7:(r - 28) * 7, (c - 29) * 7:(c - 28) * 7]
+        assert (block == value).all(), (r, c)
+    assert (out[0, :, :-21, :] == 100).all() and (out[0, :, :, :-21] == 100).all()
 
 
 def test_checkerboard_variant_and_scaling_with_image_size():
@@ -50,7 +70,7 @@ def test_checkerboard_variant_and_scaling_with_image_size():
     patch = out[0, 0, -21:, -21:]  # 3 px at 32x32 -> 21 px at 224x224
     assert patch[0, 0] == 255 and patch[0, 1] == 0 and patch[1, 0] == 0 and patch[1, 1] == 255
     assert (out[0, :, :-21, :] == 100).all() and (out[0, :, :, :-21] == 100).all()
-    with pytest.raises(UsageError, match="valid: white, checkerboard"):
+    with pytest.raises(UsageError, match="valid: grid, white, checkerboard"):
         badnets(pattern="stripes")
 
 
@@ -68,7 +88,7 @@ def test_triggered_test_set_excludes_target_class_and_keeps_true_labels():
     trig = badnets().trigger_test(test)
     assert len(trig) == 90 and (trig.labels != 0).all()
     assert torch.equal(trig.labels, test.labels[test.labels != 0])
-    assert (trig.images[:, :, 29:, 29:] == 255).all()
+    assert (trig.images[:, :, 31, 31] == 255).all() and (trig.images[:, :, 29, 29] == 0).all()
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5])

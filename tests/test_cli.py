@@ -16,7 +16,7 @@ TINY = ["--set", "data.train_size=200", "--set", "data.test_size=60", "--set", "
 def args(tiny_cifar, tmp_path):
     return ["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar),
             "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"),
-            "--attacks", "badnets", *TINY]
+            "--attacks", "badnets", "--defenses", "no_defense,pipd", *TINY]
 
 
 def records(tmp_path):
@@ -37,6 +37,7 @@ def test_grid_runs_writes_records_and_rerun_skips(args, tmp_path, capsys):
     assert pipd["attack_info"]["n_poisoned"] == 20
     assert len(pipd["curves"]["pre_isolation"]) == 1 and "ca" in pipd["curves"]["selective"][0]
     assert pipd["versions"]["torch"] and pipd["hardware"]["device"] == "cpu"
+    assert pipd["config"]["train"]["precision"] == "auto" and pipd["hardware"]["precision"] == "fp32"
     assert pipd["data_source"].startswith("cifar10-imagefolder")
     mtimes = {p: (tmp_path / "res" / "records" / p).stat().st_mtime_ns for p in recs}
 
@@ -134,3 +135,23 @@ def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys)
     assert "clean: no poisoned samples" in capsys.readouterr().out  # drawn as nothing, not a crash
     assert main(["triggers", "--out", str(out), "--attacks", "nope"]) == 2
     assert "unknown attack 'nope'" in capsys.readouterr().err
+
+
+def test_fault_ratio_study_builds_the_seed_from_the_ground_truth(args, tmp_path):
+    # 200 images, 10% poisoned, p = 1%: a seed of 2, half of it benign
+    assert main([*args, "--defenses", "pipd", "--set", "pipd.fault_ratio=0.5"]) == 0
+    (rec,) = records(tmp_path).values()
+    assert rec["defense_info"]["ground_truth_used"] is True
+    assert rec["isolation"]["masks"]["seed_poison"]["precision"] == 0.5
+    assert rec["isolation"]["masks"]["seed_poison"]["n_isolated"] == 2
+
+
+def test_sweep_runs_each_value_once_and_labels_the_cells(args, capsys):
+    assert main([*args, "--sweep", "defense.rounds=[1,2]", "--sweep", "attack.rate=[0.1,0.2]",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 cell(s)" in out  # no_defense x 2 rates + pipd x 2 rates x 2 rounds
+    pipd = [line for line in out.splitlines() if "badnets/pipd seed 0" in line]
+    assert len(pipd) == 4 and any("badnets.rate=0.2" in x and "pipd.rounds=1 " in x for x in pipd)
+    assert main([*args, "--sweep", "defense.rounds=2"]) == 2
+    assert "--sweep expects KEY=[v1,v2,...]" in capsys.readouterr().err

@@ -40,6 +40,17 @@ def test_a_method_version_bump_rekeys_only_that_methods_cells(monkeypatch):
     assert cell_id(resolve_cell("smoke", "sig", "no_defense", 0, [])) == before["sig"]
 
 
+def test_options_added_later_keep_finished_records_ids_at_their_default():
+    # a committed quick record (docs/results/quick), made before train.precision/compile existed
+    c = resolve_cell("quick", "badnets", "pipd", 0, parse_sets(["badnets.pattern=checkerboard"]))
+    assert c["train"]["precision"] == "auto" and c["train"]["compile"] is False
+    assert cell_id(c) == "b63fb41f3659fdca"
+    ids = {cell_id(resolve_cell("quick", "badnets", "pipd", 0, parse_sets(
+        ["badnets.pattern=checkerboard", f"train.{k}={v}"]))) for k, v in
+        (("precision", "fp32"), ("precision", "bf16"), ("compile", "true"))}
+    assert len(ids) == 3 and cell_id(c) not in ids  # any other value is its own cell
+
+
 @pytest.mark.parametrize("item,message", [
     ("train.epochz=3", "unknown --set key 'train.epochz'; valid train keys: .*epochs"),
     ("pipd.rhoo=1", "unknown --set key 'pipd.rhoo'; valid pipd keys: .*rho"),
@@ -48,6 +59,7 @@ def test_a_method_version_bump_rekeys_only_that_methods_cells(monkeypatch):
     ("train.epochs=many", "expected a int"),
     ("attack.rate=1.5", r"poison rate must be in \(0, 1\)"),
     ("train.optimizer=rmsprop", "valid choices: sgd, adam"),
+    ("train.precision=fp16", "unknown precision 'fp16'; valid choices: auto, fp32, bf16"),
 ])
 def test_bad_overrides_name_the_valid_choices(item, message):
     sets = parse_sets([item])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from defenses.pipd import channel_scores, lga_loss, selective_loss
@@ -69,3 +70,51 @@ def test_selective_loss_ascends_only_on_isolated_samples_still_predicted_as_thei
     assert logits.grad[0, 0] > 0  # ascent
     assert torch.all(logits.grad[1] == 0)  # no longer predicted as its label: contributes nothing
     assert logits.grad[2, 0] < 0  # benign: descent
+
+
+def test_a_benign_outlier_in_the_seed_drags_the_max_but_not_the_median():
+    f, slices, poisoned = synthetic_features()
+    seed = poisoned.clone()
+    seed[poisoned.nonzero().flatten()[3:]] = False  # 3 known poisoned samples ...
+    outlier = (~poisoned).nonzero().flatten()[0]
+    seed[outlier] = True  # ... and one easy benign image, very bright on channel 12
+    f[outlier, 12] = 50.0
+    benign = ~poisoned & ~seed & (torch.arange(300) < 150)
+    _, kept_max = channel_scores(f, slices, seed, benign, 3.0, 0.04, None, seed_quantile=1.0)
+    _, kept_median = channel_scores(f, slices, seed, benign, 3.0, 0.04, None, seed_quantile=0.5)
+    assert 12 in kept_max.tolist()  # Eq. 4's max follows the outlier
+    assert sorted(kept_median.tolist()) == [7, 28]
+
+
+def test_fault_ratio_seed_has_the_exact_share_of_benign_samples():
+    from defenses.pipd import faulty_seed
+
+    n, k = 1000, 20
+    truth = torch.zeros(n, dtype=torch.bool)
+    truth[::10] = True  # 100 poisoned
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # a loss ranking
+    benign_seed = torch.zeros(n, dtype=torch.bool)
+    benign_seed[order[-200:]] = True
+    for ratio in (0.0, 0.2, 0.8):
+        seed = faulty_seed(order, k, benign_seed, truth, ratio, seed=0)
+        assert seed.sum() == k and (seed & ~truth).sum() == round(ratio * k)
+        assert not (seed & benign_seed).any()
+        poisoned_by_loss = order[truth[order]]
+        assert torch.equal(seed[poisoned_by_loss[:k - round(ratio * k)]],
+                           torch.ones(k - round(ratio * k), dtype=torch.bool))
+    assert torch.equal(faulty_seed(order, k, benign_seed, truth, 0.4, seed=3),
+                       faulty_seed(order, k, benign_seed, truth, 0.4, seed=3))
+
+
+def test_pipd_median_is_pipd_with_the_median_and_inherits_its_settings():
+    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.registry import UsageError
+    from defenses import DEFENSES
+
+    c = resolve_cell("quick", "badnets", "pipd_median", 0, parse_sets(["pipd.rounds=3"]))
+    assert c["defense_params"]["seed_quantile"] == 0.5 and c["defense_params"]["rounds"] == 3
+    assert c["defense_params"]["pre_epochs"] == 8  # the quick preset's pipd settings
+    assert resolve_cell("quick", "badnets", "pipd", 0, [])["defense_params"]["seed_quantile"] == 1.0
+    assert issubclass(DEFENSES.get("pipd_median"), DEFENSES.get("pipd"))
+    with pytest.raises(UsageError, match="seed_quantile must be in"):
+        resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["pipd.seed_quantile=2"]))

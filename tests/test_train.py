@@ -78,3 +78,80 @@ def test_per_sample_loss_matches_eval_mode_cross_entropy():
     with torch.no_grad():
         ref = F.cross_entropy(model(trainer.normalize(x)), y, reduction="none")
     assert torch.allclose(losses, ref, atol=1e-5)
+
+
+def test_precision_resolution_per_device(monkeypatch):
+    import benchmark.train as train
+
+    cpu = torch.device("cpu")
+    assert train.resolve_precision("fp32", cpu) == ("fp32", "")
+    assert train.resolve_precision("auto", cpu) == ("fp32", "")
+    monkeypatch.setattr(train, "cpu_native_bf16", lambda: True)
+    assert train.resolve_precision("bf16", cpu) == ("bf16", "")
+    assert train.resolve_precision("auto", cpu) == ("fp32", "")  # not adopted on the CPU yet
+    monkeypatch.setattr(train, "cpu_native_bf16", lambda: False)
+    used, note = train.resolve_precision("bf16", cpu)
+    assert used == "fp32" and "no native bf16" in note
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from benchmark.train import bf16_in_cpu_flags
+
+    assert bf16_in_cpu_flags("flags\t: fpu avx2 avx512f avx512_bf16 amx_tile")
+    assert bf16_in_cpu_flags("flags\t: fpu amx_bf16 amx_tile")
+    assert not bf16_in_cpu_flags("flags\t: fpu avx2 avx512f avx512bw avx512_vnni")
+
+
+def _dtypes_seen(model):
+    seen = []
+    model.layer1[0].conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+def test_bf16_trains_in_autocast_but_evaluation_stays_fp32(monkeypatch):
+    import benchmark.train as train
+
+    monkeypatch.setattr(train, "cpu_native_bf16", lambda: True)
+    x, y = synthetic_images(2, 16, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    model = build_model("resnet18", 10, width=8)
+    seen = _dtypes_seen(model)
+    trainer.fit(model, x, y, TrainConfig(epochs=1, batch_size=10, precision="bf16"))
+    assert set(seen) == {torch.bfloat16} and trainer.precisions_used == {"bf16"}
+    seen.clear()
+    assert trainer.logits(model, x).dtype == torch.float32
+    trainer.per_sample_loss(model, x, y)
+    assert set(seen) == {torch.float32}  # measurements (logits, losses) are fp32 forwards
+
+
+def test_bf16_without_native_support_falls_back_to_fp32_with_one_note(monkeypatch, capsys):
+    import benchmark.train as train
+
+    monkeypatch.setattr(train, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(train, "_NOTED", set())
+    x, y = synthetic_images(2, 16, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    model = build_model("resnet18", 10, width=8)
+    seen = _dtypes_seen(model)
+    for _ in range(2):
+        trainer.fit(model, x, y, TrainConfig(epochs=1, batch_size=10, precision="bf16"))
+    assert set(seen) == {torch.float32} and trainer.precisions_used == {"fp32"}
+    assert capsys.readouterr().err.count("no native bf16") == 1
+
+
+def test_toy_width_models_train_nchw_on_the_cpu(monkeypatch):
+    import benchmark.train as train
+
+    monkeypatch.setattr(train, "_NOTED", set())
+    assert train.onednn_crash_prone(build_model("resnet18", 10, width=4))
+    assert not train.onednn_crash_prone(build_model("resnet18", 10, width=8))
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    model = trainer.prepare_model(build_model("resnet18", 10, width=8))
+    assert trainer.channels_last and model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x, y = synthetic_images(2, 16, seed=4)
+    trainer.fit(build_model("resnet18", 10, width=4), torch.from_numpy(x), torch.from_numpy(y),
+                TrainConfig(epochs=1, batch_size=10))  # crashed oneDNN on AVX2 CPUs
+    assert not trainer.channels_last and not trainer.normalize(torch.from_numpy(x)).is_contiguous(
+        memory_format=torch.channels_last)
