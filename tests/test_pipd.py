@@ -118,3 +118,15 @@ def test_pipd_median_is_pipd_with_the_median_and_inherits_its_settings():
     assert issubclass(DEFENSES.get("pipd_median"), DEFENSES.get("pipd"))
     with pytest.raises(UsageError, match="seed_quantile must be in"):
         resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["pipd.seed_quantile=2"]))
+
+
+def test_the_documented_per_attack_layer_settings_name_real_layers():
+    import re
+    from pathlib import Path
+
+    from benchmark.models import build_model, conv_feature_layers
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"layer4\.\d\.\w+", readme))
+    assert {"layer4.1.conv2", "layer4.0.conv2", "layer4.1.conv1"} <= documented
+    assert documented <= set(conv_feature_layers(build_model("resnet18", 10, width=8)))
