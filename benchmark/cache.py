@@ -74,6 +74,9 @@ class ArtifactCache:
         assert self.root is not None
         return self.root / kind / f"{config_hash(key)}.pt"
 
+    def exists(self, kind: str, key: Any) -> bool:
+        return self.root is not None and self.path(kind, key).exists()
+
     def get_or_create(self, kind: str, key: Any, compute: Callable[[], Any]) -> Any:
         """The artifact ``kind``/``hash(key)``: loaded if cached, else computed and stored."""
         if self.root is None:

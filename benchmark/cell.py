@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.cache import ArtifactCache
+from benchmark.cache import ArtifactCache, atomic_write
 from benchmark.config import cell_id, identity
 from benchmark.data import Dataset, ImageSet, default_cache_dir, default_data_root, load_dataset
-from benchmark.metrics import accuracy, attack_success_rate, auroc, isolation_rates
+from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.train import TrainConfig, Trainer, cpu_native_bf16
 
@@ -39,6 +39,7 @@ class Runtime:
     threads: int | None = None
     progress: bool = False
     download: bool = True
+    save_models: bool = False  # the final model of every cell under <results>/models/<id>.pt
     plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -107,6 +108,32 @@ def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: 
     return monitor
 
 
+def split_validation(test: ImageSet, triggered: ImageSet, target: int, fraction: float, seed: int
+                     ) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+    """(clean test set, triggered test set, validation set): with ``fraction`` > 0 a seeded
+    share of the clean test images becomes the defense's benign validation set and leaves both
+    test sets (triggered images are the non-target test images, in order)."""
+    if fraction <= 0:
+        return test, triggered, None
+    n = len(test)
+    val = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[val] = False
+    keep = (test.labels != target).nonzero().flatten()  # the rows triggered was built from
+    return (test.subset(rest.nonzero().flatten()), triggered.subset(rest[keep].nonzero().flatten()),
+            test.subset(val.sort().values))
+
+
+def save_model(model: torch.nn.Module, config: dict[str, Any], num_classes: int, path: Path) -> Path:
+    """A state dict plus the model config, loadable with ``torch.load(weights_only=True)`` and
+    ``benchmark.models.load_saved`` (no suite class is pickled)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"state_dict": state, "model": config["model"], "model_params": config["model_params"],
+               "num_classes": num_classes, "cell": cell_id(config)}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
 def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
     """The poisoned training set and triggered test set, computed once per attack config."""
     from attacks import ATTACKS, AttackContext
@@ -156,6 +183,9 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     t = time.perf_counter()
     ev = config["eval"]
     defense_cls = DEFENSES.get(config["defense"])
+    params = defense_cls.Params(**config["defense_params"])
+    test, trig, validation = split_validation(dataset.test, triggered, target,
+                                              defense_cls.validation_fraction(params), seed)
     # everything the defense's artifacts depend on, its own version included
     ident = identity(config)
     upstream = {k: ident[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
@@ -164,10 +194,8 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
-        cache_key=upstream,
-        monitor=make_monitor(trainer, dataset.test, triggered, target, ev["curve_size"],
-                             ev["curve_every"]))
-    params = defense_cls.Params(**config["defense_params"])
+        cache_key=upstream, trusted=validation,
+        monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"]))
     if defense_cls.needs_ground_truth(params):
         ctx.ground_truth = poisoned.poison_mask.clone()
     seed_everything(seed)
@@ -175,12 +203,12 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     times["defense_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pred_clean = trainer.predict(result.model, dataset.test.images)
-    pred_trig = trainer.predict(result.model, triggered.images)
+    pred_clean = trainer.predict(result.model, test.images)
+    pred_trig = trainer.predict(result.model, trig.images)
     metrics: dict[str, Any] = {
-        "ca": accuracy(pred_clean, dataset.test.labels),
+        "ca": accuracy(pred_clean, test.labels),
         "asr": attack_success_rate(pred_trig, target),
-        "r_acc": accuracy(pred_trig, triggered.labels),
+        "r_acc": accuracy(pred_trig, trig.labels),
     }
     isolation: dict[str, Any] = {}
     if result.isolated is not None:
@@ -192,14 +220,26 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
                 result.isolated[poisoned.cover_mask].float().mean())
     if result.scores is not None:
         metrics["auroc"] = auroc(result.scores, poisoned.poison_mask)
+        # the threshold an oracle would pick (max TPR - FPR): what SCALE-UP's paper reports
+        isolation["best_threshold"] = best_threshold(result.scores, poisoned.poison_mask)
     isolation["masks"] = {name: isolation_rates(m, poisoned.poison_mask)
                           for name, m in result.masks.items()}
     times["eval_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
+    record: dict[str, Any] = {}
+    if defense_cls.is_detector:
+        record["metrics_of"] = "the backdoored model the detector inspected (it trains none)"
+    if validation is not None:
+        record["eval_note"] = (f"CA/ASR on the test set minus the defense's validation split "
+                               f"({len(validation)} clean test images, seeded)")
+    if rt.save_models:
+        record["model_path"] = str(save_model(result.model, config, dataset.num_classes,
+                                              rt.results / "models" / f"{cell_id(config)}.pt"))
 
     return {
-        "id": cell_id(config), "status": "ok", "config": config, "metrics": metrics,
-        "isolation": isolation, "curves": result.curves, "defense_info": result.info,
+        "id": cell_id(config), "status": "ok", "config": config, "metrics": metrics, **record,
+        "isolation": isolation, "curves": result.curves,
+        "defense_info": {"title": defense_cls.title or defense_cls.name, **result.info},
         "attack_info": {**poisoned.info, "n_train": len(poisoned),
                         "n_poisoned": int(poisoned.poison_mask.sum()),
                         "n_cover": int(poisoned.cover_mask.sum()), "n_triggered_test": len(triggered)},

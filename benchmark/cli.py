@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering your own attack/defense (repeatable)")
     p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+    p.add_argument("--save-models", action="store_true",
+                   help="keep every cell's final model under <results>/models/<cell id>.pt "
+                        "(a state dict + model config; benchmark.models.load_saved reads it)")
     p.add_argument("--list", action="store_true", help="list registered components and exit")
     return p
 
@@ -101,8 +104,13 @@ def _main(argv: list[str]) -> int:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
     if args.list:
-        for reg in (ATTACKS, DEFENSES, MODELS):
+        for reg in (ATTACKS, MODELS):
             print(f"{reg.kind}s: {', '.join(reg.names())}")
+        print("defenses:")
+        for name in DEFENSES.names():
+            cls = DEFENSES.get(name)
+            kind = " [detector: isolation only]" if cls.is_detector else ""
+            print(f"  {name:14s} {cls.title or ''}{kind}")
         return 0
 
     sets = parse_sets(args.sets)
@@ -113,6 +121,7 @@ def _main(argv: list[str]) -> int:
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
                  progress=args.executor == "serial", download=not args.no_download,
+                 save_models=args.save_models,
                  plugins=[str(Path(p).resolve()) for p in args.plugin])
     store = ResultStore(rt.results)
     status = {cell_id(c): store.status(cell_id(c)) for c in cells}

@@ -38,7 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attacks": {"cl": {"ref_epochs": 2, "steps": 5},
                     "dynamic": {"mask_epochs": 1, "epochs": 2, "width": 8}},
         "defenses": {"pipd": {"pre_epochs": 3, "pre_augment": False, "rounds": 2,
-                              "selective_epochs": 2, "selective_lr": 0.02}},
+                              "selective_epochs": 2, "selective_lr": 0.02},
+                     # ABL's LGA settings equal PIPD's: one LGA model serves both
+                     "abl": {"isolation_epochs": 3, "isolation_lr": 0.05, "finetune_epochs": 2,
+                             "finetune_lr": 0.02, "finetune_schedule": "onecycle",
+                             "finetune_milestones": [], "unlearn_epochs": 2},
+                     "none": {"retrain_epochs": 1}},
     },
     # reduced scale calibrated for 2 CPU cores (see README: calibration)
     "quick": {
@@ -51,7 +56,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attacks": {"cl": {"ref_epochs": 8},
                     "dynamic": {"mask_epochs": 2, "epochs": 8, "width": 8}},
         "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
-                              "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05}},
+                              "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05},
+                     # ABL's LGA settings equal PIPD's (one LGA model serves both); training on
+                     # the rest gets PIPD's selective budget
+                     "abl": {"isolation_epochs": 8, "isolation_lr": 0.05, "finetune_epochs": 12,
+                             "finetune_lr": 0.05, "finetune_schedule": "onecycle",
+                             "finetune_milestones": []},
+                     "none": {"retrain_epochs": 10}},
     },
     # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
     "full": {

@@ -1,4 +1,4 @@
-"""CA, ASR, R-Acc, TPR, FPR, AUROC — all as fractions in [0, 1]."""
+"""CA, ASR, R-Acc, TPR, FPR, AUROC, best-threshold rates — all as fractions in [0, 1]."""
 
 from __future__ import annotations
 
@@ -44,3 +44,19 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     avg /= torch.bincount(inverse, minlength=len(uniq)).double()
     r = avg[inverse]
     return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def best_threshold(scores: torch.Tensor, positive: torch.Tensor) -> dict[str, float]:
+    """The threshold (flag ``score >= t``) that maximises TPR - FPR, with its TPR and FPR:
+    an oracle's choice, since it reads the ground truth (what SCALE-UP's paper reports)."""
+    s, pos = scores.double().cpu(), positive.bool().cpu()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {"threshold": float("nan"), "tpr": float("nan"), "fpr": float("nan")}
+    order = s.argsort(descending=True)
+    tp = pos[order].double().cumsum(0)
+    fp = (~pos[order]).double().cumsum(0)
+    last = torch.ones(len(s), dtype=torch.bool)  # only cut between distinct scores
+    last[:-1] = s[order][1:] != s[order][:-1]
+    j = torch.where(last, tp / n_pos - fp / n_neg, torch.tensor(-2.0, dtype=torch.double)).argmax()
+    return {"threshold": float(s[order][j]), "tpr": float(tp[j] / n_pos), "fpr": float(fp[j] / n_neg)}

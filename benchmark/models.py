@@ -164,3 +164,12 @@ def collect_features(model: nn.Module, layers: dict[str, nn.Module],
 
 def build_model(name: str, num_classes: int, **params: object) -> nn.Module:
     return MODELS.get(name)(num_classes=num_classes, **params)
+
+
+def load_saved(path: str | object) -> nn.Module:
+    """A model saved by ``--save-models``: the architecture rebuilt from the stored config, the
+    weights loaded with ``weights_only=True`` (nothing pickled is executed)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(payload["model"], payload["num_classes"], **payload["model_params"])
+    model.load_state_dict(payload["state_dict"])
+    return model

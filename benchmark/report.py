@@ -22,7 +22,13 @@ def _pivot(df: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
 
 
 def table1(df: pd.DataFrame) -> pd.DataFrame:
-    """CA and ASR (%) per attack and defense, mean over seeds."""
+    """CA and ASR (%) per attack and defense, mean over seeds. Detectors train no model (their
+    records carry the inspected model's CA/ASR), so they appear in Table 2 only."""
+    from defenses import DEFENSES
+
+    detectors = [d for d in DEFENSES.names() if DEFENSES.get(d).is_detector]
+    if "config.defense" in df:
+        df = df[~df["config.defense"].isin(detectors)]
     return _pivot(df, ("ca", "asr"))
 
 

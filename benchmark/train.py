@@ -62,6 +62,7 @@ class TrainConfig:
     # training-step precision: auto = bf16 on CUDA, fp32 on the CPU (see resolve_precision)
     precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
     compile: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # torch.compile the train step
+    freeze_bn: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # BatchNorm in eval mode (NONE)
 
     def __post_init__(self) -> None:
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -266,6 +267,10 @@ class Trainer:
         curve = []
         for epoch in range(cfg.epochs):
             model.train()
+            if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             t0 = time.perf_counter()
             perm = rows[torch.randperm(len(rows), generator=gen)]
             loss_sum = torch.zeros((), device=self.device)

@@ -48,6 +48,52 @@ class DefenseContext:
     def num_classes(self) -> int:
         return len(self.train.classes)
 
+    # ---------------------------------------------------------- models shared across defenses
+    def backdoored_model(self) -> tuple[nn.Module, list[dict], bool]:
+        """The model standard training gives on this training set (what No Defense trains,
+        what the detectors inspect and NONE starts from): trained once per (data, attack,
+        model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
+        curve, whether it came from the cache)."""
+        key = {k: v for k, v in self.cache_key.items() if k != "defense_version"}
+
+        def train() -> dict:
+            torch.manual_seed(self.seed)  # the same initialisation whichever defense asks first
+            model = self.make_model()
+            curve = self.trainer.fit(model, self.train.images, self.train.labels, self.train_cfg,
+                                     callback=self.monitor, seed=self.seed, desc="train")
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
+
+        return self._cached_model("backdoored", {**key, "phase": "backdoored"}, train)
+
+    def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
+                  ) -> tuple[nn.Module, list[dict], bool]:
+        """A model trained from scratch with ABL's LGA loss: PIPD's pre-isolation model and
+        ABL's isolation model. Cached by its settings, so PIPD and ABL share it when their
+        settings agree (and a sweep over later PIPD steps trains it once)."""
+        from benchmark.losses import lga_loss
+
+        # "pipd-pre-isolation": the phase name of caches made before ABL shared the model
+        key = {**self.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(), "gamma": gamma,
+               "batch_mean": batch_mean}
+
+        def train() -> dict:
+            torch.manual_seed(self.seed)  # the same initialisation whichever defense asks first
+            model = self.make_model()
+            curve = self.trainer.fit(model, self.train.images, self.train.labels, cfg,
+                                     loss_fn=lga_loss(gamma, batch_mean), callback=self.monitor,
+                                     seed=self.seed, desc="LGA isolation")
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
+
+        return self._cached_model("models", key, train)
+
+    def _cached_model(self, kind: str, key: dict, train: Callable[[], dict]
+                      ) -> tuple[nn.Module, list[dict], bool]:
+        reused = self.cache.exists(kind, key)
+        art = self.cache.get_or_create(kind, key, train)
+        model = self.make_model()
+        model.load_state_dict(art["state"])
+        return self.trainer.prepare_model(model), art["curve"], reused
+
 
 @dataclass
 class DefenseResult:
@@ -63,12 +109,19 @@ class Defense:
     """Base class. Subclasses set ``name`` and ``Params`` and implement ``run``."""
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # what tables and --list print beside the name
     Params: ClassVar[type[DefenseParams]] = DefenseParams
     is_detector: ClassVar[bool] = False  # isolation only (SCALE-UP, DBALFA); no defended model
     version: ClassVar[int] = 1  # bump when results change for the same params (re-keys cells)
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params
+
+    @classmethod
+    def validation_fraction(cls, params: DefenseParams) -> float:
+        """A share of the clean test set the defense gets as a benign validation set
+        (``ctx.trusted``); CA/ASR are then measured on the rest, and the record says so."""
+        return 0.0
 
     @classmethod
     def needs_ground_truth(cls, params: DefenseParams) -> bool:
@@ -78,6 +131,36 @@ class Defense:
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError
+
+
+def isolate_lowest_loss(ctx: DefenseContext, model: nn.Module, ratio: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of the ``ratio`` lowest-loss training samples, the losses): ABL's isolation and
+    PIPD's poisoned seed. Losses in eval mode without augmentation, fp32."""
+    losses = ctx.trainer.per_sample_loss(model, ctx.train.images, ctx.train.labels)
+    mask = torch.zeros(len(losses), dtype=torch.bool)
+    mask[losses.argsort()[:max(1, round(ratio * len(losses)))]] = True
+    return mask, losses
+
+
+def finetune_then_unlearn(ctx: DefenseContext, model: nn.Module, isolated: torch.Tensor,
+                          finetune: TrainConfig, unlearn: TrainConfig, seed: int
+                          ) -> dict[str, list[dict]]:
+    """ABL's second and third phases: train on the samples outside ``isolated``, then gradient
+    ascent on the isolated ones. Shared by ABL and PIPD's ``training=unlearning`` (Fig. 5)."""
+    from benchmark.losses import ascent_loss
+
+    rest, iso = (~isolated).nonzero().flatten(), isolated.nonzero().flatten()
+    curves = {"finetune": [], "unlearning": []}
+    if finetune.epochs > 0 and len(rest):
+        curves["finetune"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, finetune,
+                                             indices=rest, callback=ctx.monitor, seed=seed,
+                                             desc="train on the rest")
+    if unlearn.epochs > 0 and len(iso):
+        curves["unlearning"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, unlearn,
+                                               indices=iso, loss_fn=ascent_loss(),
+                                               callback=ctx.monitor, seed=seed + 1, desc="unlearning")
+    return curves
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:

@@ -16,25 +16,26 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from benchmark.cache import OMIT_AT_DEFAULT
+from benchmark.isolation import channel_discrepancy, layer_features, top_channels
 from benchmark.jenks import jenks_upper
-from benchmark.models import collect_features, conv_feature_layers
+from benchmark.losses import selective_loss
 from benchmark.registry import UsageError
-from benchmark.train import Trainer
 from defenses.base import (
     Defense,
     DefenseContext,
     DefenseParams,
     DefenseResult,
+    finetune_then_unlearn,
+    isolate_lowest_loss,
     register_defense,
 )
+
+TRAININGS = ("selective", "unlearning")
 
 
 @dataclass
@@ -68,49 +69,29 @@ class PIPDParams(DefenseParams):
     selective_lr: float = 0.01
     selective_augment: bool = True
     lam: float = 1.0  # weight of the gradient-ascent term
+    # Fig. 5: "unlearning" trains on D_b for the selective budget, then ABL's gradient ascent
+    # on D_p (unlearn_epochs at unlearn_lr) instead of Eq. 10
+    training: str = field(default="selective", metadata=OMIT_AT_DEFAULT)
+    unlearn_epochs: int = field(default=20, metadata=OMIT_AT_DEFAULT)
+    unlearn_lr: float = field(default=5e-4, metadata=OMIT_AT_DEFAULT)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.seed_quantile <= 1.0:
             raise UsageError(f"pipd seed_quantile must be in [0, 1] (1 = max), got {self.seed_quantile}")
+        if self.training not in TRAININGS:
+            raise UsageError(f"unknown pipd training {self.training!r}; valid choices: "
+                             f"{', '.join(TRAININGS)}")
         if self.fault_ratio is not None and not 0.0 <= self.fault_ratio <= 1.0:
             raise UsageError(f"pipd fault_ratio must be in [0, 1] or null, got {self.fault_ratio}")
-
-
-def lga_loss(gamma: float, batch_mean: bool):
-    """ABL's local gradient ascent: sign(l - gamma) * l."""
-    def loss(logits: torch.Tensor, y: torch.Tensor, _idx: torch.Tensor) -> torch.Tensor:
-        if batch_mean:
-            l = F.cross_entropy(logits, y)
-            return torch.sign(l - gamma) * l
-        l = F.cross_entropy(logits, y, reduction="none")
-        return (torch.sign(l - gamma) * l).mean()
-    return loss
-
-
-def selective_loss(poisoned: torch.Tensor, lam: float):
-    """Eq. 10: CE on samples outside D_p; ascent on D_p samples still predicted as their label."""
-    def loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, y, reduction="none")
-        is_p = poisoned[idx].to(ce.device)
-        active = is_p & (logits.argmax(1) == y)
-        return (ce * (~is_p)).sum() / len(y) - lam * (ce * active).sum() / len(y)
-    return loss
 
 
 def channel_scores(features: torch.Tensor, slices: list[slice], poison_seed: torch.Tensor,
                    benign_seed: torch.Tensor, beta: float, rho: float, top_k: int | None,
                    seed_quantile: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One-step isolation score of every sample, and the indices of the channels it sums."""
-    fb, fp = features[benign_seed], features[poison_seed]
-    top = fp.amax(0) if seed_quantile == 1.0 else torch.quantile(fp, seed_quantile, dim=0)
-    discrepancy = top - (fb.mean(0) + beta * fb.std(0, unbiased=False))
-    kept = []
-    for sl in slices:
-        c = sl.stop - sl.start
-        k = min(c, top_k if top_k is not None else math.ceil(rho * c))
-        kept.append(sl.start + discrepancy[sl].topk(k).indices)
-    kept_idx = torch.cat(kept)
-    return features[:, kept_idx].sum(1), kept_idx
+    d = channel_discrepancy(features, poison_seed, benign_seed, beta, seed_quantile)
+    kept = top_channels(d, slices, rho, top_k)
+    return features[:, kept].sum(1), kept
 
 
 def faulty_seed(order: torch.Tensor, k: int, benign_seed: torch.Tensor, truth: torch.Tensor,
@@ -131,46 +112,10 @@ def faulty_seed(order: torch.Tensor, k: int, benign_seed: torch.Tensor, truth: t
     return mask
 
 
-def pre_isolation_model(ctx: DefenseContext, p: PIPDParams) -> tuple[nn.Module, list[dict]]:
-    """Train (or load the cached) LGA pre-isolation model; shared by every PIPD variant whose
-    pre-isolation settings match (e.g. the T and fault-ratio sweeps)."""
-    cfg = ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
-                                augment=p.pre_augment)
-    key = {**ctx.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(),
-           "gamma": p.gamma, "batch_mean": p.lga_batch_mean}
-
-    def train() -> dict:
-        model = ctx.make_model()
-        curve = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, cfg,
-                                loss_fn=lga_loss(p.gamma, p.lga_batch_mean),
-                                callback=ctx.monitor, seed=ctx.seed, desc="pipd pre-isolation")
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
-
-    art = ctx.cache.get_or_create("models", key, train)
-    model = ctx.make_model()
-    model.load_state_dict(art["state"])
-    return ctx.trainer.prepare_model(model), art["curve"]
-
-
-def isolation_features(model: nn.Module, trainer: Trainer, images: torch.Tensor,
-                       p: PIPDParams) -> tuple[torch.Tensor, list[slice], list[str]]:
-    layers = conv_feature_layers(model, tuple(p.stages))
-    if p.layers is not None:
-        missing = set(p.layers) - set(layers)
-        if missing:
-            raise ValueError(f"unknown PIPD layers {sorted(missing)}; valid: {list(layers)}")
-        layers = {k: v for k, v in layers.items() if k in p.layers}
-    feats = collect_features(model, layers, trainer.eval_batches(images))
-    slices, start = [], 0
-    for name in layers:
-        slices.append(slice(start, start + feats[name].shape[1]))
-        start += feats[name].shape[1]
-    return torch.cat([feats[n] for n in layers], 1), slices, list(layers)
-
-
 @register_defense
 class PIPD(Defense):
     name = "pipd"
+    title = "PIPD (progressive isolation + selective training)"
     Params = PIPDParams
 
     @classmethod
@@ -180,21 +125,21 @@ class PIPD(Defense):
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PIPDParams = self.params
         n = len(ctx.train)
-        model, pre_curve = pre_isolation_model(ctx, p)
+        cfg = ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
+                                    augment=p.pre_augment)
+        model, pre_curve, reused = ctx.lga_model(cfg, p.gamma, p.lga_batch_mean)
 
         # seeds from the loss ranking under the pre-isolation model (eval mode, no augmentation)
-        losses = ctx.trainer.per_sample_loss(model, ctx.train.images, ctx.train.labels)
+        poison_seed, losses = isolate_lowest_loss(ctx, model, p.p)
         order = losses.argsort()
-        k = max(1, round(p.p * n))
         benign_seed = torch.zeros(n, dtype=torch.bool)
         benign_seed[order[n - max(1, round(p.q * n)):]] = True
-        if p.fault_ratio is None:
-            poison_seed = torch.zeros(n, dtype=torch.bool)
-            poison_seed[order[:k]] = True
-        else:
-            poison_seed = faulty_seed(order, k, benign_seed, ctx.ground_truth, p.fault_ratio, ctx.seed)
+        if p.fault_ratio is not None:
+            poison_seed = faulty_seed(order, int(poison_seed.sum()), benign_seed, ctx.ground_truth,
+                                      p.fault_ratio, ctx.seed)
 
-        features, slices, layer_names = isolation_features(model, ctx.trainer, ctx.train.images, p)
+        features, slices, layer_names = layer_features(model, ctx.trainer, ctx.train.images,
+                                                       tuple(p.stages), p.layers)
         masks = {"seed_poison": poison_seed.clone(), "seed_benign": benign_seed.clone()}
         benign = benign_seed.clone()
         for r in range(1, p.rounds + 1):
@@ -206,17 +151,23 @@ class PIPD(Defense):
 
         sel_cfg = ctx.train_cfg.replace(epochs=p.selective_epochs, lr=p.selective_lr,
                                         augment=p.selective_augment)
-        sel_curve = []
-        if p.selective_epochs > 0:
-            sel_curve = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, sel_cfg,
-                                        loss_fn=selective_loss(ctx.trainer.to_device(isolated), p.lam),
-                                        callback=ctx.monitor, seed=ctx.seed + 1,
-                                        desc="pipd selective")
+        if p.training == "unlearning":  # Fig. 5: ABL's scheme on this isolation, same budget
+            unlearn = ctx.train_cfg.replace(epochs=p.unlearn_epochs, lr=p.unlearn_lr,
+                                            schedule="constant", warmup=0.0, augment=False)
+            curves = finetune_then_unlearn(ctx, model, isolated, sel_cfg, unlearn, ctx.seed + 1)
+        else:
+            curves = {"selective": []}
+            if p.selective_epochs > 0:
+                curves["selective"] = ctx.trainer.fit(
+                    model, ctx.train.images, ctx.train.labels, sel_cfg,
+                    loss_fn=selective_loss(ctx.trainer.to_device(isolated), p.lam),
+                    callback=ctx.monitor, seed=ctx.seed + 1, desc="pipd selective")
         return DefenseResult(
             model=model, isolated=isolated, scores=scores,
-            curves={"pre_isolation": pre_curve, "selective": sel_curve}, masks=masks,
+            curves={"pre_isolation": pre_curve, **curves}, masks=masks,
             info={"layers": layer_names, "kept_channels": kept.tolist(),
-                  "n_isolated": int(isolated.sum()), "ground_truth_used": p.fault_ratio is not None})
+                  "n_isolated": int(isolated.sum()), "ground_truth_used": p.fault_ratio is not None,
+                  "pre_isolation_model": "reused from cache" if reused else "trained"})
 
 
 @dataclass
@@ -230,4 +181,5 @@ class PIPDMedian(PIPD):
     (an easy, low-loss image) no longer sets the discrepancy of every channel."""
 
     name = "pipd_median"
+    title = "PIPD, median of the poisoned seed in Eq. 4"
     Params = PIPDMedianParams

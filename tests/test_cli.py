@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmark.cli import main
 
@@ -123,6 +124,7 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     cache = tmp_path / "res" / "cache"
     assert len(list((cache / "generators").glob("*.pt"))) == 1  # Dynamic's generator, once
     assert len(list((cache / "models").glob("*.pt"))) == 1  # CL's clean reference model
+    assert len(list((cache / "backdoored").glob("*.pt"))) == 10  # each attack's No Defense model
 
 
 def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys):
@@ -155,3 +157,41 @@ def test_sweep_runs_each_value_once_and_labels_the_cells(args, capsys):
     assert len(pipd) == 4 and any("badnets.rate=0.2" in x and "pipd.rounds=1 " in x for x in pipd)
     assert main([*args, "--sweep", "defense.rounds=2"]) == 2
     assert "--sweep expects KEY=[v1,v2,...]" in capsys.readouterr().err
+
+
+def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(args, tmp_path):
+    from benchmark.models import load_saved
+
+    assert main([*args, "--defenses", "no_defense,scale_up,dbalfa,none", "--save-models",
+                 "--set", "none.retrain_epochs=1"]) == 0
+    by = {r["config"]["defense"]: r for r in records(tmp_path).values()}
+    assert by["no_defense"]["defense_info"]["backdoored_model"] == "trained"
+    for name in ("scale_up", "dbalfa"):  # trained once, by the first cell; inspected after
+        assert by[name]["defense_info"]["inspected_model"] == "reused from cache"
+        assert "inspected" in by[name]["metrics_of"] and "auroc" in by[name]["metrics"]
+        assert 0 <= by[name]["isolation"]["best_threshold"]["tpr"] <= 1
+    assert by["none"]["defense_info"]["title"].startswith("NONE") and "metrics_of" not in by["none"]
+    assert by["dbalfa"]["defense_info"]["n_validation"] == 6 and "validation" in by["dbalfa"]["eval_note"]
+    assert by["dbalfa"]["attack_info"]["n_triggered_test"] == 54  # 60 test images, 6 of class 0
+    saved = torch.load(by["no_defense"]["model_path"], weights_only=True)
+    model = load_saved(by["no_defense"]["model_path"])
+    assert saved["model"] == "resnet18" and saved["model_params"] == {"width": 4}
+    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in model.state_dict().items())
+
+
+def test_pipd_unlearning_scheme_for_fig5(args, tmp_path):
+    assert main([*args, "--defenses", "pipd", "--sweep", 'pipd.training=["selective","unlearning"]',
+                 "--set", "pipd.unlearn_epochs=2"]) == 0
+    by = {r["config"]["defense_params"]["training"]: r for r in records(tmp_path).values()}
+    assert set(by["unlearning"]["curves"]) == {"pre_isolation", "finetune", "unlearning"}
+    unlearning = by["unlearning"]["curves"]["unlearning"]
+    assert len(unlearning) == 2 and "ca" in unlearning[0]
+    assert set(by["selective"]["curves"]) == {"pre_isolation", "selective"}
+    assert by["unlearning"]["defense_info"]["pre_isolation_model"] == "reused from cache"
+
+
+def test_table1_leaves_detectors_out_and_table2_lists_them(args, capsys):
+    assert main([*args, "--defenses", "no_defense,scale_up"]) == 0
+    out = capsys.readouterr().out
+    table1, table2 = out.split("Table 2 style")
+    assert "scale_up" not in table1.split("Table 1 style")[1] and "scale_up TPR" in table2

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from defenses.pipd import channel_scores, lga_loss, selective_loss
+from benchmark.losses import lga_loss, selective_loss
+from defenses.pipd import channel_scores
 
 
 def synthetic_features(n=300, n_poison=15, seed=0):

@@ -31,8 +31,10 @@ def pct(x: float | None) -> str:
 def main(folders: list[str]) -> None:
     by_id = {p.stem: json.loads(p.read_text()) for f in folders for p in sorted(Path(f).glob("*.json"))}
     recs = [r for r in by_id.values() if r["status"] == "ok"]
-    t2 = {(r["attack"], r["method"]): r for r in paper("table2_isolation.csv") if r["dataset"] == "CIFAR-10"}
-    t1 = {(r["attack"], r["defense"]): r for r in paper("table1_defense.csv") if r["dataset"] == "CIFAR-10"}
+    t2 = {(r["attack"], r["method"]): r for r in paper("table2_isolation.csv")
+          if r["dataset"] == "CIFAR-10"}
+    t1 = {(r["attack"], r["defense"]): r for r in paper("table1_defense.csv")
+          if r["dataset"] == "CIFAR-10"}
 
     def key(r: dict) -> tuple:
         c = r["config"]
@@ -40,7 +42,8 @@ def main(folders: list[str]) -> None:
 
     nd = {key(r): r for r in recs if r["config"]["defense"] == "no_defense"
           and r["config"]["train"].get("precision", "auto") == "auto"}
-    print("| attack | defense | P_p precision | TPR | FPR | paper TPR/FPR | CA | ND CA | ASR | paper CA/ASR | s |")
+    print("| attack | defense | P_p precision | TPR | FPR | paper TPR/FPR | CA | ND CA | ASR "
+          "| paper CA/ASR | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in recs:
         c, dp = r["config"], r["config"]["defense_params"]
@@ -72,10 +75,12 @@ def main(folders: list[str]) -> None:
                   f"| {pct(m['fpr'])} | {p3.get('tpr', '-')} / {p3.get('fpr', '-')} |")
 
     sweep = [r for r in recs if r["config"]["attack_params"]["rate"] == 0.2
-             and r["config"]["defense"].startswith("pipd") and r["config"]["defense_params"]["selective_epochs"] > 0]
+             and r["config"]["defense"].startswith("pipd")
+             and r["config"]["defense_params"]["selective_epochs"] > 0]
     if sweep:
         t4 = {(r["attack"], r["T"]): r for r in paper("table4_iterations.csv")}
-        print("\n| attack (20%) | defense | T | TPR | FPR | CA | ASR | paper CA/ASR | FPR of rounds 1..T |")
+        print("\n| attack (20%) | defense | T | TPR | FPR | CA | ASR | paper CA/ASR "
+              "| FPR of rounds 1..T |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in sorted(sweep, key=lambda r: (r["config"]["attack"], r["config"]["defense"],
                                               r["config"]["defense_params"]["rounds"])):
@@ -84,7 +89,8 @@ def main(folders: list[str]) -> None:
             p4 = t4.get((NAMES.get(c["attack"]), str(t)), {})
             rounds = " ".join(pct(masks[f"round_{i}"]["fpr"]) for i in range(1, t + 1))
             print(f"| {NAMES.get(c['attack'])} | {c['defense']} | {t} | {pct(m['tpr'])} | {pct(m['fpr'])} "
-                  f"| {pct(m['ca'])} | {pct(m['asr'])} | {p4.get('ca', '-')} / {p4.get('asr', '-')} | {rounds} |")
+                  f"| {pct(m['ca'])} | {pct(m['asr'])} | {p4.get('ca', '-')} / {p4.get('asr', '-')} "
+                  f"| {rounds} |")
 
 
 if __name__ == "__main__":

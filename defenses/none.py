@@ -1,0 +1,128 @@
+"""NONE, NON-LinEarity (Wang et al., NeurIPS 2022) — not the No Defense baseline (``no_defense``).
+
+Starting from the backdoored model (shared with No Defense), each round:
+1. per-channel spatial max of the conv outputs of stages 2-4 (PIPD's features) on the training
+   set, and every sample's softmax;
+2. per class k: strong samples (p_k > 0.9) against weak ones (p_k < 0.1), PIPD's discrepancy
+   max_strong - (mean_weak + beta * std_weak); per channel the max over classes;
+3. reset the top ``reset_ratio`` of channels per layer: zero the conv filter, its BatchNorm
+   scale and bias, and the next conv's (or the classifier's) input slice; a projection
+   shortcut loses its filter and BatchNorm only (as the reference);
+4. flag samples by the summed activation of each layer's top channel, split with 2-class Jenks
+   (score >= break); drop them and retrain the rest with BatchNorm frozen (lr 1e-4).
+The isolation is the union of the samples dropped in every round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from benchmark.isolation import channel_discrepancy, layer_features, top_channels
+from benchmark.jenks import jenks_upper
+from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
+
+
+@dataclass
+class NONEParams(DefenseParams):
+    rounds: int = 1
+    reset_ratio: float = 0.05  # channels reset per layer (reference default; its README: 3% BadNets)
+    strong: float = 0.9  # softmax of class k above this: a strong sample of k
+    weak: float = 0.1  # below this: a weak sample of k
+    beta: float = 3.0
+    stages: list[int] = field(default_factory=lambda: [2, 3, 4])
+    retrain_epochs: int = 20
+    retrain_lr: float = 1e-4
+    freeze_bn: bool = True
+
+
+def class_discrepancy(features: torch.Tensor, probs: torch.Tensor, strong: float, weak: float,
+                      beta: float) -> torch.Tensor:
+    """Per channel, the largest strong-vs-weak discrepancy over the classes that have both."""
+    best = torch.full((features.shape[1],), -math.inf)
+    for k in range(probs.shape[1]):
+        hi, lo = probs[:, k] > strong, probs[:, k] < weak
+        if hi.any() and lo.sum() > 1:
+            best = torch.maximum(best, channel_discrepancy(features, hi, lo, beta))
+    return best
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(f"layer{s}.{b}", block) for s in range(1, 5)
+            for b, block in enumerate(getattr(model, f"layer{s}"))]
+
+
+@torch.no_grad()
+def reset_channels(model: nn.Module, layer: str, channels: torch.Tensor) -> None:
+    """Zero ``channels`` of the feature layer ``layer`` (a name from conv_feature_layers) of a
+    BasicBlock ResNet: the filter, the BatchNorm that follows, and the next layer's input."""
+    blocks = _blocks(model)
+    names = [n for n, _ in blocks]
+    block_name, part = layer.rsplit(".", 1)
+    block = blocks[names.index(block_name)][1]
+    if not hasattr(block, "bn2") or not isinstance(block.conv2, nn.Conv2d) or hasattr(block, "conv3"):
+        raise ValueError(f"NONE's channel reset supports BasicBlock ResNets, not {type(block).__name__}")
+    if part in ("shortcut", "downsample"):
+        conv, bn = getattr(block, part)[0], getattr(block, part)[1]
+        conv.weight[channels] = 0
+        bn.weight[channels], bn.bias[channels] = 0, 0
+        return
+    conv, bn = (block.conv1, block.bn1) if part == "conv1" else (block.conv2, block.bn2)
+    conv.weight[channels] = 0
+    bn.weight[channels], bn.bias[channels] = 0, 0
+    if part == "conv1":
+        block.conv2.weight[:, channels] = 0
+        return
+    nxt = names.index(block_name) + 1
+    if nxt < len(blocks):
+        following = blocks[nxt][1]
+        following.conv1.weight[:, channels] = 0
+        for short in ("shortcut", "downsample"):
+            seq = getattr(following, short, None)
+            if seq is not None and len(seq) > 0:
+                seq[0].weight[:, channels] = 0
+    else:
+        head = getattr(model, "linear", None) or model.fc
+        head.weight[:, channels] = 0
+
+
+@register_defense
+class NONE(Defense):
+    name = "none"
+    title = "NONE (non-linearity defense, Wang et al. 2022; not No Defense)"
+    Params = NONEParams
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        p: NONEParams = self.params
+        model, curve, reused = ctx.backdoored_model()
+        n = len(ctx.train)
+        dropped = torch.zeros(n, dtype=torch.bool)
+        masks, curves, resets = {}, {"backdoored": curve}, {}
+        retrain = ctx.train_cfg.replace(epochs=p.retrain_epochs, lr=p.retrain_lr,
+                                        schedule="constant", warmup=0.0, freeze_bn=p.freeze_bn)
+        for r in range(1, p.rounds + 1):
+            probs = ctx.trainer.logits(model, ctx.train.images).softmax(1)
+            feats, slices, names = layer_features(model, ctx.trainer, ctx.train.images,
+                                                  tuple(p.stages))
+            d = class_discrepancy(feats, probs, p.strong, p.weak, p.beta)
+            if not torch.isfinite(d).any():
+                break  # no class has both strong and weak samples: nothing to compare
+            detect = top_channels(d, slices, rho=0.0, top_k=1)  # each layer's top channel
+            flagged = jenks_upper(feats[:, detect].sum(1), inclusive=True)
+            for name, sl in zip(names, slices, strict=True):
+                chans = top_channels(d[sl], [slice(0, sl.stop - sl.start)], p.reset_ratio)
+                reset_channels(model, name, chans)
+                resets.setdefault(f"round_{r}", {})[name] = chans.tolist()
+            masks[f"round_{r}"] = flagged
+            dropped |= flagged
+            if p.retrain_epochs > 0:
+                curves[f"retrain_{r}"] = ctx.trainer.fit(
+                    model, ctx.train.images, ctx.train.labels, retrain,
+                    indices=(~dropped).nonzero().flatten(), callback=ctx.monitor,
+                    seed=ctx.seed + r, desc=f"NONE retrain {r}")
+        return DefenseResult(model=model, isolated=dropped, curves=curves, masks=masks,
+                             info={"backdoored_model": "reused from cache" if reused else "trained",
+                                   "reset_channels": resets, "n_isolated": int(dropped.sum())})

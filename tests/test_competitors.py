@@ -1,0 +1,172 @@
+"""ABL, NONE, SCALE-UP, DBALFA and the shared backdoored / LGA models, on cases with a known answer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.cache import ArtifactCache
+from benchmark.data import ImageSet
+from benchmark.metrics import best_threshold
+from benchmark.models import build_model
+from benchmark.train import TrainConfig, Trainer
+from defenses import DEFENSES, DefenseContext
+from defenses.base import finetune_then_unlearn
+
+
+def easy_backdoor(n_benign=120, n_poison=8, seed=0):
+    """Noise images with random labels (nothing to learn in a few epochs) plus ``n_poison``
+    all-white images labelled 0 (learned at once): the poisoned ones end with the lowest loss.
+    Returns the training set and the poison mask."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 200, (n_benign, 3, 16, 16), dtype=torch.uint8, generator=g)
+    white = torch.full((n_poison, 3, 16, 16), 255, dtype=torch.uint8)
+    labels = torch.cat([torch.randint(0, 10, (n_benign,), generator=g),
+                        torch.zeros(n_poison, dtype=torch.long)])
+    truth = torch.zeros(len(labels), dtype=torch.bool)
+    truth[-n_poison:] = True
+    return ImageSet(torch.cat([noise, white]), labels, [str(i) for i in range(10)]), truth
+
+
+def context(train, tmp_path, epochs=3, seed=0):
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    return DefenseContext(train=train, make_model=lambda: build_model("resnet18", 10, width=8),
+                          trainer=trainer, train_cfg=TrainConfig(epochs=epochs, batch_size=32, lr=0.05),
+                          seed=seed, cache=ArtifactCache(tmp_path / "cache"), cache_key={"test": 1})
+
+
+def run(name, ctx, **params):
+    cls = DEFENSES.get(name)
+    return cls(cls.Params(**params)).run(ctx)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_abl_isolates_the_easy_backdoor_and_shares_pipds_lga_model(tmp_path, seed):
+    train, truth = easy_backdoor(seed=seed)
+    ctx = context(train, tmp_path, seed=seed)
+    lga = {"isolation_epochs": 4, "isolation_lr": 0.05, "isolation_augment": False}
+    pipd = run("pipd", ctx, pre_epochs=4, pre_lr=0.05, pre_augment=False, rounds=1,
+               selective_epochs=0)
+    res = run("abl", ctx, **lga, isolation_ratio=8 / len(truth), finetune_epochs=1,
+              finetune_schedule="cosine", unlearn_epochs=1)
+    assert torch.equal(res.isolated, truth)  # the 8 lowest-loss samples are the white ones
+    assert res.info["isolation_model"].startswith("reused")  # trained once, for PIPD
+    assert pipd.info["pre_isolation_model"] == "trained"
+    assert set(res.curves) == {"isolation", "finetune", "unlearning"}
+
+
+def test_unlearning_raises_the_loss_on_the_isolated_samples_only_by_ascent(tmp_path):
+    train, truth = easy_backdoor()
+    ctx = context(train, tmp_path)
+    model = ctx.make_model()
+    ctx.trainer.fit(model, train.images, train.labels, TrainConfig(epochs=4, batch_size=32, lr=0.05))
+    before = ctx.trainer.per_sample_loss(model, train.images, train.labels)
+    curves = finetune_then_unlearn(ctx, model, truth, TrainConfig(epochs=0),
+                                   TrainConfig(epochs=3, batch_size=8, lr=0.01, augment=False,
+                                               schedule="constant"), seed=0)
+    after = ctx.trainer.per_sample_loss(model, train.images, train.labels)
+    assert len(curves["unlearning"]) == 3 and curves["finetune"] == []
+    assert after[truth].mean() > before[truth].mean() + 0.5
+
+
+def test_none_reset_zeroes_exactly_the_chosen_channels_and_the_next_layers_input():
+    from defenses.none import reset_channels
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, width=8)
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    ch = torch.tensor([1, 3])
+    reset_channels(model, "layer2.0.conv1", ch)
+    reset_channels(model, "layer3.1.conv2", ch)
+    reset_channels(model, "layer4.1.conv2", torch.tensor([5]))
+    reset_channels(model, "layer4.0.shortcut", torch.tensor([7]))
+    zeroed = {  # parameter -> (dim, channels) that must now be zero
+        "layer2.0.conv1.weight": (0, [1, 3]), "layer2.0.bn1.weight": (0, [1, 3]),
+        "layer2.0.bn1.bias": (0, [1, 3]), "layer2.0.conv2.weight": (1, [1, 3]),
+        "layer3.1.conv2.weight": (0, [1, 3]), "layer3.1.bn2.weight": (0, [1, 3]),
+        "layer3.1.bn2.bias": (0, [1, 3]), "layer4.0.conv1.weight": (1, [1, 3]),
+        "layer4.0.shortcut.0.weight": (1, [1, 3]),
+        "layer4.1.conv2.weight": (0, [5]), "layer4.1.bn2.weight": (0, [5]),
+        "layer4.1.bn2.bias": (0, [5]), "linear.weight": (1, [5]),
+    }
+    state = model.state_dict()
+    for name, value in state.items():
+        expected = ref[name].clone()
+        if name in zeroed:
+            dim, idx = zeroed[name]
+            expected.index_fill_(dim, torch.tensor(idx), 0)
+        if name == "layer4.0.shortcut.0.weight":
+            expected[7] = 0  # its own filter too (the shortcut reset)
+        if name in ("layer4.0.shortcut.1.weight", "layer4.0.shortcut.1.bias"):
+            expected[7] = 0
+        assert torch.equal(value, expected), name
+
+
+def test_none_discrepancy_finds_the_channel_strong_samples_share():
+    from defenses.none import class_discrepancy
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(100, 6, generator=g)
+    probs = torch.full((100, 2), 0.5)
+    probs[:10] = torch.tensor([0.95, 0.05])  # strong for class 0, weak for class 1
+    probs[10:60] = torch.tensor([0.05, 0.95])
+    feats[:10, 4] += 5.0  # what class 0's confident samples share
+    d = class_discrepancy(feats, probs, 0.9, 0.1, 3.0)
+    assert int(d.argmax()) == 4 and torch.isfinite(d).all()
+
+
+def test_scale_up_spc_of_a_constant_model_is_one_and_of_a_scale_sensitive_model_zero():
+    from defenses.scale_up import scaled_prediction_consistency
+
+    x = torch.randint(1, 20, (16, 3, 8, 8), dtype=torch.uint8)
+    constant = scaled_prediction_consistency(lambda im: torch.zeros(len(im), dtype=torch.long), x,
+                                             list(range(1, 12)))
+    assert torch.equal(constant, torch.ones(16))
+    flips = lambda im: im.flatten(1).long().sum(1)  # noqa: E731 - changes with every scale
+    assert torch.equal(scaled_prediction_consistency(flips, x, list(range(2, 12))), torch.zeros(16))
+    assert torch.allclose(scaled_prediction_consistency(flips, x, list(range(1, 12)), chunk=5),
+                          torch.full((16,), 1 / 11))
+
+
+def test_dbalfa_critical_layer_is_after_the_largest_rise_in_the_second_half():
+    from defenses.dbalfa import critical_weights
+
+    sims = torch.tensor([[0.1, 0.2, 0.3, 0.35, 0.9, 0.95]] * 4 + [[0.5, 0.1, 0.2, 0.8, 0.85, 0.9]] * 4)
+    preds = torch.tensor([0] * 4 + [1] * 4)
+    w = critical_weights(sims, preds, 2, n_layers=3)
+    # class 0: rises .1 .1 .05 .55 .05; second half (from index 3): largest rise into layer 4
+    assert torch.allclose(w[0], torch.tensor([0, 0, 0.1, 0.05, 0.55, 0]), atol=1e-6)
+    # class 1: rises -.4 .1 .6 .05 .05; second half: rise[3] = .05 vs rise[4] = .05 -> layer 4
+    assert w[1].nonzero().flatten().tolist() == [2, 3, 4]
+
+
+def test_best_threshold_is_the_oracle_cut():
+    scores = torch.tensor([0.9, 0.8, 0.3, 0.2, 0.85])
+    truth = torch.tensor([True, True, False, False, False])
+    assert best_threshold(scores, truth) == pytest.approx({"threshold": 0.8, "tpr": 1.0, "fpr": 1 / 3})
+    assert best_threshold(torch.tensor([1.0, 0.0]), torch.tensor([True, False]))["fpr"] == 0.0
+
+
+def test_validation_split_leaves_both_test_sets():
+    from benchmark.cell import split_validation
+
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).clone()
+    labels = torch.arange(20) % 4
+    test = ImageSet(images, labels, list("abcd"))
+    keep = (labels != 0).nonzero().flatten()
+    triggered = ImageSet(images[keep] + 100, labels[keep], list("abcd"))
+    t, trig, val = split_validation(test, triggered, 0, 0.25, seed=0)
+    ids = lambda s: set(s.images[:, 0, 0, 0].tolist())  # noqa: E731
+    assert len(val) == 5 and len(t) == 15 and not ids(val) & ids(t)
+    assert ids(trig) == {i + 100 for i in ids(t) if i % 4 != 0}
+    assert split_validation(test, triggered, 0, 0.0, seed=0)[2] is None
+
+
+def test_none_and_abl_run_end_to_end(tmp_path):
+    train, truth = easy_backdoor()
+    ctx = context(train, tmp_path, epochs=6)
+    res = run("none", ctx, retrain_epochs=1, rounds=2)
+    assert res.isolated.shape == truth.shape and {"round_1"} <= set(res.masks)
+    assert res.info["backdoored_model"] == "trained"
+    again = run("scale_up", ctx)
+    assert again.info["inspected_model"] == "reused from cache"
+    assert F.one_hot(train.labels).shape[0] == len(again.scores)
