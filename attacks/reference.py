@@ -3,7 +3,6 @@ that needs one (CL's PGD, Trojan's trigger optimisation). Cached under artifacts
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from attacks.base import AttackContext
@@ -20,16 +19,8 @@ def reference_model(ctx: AttackContext, train: ImageSet, epochs: int, lr: float 
                 if k not in ("attack", "attack_params", "attack_version")}
     key = {**upstream, "phase": "clean-reference", "cfg": cfg.key()}
 
-    def train_model() -> dict:
-        torch.manual_seed(ctx.seed)  # the same seed gives the same reference model
-        model = ctx.make_model()
-        curve = ctx.trainer.fit(model, train.images, train.labels, cfg, seed=ctx.seed,
-                                desc="clean reference model")
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
-
-    art = ctx.cache.get_or_create("models", key, train_model)
-    model = ctx.make_model()
-    model.load_state_dict(art["state"])
-    model = ctx.trainer.prepare_model(model)
+    model, _, _ = ctx.trainer.fit_cached(ctx.cache, "models", key, ctx.make_model, train.images,
+                                         train.labels, cfg, seed=ctx.seed,
+                                         desc="clean reference model")
     model.eval()
     return model

@@ -305,6 +305,27 @@ class Trainer:
                 tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs} {shown}")
         return curve
 
+    def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
+                   images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, seed: int,
+                   loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
+                   desc: str = "train") -> tuple[nn.Module, list[dict], bool]:
+        """A model trained from scratch once per ``key`` and kept in ``cache`` (an
+        ``ArtifactCache``) as its state dict and curve: (prepared model, curve, whether it came
+        from the cache). The initialisation is seeded here, so whichever cell asks first
+        trains the same model."""
+        def train() -> dict:
+            torch.manual_seed(seed)
+            model = make_model()
+            curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, callback=callback,
+                             seed=seed, desc=desc)
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
+
+        reused = cache.exists(kind, key)
+        art = cache.get_or_create(kind, key, train)
+        model = make_model()
+        model.load_state_dict(art["state"])
+        return self.prepare_model(model), art["curve"], reused
+
     def _optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -18,7 +18,7 @@ from torch import nn
 from benchmark.cache import ArtifactCache
 from benchmark.data import ImageSet
 from benchmark.registry import Registry
-from benchmark.train import TrainConfig, Trainer
+from benchmark.train import LossFn, TrainConfig, Trainer
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
@@ -55,15 +55,8 @@ class DefenseContext:
         model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
         curve, whether it came from the cache)."""
         key = {k: v for k, v in self.cache_key.items() if k != "defense_version"}
-
-        def train() -> dict:
-            torch.manual_seed(self.seed)  # the same initialisation whichever defense asks first
-            model = self.make_model()
-            curve = self.trainer.fit(model, self.train.images, self.train.labels, self.train_cfg,
-                                     callback=self.monitor, seed=self.seed, desc="train")
-            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
-
-        return self._cached_model("backdoored", {**key, "phase": "backdoored"}, train)
+        return self._trained_once("backdoored", {**key, "phase": "backdoored"}, self.train_cfg,
+                                  None, "train")
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
                   ) -> tuple[nn.Module, list[dict], bool]:
@@ -75,24 +68,13 @@ class DefenseContext:
         # "pipd-pre-isolation": the phase name of caches made before ABL shared the model
         key = {**self.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(), "gamma": gamma,
                "batch_mean": batch_mean}
+        return self._trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 
-        def train() -> dict:
-            torch.manual_seed(self.seed)  # the same initialisation whichever defense asks first
-            model = self.make_model()
-            curve = self.trainer.fit(model, self.train.images, self.train.labels, cfg,
-                                     loss_fn=lga_loss(gamma, batch_mean), callback=self.monitor,
-                                     seed=self.seed, desc="LGA isolation")
-            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
-
-        return self._cached_model("models", key, train)
-
-    def _cached_model(self, kind: str, key: dict, train: Callable[[], dict]
-                      ) -> tuple[nn.Module, list[dict], bool]:
-        reused = self.cache.exists(kind, key)
-        art = self.cache.get_or_create(kind, key, train)
-        model = self.make_model()
-        model.load_state_dict(art["state"])
-        return self.trainer.prepare_model(model), art["curve"], reused
+    def _trained_once(self, kind: str, key: dict, cfg: TrainConfig, loss_fn: LossFn | None,
+                      desc: str) -> tuple[nn.Module, list[dict], bool]:
+        return self.trainer.fit_cached(self.cache, kind, key, self.make_model, self.train.images,
+                                       self.train.labels, cfg, seed=self.seed, loss_fn=loss_fn,
+                                       callback=self.monitor, desc=desc)
 
 
 @dataclass
