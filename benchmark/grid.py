@@ -115,9 +115,26 @@ def ray_resources(cluster: dict[str, float], gpus_per_trial: float | None,
     return {"cpu": min(cpus_per_trial, cpus), "gpu": gpus_per_trial}
 
 
+def one_trial_at_a_time(gpus_per_trial: float | None, cpus_per_trial: float | None) -> bool:
+    """Whether a local Ray (no --address) could only run one trial at a time: no GPU here and
+    each trial asks for every core. Then Ray adds a process start, imports and a data load to
+    every cell (~5 s each on 2 cores) and parallelises nothing."""
+    import torch
+
+    if torch.cuda.is_available() and (gpus_per_trial is None or gpus_per_trial > 0):
+        return False
+    cores = len(os.sched_getaffinity(0))
+    return cpus_per_trial is None or cpus_per_trial * 2 > cores
+
+
 def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             address: str | None = None, gpus_per_trial: float | None = None,
             cpus_per_trial: float | None = None) -> list[dict]:
+    if address is None and one_trial_at_a_time(gpus_per_trial, cpus_per_trial):
+        print("ray: one trial fits on this machine at a time; running the cells in this process "
+              "instead (the same records, without a Ray start and a new process per cell; "
+              "--cpus-per-trial N below the core count runs several as Ray trials)", flush=True)
+        return run_serial(cells, rt, store)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -19,7 +19,7 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
 
     code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
                  str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
-                 "--attacks", "badnets", "--defenses", "no_defense,pipd", "--gpus-per-trial", "1"])
+                 "--attacks", "badnets", "--defenses", "no_defense,pipd", "--cpus-per-trial", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[2/2]" in out and "0 failed" in out
@@ -27,3 +27,17 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
     assert sorted(r["config"]["defense"] for r in recs) == ["no_defense", "pipd"]
     assert all(r["status"] == "ok" for r in recs)
     assert (tmp_path / "res" / "ray").is_dir()
+
+
+def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from benchmark.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
+                 str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
+                 "--attacks", "badnets", "--defenses", "no_defense", "--gpus-per-trial", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "running the cells in this process" in out and "[1/1]" in out
+    assert not (tmp_path / "res" / "ray").exists()
