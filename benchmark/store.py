@@ -28,6 +28,13 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def column_name(defense: str) -> str:
+    """How tables head a defense's columns (NONE prints as "NONE", never as "none")."""
+    from defenses import DEFENSES
+
+    return (DEFENSES.get(defense).column or defense) if defense in DEFENSES else defense
+
+
 class ResultStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -78,7 +85,7 @@ class ResultStore:
             row.update({f"config.{k}": v for k, v in r["config"].items() if not isinstance(v, dict)})
             upstream, defense = overrides(r["config"])  # rows/columns per --set/--sweep variant
             row["row"] = " ".join(filter(None, [r["config"]["attack"], label(upstream)]))
-            row["column"] = r["config"]["defense"] + (f"[{label(defense)}]" if defense else "")
+            row["column"] = column_name(r["config"]["defense"]) + (f"[{label(defense)}]" if defense else "")
             row.update({f"metrics.{k}": v for k, v in (r.get("metrics") or {}).items()})
             row["total_s"] = (r.get("timings") or {}).get("total_s")
             rows.append(row)

@@ -91,7 +91,8 @@ class Defense:
     """Base class. Subclasses set ``name`` and ``Params`` and implement ``run``."""
 
     name: ClassVar[str] = ""
-    title: ClassVar[str] = ""  # what tables and --list print beside the name
+    title: ClassVar[str] = ""  # what --list and records print beside the name
+    column: ClassVar[str] = ""  # the name in table columns, where it differs from ``name``
     Params: ClassVar[type[DefenseParams]] = DefenseParams
     is_detector: ClassVar[bool] = False  # isolation only (SCALE-UP, DBALFA); no defended model
     version: ClassVar[int] = 1  # bump when results change for the same params (re-keys cells)

@@ -93,6 +93,7 @@ def reset_channels(model: nn.Module, layer: str, channels: torch.Tensor) -> None
 class NONE(Defense):
     name = "none"
     title = "NONE (non-linearity defense, Wang et al. 2022; not No Defense)"
+    column = "NONE"  # never read as "no defense" in a table
     Params = NONEParams
 
     def run(self, ctx: DefenseContext) -> DefenseResult:

@@ -159,7 +159,7 @@ def test_sweep_runs_each_value_once_and_labels_the_cells(args, capsys):
     assert "--sweep expects KEY=[v1,v2,...]" in capsys.readouterr().err
 
 
-def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(args, tmp_path):
+def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(args, tmp_path, capsys):
     from benchmark.models import load_saved
 
     assert main([*args, "--defenses", "no_defense,scale_up,dbalfa,none", "--save-models",
@@ -171,6 +171,7 @@ def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(a
         assert "inspected" in by[name]["metrics_of"] and "auroc" in by[name]["metrics"]
         assert 0 <= by[name]["isolation"]["best_threshold"]["tpr"] <= 1
     assert by["none"]["defense_info"]["title"].startswith("NONE") and "metrics_of" not in by["none"]
+    assert "NONE TPR" in capsys.readouterr().out
     assert by["dbalfa"]["defense_info"]["n_validation"] == 6 and "validation" in by["dbalfa"]["eval_note"]
     assert by["dbalfa"]["attack_info"]["n_triggered_test"] == 54  # 60 test images, 6 of class 0
     saved = torch.load(by["no_defense"]["model_path"], weights_only=True)
