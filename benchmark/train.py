@@ -33,6 +33,11 @@ from benchmark.registry import UsageError
 
 # loss_fn(logits, targets, sample_index) -> scalar loss; sample_index: rows of the training tensor
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# step(forward, x, y, rows, generator) -> (loss, logits or None): one optimisation step's loss
+# from a uint8 batch on the device (the default augments, normalises and applies loss_fn);
+# SimCLR's two views and MixMatch's labelled + unlabelled batches plug in here
+StepFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor,
+                   torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
 # callback(epoch, model) -> metrics to append to the per-epoch curve (or None)
 EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
 
@@ -63,6 +68,9 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
     compile: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # torch.compile the train step
     freeze_bn: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # BatchNorm in eval mode (NONE)
+    # a fixed number of steps per epoch, cycling through the samples (MixMatch's iterations);
+    # None: one pass over them
+    steps_per_epoch: int | None = field(default=None, metadata=OMIT_AT_DEFAULT)
 
     def __post_init__(self) -> None:
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -228,6 +236,21 @@ class Trainer:
     def autocast(self, precision: str):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
+    def epoch_batches(self, rows: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+                      ) -> Iterator[torch.Tensor]:
+        """One epoch's batches of row indices: a shuffled pass over ``rows``, or with
+        ``cfg.steps_per_epoch`` that many batches, reshuffling whenever the rows run out."""
+        perm = rows[torch.randperm(len(rows), generator=gen)]
+        if cfg.steps_per_epoch is None:
+            yield from self.batches(len(perm), cfg.batch_size, perm)
+            return
+        pos = 0
+        for _ in range(cfg.steps_per_epoch):
+            if pos + cfg.batch_size > len(perm) and pos > 0:
+                perm, pos = rows[torch.randperm(len(rows), generator=gen)], 0
+            yield perm[pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+
     def batches(self, n: int, batch_size: int, perm: torch.Tensor | None = None
                 ) -> Iterator[torch.Tensor]:
         order = perm if perm is not None else torch.arange(n)
@@ -240,11 +263,15 @@ class Trainer:
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             cfg: TrainConfig, *, indices: torch.Tensor | None = None,
             loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-            seed: int = 0, desc: str = "train") -> list[dict[str, float]]:
+            seed: int = 0, desc: str = "train", step: StepFn | None = None
+            ) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
         the batch, so per-sample rules (LGA, selective training, unlearning) plug in here.
+        ``step`` replaces the whole per-batch computation (augmentation included) for training
+        schemes with another batch shape; the loop, optimiser, schedule, precision and curves
+        stay this one.
         """
         from tqdm import tqdm
 
@@ -257,13 +284,21 @@ class Trainer:
         # the compiled module shares the model's parameters; evaluation uses the plain model
         forward = torch.compile(model) if cfg.compile else model
         opt = self._optimizer(model, cfg)
-        steps_per_epoch = len(list(self.batches(len(rows), cfg.batch_size)))
+        steps_per_epoch = cfg.steps_per_epoch or len(list(self.batches(len(rows), cfg.batch_size)))
         total = steps_per_epoch * cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
         gen = torch.Generator().manual_seed(seed)
         loss_fn = loss_fn or (lambda logits, y, _idx: F.cross_entropy(
             logits, y, label_smoothing=cfg.label_smoothing))
+
+        def supervised(forward, x, y, idx, g):  # noqa: ANN001, ANN202 - the default StepFn
+            if cfg.augment:
+                x = self.augment(x, cfg.crop_padding, g)
+            logits = forward(self.normalize(x))
+            return loss_fn(logits.float(), y, idx), logits
+
+        step = step or supervised
         curve = []
         for epoch in range(cfg.epochs):
             model.train()
@@ -272,31 +307,29 @@ class Trainer:
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
             t0 = time.perf_counter()
-            perm = rows[torch.randperm(len(rows), generator=gen)]
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = 0
-            bar = tqdm(self.batches(len(perm), cfg.batch_size, perm), total=steps_per_epoch,
+            seen = scored = 0
+            bar = tqdm(self.epoch_batches(rows, cfg, gen), total=steps_per_epoch,
                        desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not self.progress, mininterval=1.0)
             for idx in bar:
                 dev_idx = self.to_device(idx)
-                x, y = x_all[dev_idx], y_all[dev_idx]
-                if cfg.augment:
-                    x = self.augment(x, cfg.crop_padding, gen)
                 with self.autocast(precision):
-                    logits = forward(self.normalize(x))
-                    loss = loss_fn(logits.float(), y, idx)
+                    loss, logits = step(forward, x_all[dev_idx], y_all[dev_idx], idx, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 loss_sum += loss.detach() * len(idx)
-                correct += (logits.argmax(1) == y).sum()
                 seen += len(idx)
+                if logits is not None:  # steps without class logits (SimCLR) report no accuracy
+                    correct += (logits.argmax(1) == y_all[dev_idx]).sum()
+                    scored += len(idx)
             stats = {"epoch": epoch + 1, "train_loss": float(loss_sum) / seen,
-                     "train_acc": float(correct) / seen, "lr": opt.param_groups[0]["lr"],
-                     "seconds": time.perf_counter() - t0, "img_per_s": seen / (time.perf_counter() - t0)}
+                     "train_acc": float(correct) / scored if scored else float("nan"),
+                     "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+                     "img_per_s": seen / (time.perf_counter() - t0)}
             if callback is not None:
                 stats.update(callback(epoch + 1, model) or {})
             curve.append(stats)
