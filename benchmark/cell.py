@@ -124,6 +124,27 @@ def split_validation(test: ImageSet, triggered: ImageSet, target: int, fraction:
             test.subset(val.sort().values))
 
 
+def give_trusted(ctx, dataset: Dataset, poisoned, per_class: int, seed: int) -> None:  # noqa: ANN001
+    """Trusted clean samples for the defense: held-out training images (outside the cell's
+    subset) when there are enough, else ground-truth-clean training rows, which the metrics then
+    leave out of TPR/FPR."""
+    held = dataset.held_out_per_class(per_class, seed)
+    if held is not None:
+        ctx.trusted = held
+        ctx.trusted_source = f"{len(held)} held-out training images (outside the cell's subset)"
+        return
+    clean = ~poisoned.poison_mask & ~poisoned.cover_mask
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for c in range(dataset.num_classes):
+        cand = (clean & (poisoned.labels == c)).nonzero().flatten()
+        rows.append(cand[torch.randperm(len(cand), generator=g)[:per_class]])
+    ctx.trusted_rows = torch.cat(rows)
+    ctx.trusted = ctx.train.subset(ctx.trusted_rows)
+    ctx.trusted_source = (f"{len(ctx.trusted_rows)} ground-truth-clean training samples (the "
+                          f"reference's choice; left out of TPR/FPR)")
+
+
 def save_model(model: torch.nn.Module, config: dict[str, Any], num_classes: int, path: Path) -> Path:
     """A state dict plus the model config, loadable with ``torch.load(weights_only=True)`` and
     ``benchmark.models.load_saved`` (no suite class is pickled)."""
@@ -198,6 +219,8 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
         monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"]))
     if defense_cls.needs_ground_truth(params):
         ctx.ground_truth = poisoned.poison_mask.clone()
+    if defense_cls.trusted_per_class(params) > 0:
+        give_trusted(ctx, dataset, poisoned, defense_cls.trusted_per_class(params), seed)
     seed_everything(seed)
     result = defense_cls(params).run(ctx)
     times["defense_s"] = time.perf_counter() - t
@@ -211,19 +234,22 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
         "r_acc": accuracy(pred_trig, trig.labels),
     }
     isolation: dict[str, Any] = {}
+    judged = torch.ones(len(poisoned), dtype=torch.bool) if result.excluded is None else ~result.excluded
     if result.isolated is not None:
-        rates = isolation_rates(result.isolated, poisoned.poison_mask)
+        rates = isolation_rates(result.isolated[judged], poisoned.poison_mask[judged])
         metrics.update(tpr=rates["tpr"], fpr=rates["fpr"])
         isolation["isolated"] = rates
         if poisoned.cover_mask.any():
             isolation["cover_isolated_rate"] = float(
                 result.isolated[poisoned.cover_mask].float().mean())
     if result.scores is not None:
-        metrics["auroc"] = auroc(result.scores, poisoned.poison_mask)
+        metrics["auroc"] = auroc(result.scores[judged], poisoned.poison_mask[judged])
         # the threshold an oracle would pick (max TPR - FPR): what SCALE-UP's paper reports
-        isolation["best_threshold"] = best_threshold(result.scores, poisoned.poison_mask)
-    isolation["masks"] = {name: isolation_rates(m, poisoned.poison_mask)
+        isolation["best_threshold"] = best_threshold(result.scores[judged], poisoned.poison_mask[judged])
+    isolation["masks"] = {name: isolation_rates(m[judged], poisoned.poison_mask[judged])
                           for name, m in result.masks.items()}
+    if result.excluded is not None:
+        isolation["excluded_rows"] = int(result.excluded.sum())
     times["eval_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     record: dict[str, Any] = {}

@@ -43,7 +43,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "abl": {"isolation_epochs": 3, "isolation_lr": 0.05, "finetune_epochs": 2,
                              "finetune_lr": 0.02, "finetune_schedule": "onecycle",
                              "finetune_milestones": [], "unlearn_epochs": 2},
-                     "none": {"retrain_epochs": 1}},
+                     "none": {"retrain_epochs": 1},
+                     "dbd": {"simclr_epochs": 1, "simclr_batch": 128, "head_epochs": 1,
+                             "semi_epochs": 2, "semi_iterations": 4, "semi_batch": 32},
+                     "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every": 1}},
     },
     # reduced scale calibrated for 2 CPU cores (see README: calibration)
     "quick": {
@@ -62,7 +65,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "abl": {"isolation_epochs": 8, "isolation_lr": 0.05, "finetune_epochs": 12,
                              "finetune_lr": 0.05, "finetune_schedule": "onecycle",
                              "finetune_milestones": []},
-                     "none": {"retrain_epochs": 10}},
+                     "none": {"retrain_epochs": 10},
+                     # DBD and ASD at quick: epochs and MixMatch iterations cut to ~40 min a cell
+                     "dbd": {"simclr_epochs": 8, "simclr_batch": 256, "head_epochs": 5,
+                             "semi_epochs": 10, "semi_iterations": 160},
+                     "asd": {"epochs": 12, "iterations": 160, "grow_every": 1}},
     },
     # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
     "full": {

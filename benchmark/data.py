@@ -58,6 +58,22 @@ class Dataset:
     std: tuple[float, ...]
     source: str = ""  # which copy the data came from (recorded with every result)
     info: dict = field(default_factory=dict)
+    # the training images left out of a subset (clean, never poisoned): trusted-sample source
+    held_out: ImageSet | None = None
+
+    def held_out_per_class(self, n: int, seed: int) -> ImageSet | None:
+        """A seeded draw of ``n`` held-out training images per class (None when there are no
+        held-out images or too few of some class)."""
+        if self.held_out is None:
+            return None
+        g = torch.Generator().manual_seed(seed)
+        picks = []
+        for c in range(self.num_classes):
+            rows = (self.held_out.labels == c).nonzero().flatten()
+            if len(rows) < n:
+                return None
+            picks.append(rows[torch.randperm(len(rows), generator=g)[:n]])
+        return self.held_out.subset(torch.cat(picks))
 
     @property
     def num_classes(self) -> int:
@@ -308,12 +324,31 @@ def load_dataset(name: str, data_root: Path, cache_dir: Path, *, train_size: int
     """Load (from the cache when possible) and subsample a registered dataset."""
     loader, mean, std = DATASETS.get(name)
     splits, source = loader(Path(data_root), Path(cache_dir), **options)
-    train, test = splits["train"], splits["test"]
+    train, test, held_out = splits["train"], splits["test"], None
     for size, which in ((train_size, "train"), (test_size, "test")):
         idx = stratified_subset(splits[which].labels, size, subset_seed)
         if idx is not None:
             if which == "train":
                 train = train.subset(idx)
+                rest = torch.ones(len(splits["train"]), dtype=torch.bool)
+                rest[idx] = False
+                held_out = _LazySubset(splits["train"], rest.nonzero().flatten())
             else:
                 test = test.subset(idx)
-    return Dataset(name, train, test, mean, std, source)
+    return Dataset(name, train, test, mean, std, source, held_out=held_out)
+
+
+class _LazySubset(ImageSet):
+    """Rows of an ImageSet whose images are read only when asked for (the held-out training
+    images: most cells never touch them)."""
+
+    def __init__(self, base: ImageSet, index: torch.Tensor) -> None:
+        self._base, self._index = base, index
+        self.labels, self.classes = base.labels[index], base.classes
+
+    @property
+    def images(self) -> torch.Tensor:  # type: ignore[override]
+        return self._base.images[self._index]
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self._base.images[self._index[index]], self.labels[index], self.classes)

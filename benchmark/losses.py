@@ -41,3 +41,34 @@ def ascent_loss() -> LossFn:
     def loss(logits: torch.Tensor, y: torch.Tensor, _rows: torch.Tensor) -> torch.Tensor:
         return -F.cross_entropy(logits, y)
     return loss
+
+
+def sce_per_sample(logits: torch.Tensor, y: torch.Tensor, alpha: float = 0.1, beta: float = 1.0
+                   ) -> torch.Tensor:
+    """Symmetric cross-entropy per sample, alpha * CE + beta * RCE (Wang et al. 2019), with the
+    reference's clamps: probabilities to [1e-7, 1], the one-hot to [1e-4, 1] before its log (so
+    RCE = -log(1e-4) * (1 - p_y) for a one-hot target)."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    p = logits.softmax(1).clamp(1e-7, 1.0)
+    onehot = F.one_hot(y, logits.shape[1]).to(p.dtype).clamp(1e-4, 1.0)
+    return alpha * ce - beta * (p * onehot.log()).sum(1)
+
+
+def sce_loss(alpha: float = 0.1, beta: float = 1.0) -> LossFn:
+    def loss(logits: torch.Tensor, y: torch.Tensor, _rows: torch.Tensor) -> torch.Tensor:
+        return sce_per_sample(logits, y, alpha, beta).mean()
+    return loss
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+            symmetric: bool = True) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's positive is the other view of its image, the negatives
+    the other 2B - 2 views; cosine similarity over ``temperature``. ``symmetric=False`` anchors
+    only the first views (what DBD's reference code computes)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    b = len(z1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    rows = slice(None) if symmetric else slice(0, b)
+    return F.cross_entropy(sim[rows], targets[rows])

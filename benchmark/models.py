@@ -79,15 +79,18 @@ class CifarResNet(nn.Module):
         self.final_bn = nn.BatchNorm2d(in_planes) if preact else nn.Identity()
         self.linear = nn.Linear(in_planes, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled representation the linear head reads."""
         out = self.conv1(x)
         if not self.preact:
             out = F.relu(self.bn1(out))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         if self.preact:
             out = F.relu(self.final_bn(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
 
 
 @MODELS.register("resnet18")
@@ -106,6 +109,35 @@ def resnet18_imagenet(num_classes: int = 1000, **_: object) -> nn.Module:
     import torchvision
 
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer (``linear`` here, ``fc`` in torchvision)."""
+    head = getattr(model, "linear", None) or getattr(model, "fc", None)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear head named linear or fc")
+    return head
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features the head reads, for this suite's ResNets and torchvision's."""
+    if hasattr(model, "features"):
+        return model.features(x)
+    m = model  # torchvision ResNet
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+    return torch.flatten(m.avgpool(x), 1)
+
+
+class Backbone(nn.Module):
+    """A classifier without its head: ``forward`` gives the pooled features (SimCLR trains it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.model, x)
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -263,7 +263,8 @@ class Trainer:
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             cfg: TrainConfig, *, indices: torch.Tensor | None = None,
             loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-            seed: int = 0, desc: str = "train", step: StepFn | None = None
+            seed: int = 0, desc: str = "train", step: StepFn | None = None,
+            resplit: Callable[[int, nn.Module], torch.Tensor] | None = None
             ) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
@@ -271,13 +272,17 @@ class Trainer:
         the batch, so per-sample rules (LGA, selective training, unlearning) plug in here.
         ``step`` replaces the whole per-batch computation (augmentation included) for training
         schemes with another batch shape; the loop, optimiser, schedule, precision and curves
-        stay this one.
+        stay this one. ``resplit(epoch, model)`` (0-based epoch) returns the rows each epoch
+        trains on, for schemes that re-split their data every epoch (DBD, ASD); it needs
+        ``cfg.steps_per_epoch``, so the schedule does not depend on the split.
         """
         from tqdm import tqdm
 
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
             raise ValueError(f"{desc}: no samples to train on")
+        if resplit is not None and cfg.steps_per_epoch is None:
+            raise ValueError(f"{desc}: a per-epoch split needs cfg.steps_per_epoch")
         x_all, y_all = self.to_device(images), self.to_device(labels)
         model = self.prepare_model(model)
         precision = self.training_precision(cfg)
@@ -306,6 +311,8 @@ class Trainer:
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
+            if resplit is not None:
+                rows = resplit(epoch, model).cpu()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -341,7 +348,8 @@ class Trainer:
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
                    images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, seed: int,
                    loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-                   desc: str = "train") -> tuple[nn.Module, list[dict], bool]:
+                   desc: str = "train", step: StepFn | None = None
+                   ) -> tuple[nn.Module, list[dict], bool]:
         """A model trained from scratch once per ``key`` and kept in ``cache`` (an
         ``ArtifactCache``) as its state dict and curve: (prepared model, curve, whether it came
         from the cache). The initialisation is seeded here, so whichever cell asks first
@@ -350,7 +358,7 @@ class Trainer:
             torch.manual_seed(seed)
             model = make_model()
             curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, callback=callback,
-                             seed=seed, desc=desc)
+                             seed=seed, desc=desc, step=step)
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
 
         reused = cache.exists(kind, key)

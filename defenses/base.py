@@ -40,6 +40,10 @@ class DefenseContext:
     cache_key: dict
     monitor: Callable[[int, nn.Module], dict[str, float]] | None = None  # CA/ASR curves
     trusted: ImageSet | None = None  # a small clean set, for defenses that assume one
+    # trusted clean samples (Defense.trusted_per_class): held-out images in ``trusted``, or rows
+    # of the training set in ``trusted_rows`` (then left out of TPR/FPR); how, in words
+    trusted_rows: torch.Tensor | None = None
+    trusted_source: str = ""
     # the poison mask, given only to analyses that declare needs_ground_truth (PIPD's Table 3
     # fault-ratio study); None in every defense run
     ground_truth: torch.Tensor | None = None
@@ -84,6 +88,7 @@ class DefenseResult:
     scores: torch.Tensor | None = None  # float (N,): higher = more suspicious
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # further named isolations
+    excluded: torch.Tensor | None = None  # bool (N,): rows left out of TPR/FPR (trusted ones)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +110,12 @@ class Defense:
         """A share of the clean test set the defense gets as a benign validation set
         (``ctx.trusted``); CA/ASR are then measured on the rest, and the record says so."""
         return 0.0
+
+    @classmethod
+    def trusted_per_class(cls, params: DefenseParams) -> int:
+        """Clean samples per class the defense may trust (ASD's seed): held-out training images
+        where the cell has them, else ground-truth-clean rows of the training set."""
+        return 0
 
     @classmethod
     def needs_ground_truth(cls, params: DefenseParams) -> bool:

@@ -196,3 +196,23 @@ def test_table1_leaves_detectors_out_and_table2_lists_them(args, capsys):
     out = capsys.readouterr().out
     table1, table2 = out.split("Table 2 style")
     assert "scale_up" not in table1.split("Table 1 style")[1] and "scale_up TPR" in table2
+
+
+def test_dbd_and_asd_run_with_trusted_samples_from_outside_the_subset(args, tmp_path):
+    tiny = ["--set", "dbd.simclr_epochs=1", "--set", "dbd.semi_iterations=2", "--set", "asd.iterations=2"]
+    assert main([*args, "--defenses", "dbd,asd", *tiny]) == 0
+    by = {r["config"]["defense"]: r for r in records(tmp_path).values()}
+    assert by["asd"]["defense_info"]["trusted"].startswith("100 held-out training images")
+    assert "excluded_rows" not in by["asd"]["isolation"]  # held-out: every row is judged
+    assert by["dbd"]["isolation"]["isolated"]["n_isolated"] == 100  # the unlabelled half of 200
+    assert set(by["dbd"]["curves"]) == {"simclr", "head", "mixmatch"}
+    assert [c["stage"] for c in by["asd"]["curves"]["mixmatch"]] == [1, 1, 2, 3]
+
+
+def test_asd_without_held_out_images_trusts_clean_rows_and_leaves_them_out(args, tmp_path):
+    no_subset = [a if a != "data.train_size=200" else "data.train_size=null" for a in args]
+    assert main([*no_subset, "--defenses", "asd", "--set", "asd.iterations=2"]) == 0
+    (rec,) = records(tmp_path).values()
+    assert "ground-truth-clean training samples" in rec["defense_info"]["trusted"]
+    assert rec["isolation"]["excluded_rows"] == 100
+    assert rec["isolation"]["isolated"]["n_poisoned"] == 40  # 10% of 400: all poisoned are judged

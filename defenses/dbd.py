@@ -1,0 +1,148 @@
+"""DBD, decoupling the training process (Huang et al., ICLR 2022).
+
+1. Self-supervised: SimCLR on the training images without labels (two strong views, NT-Xent
+   at temperature 0.5, projection head f-f-f/4 with BatchNorm and ReLU, f the backbone's feature
+   width: 512-512-128 at width 64). It depends on the images only, so it is cached per
+   (data, attack, model, seed, SimCLR settings) and shared by reruns and sweeps.
+2. The backbone frozen, the linear head trained with symmetric cross-entropy (alpha 0.1,
+   beta 1; Adam lr 0.002, 10 epochs); the backbone's features under no_grad in train mode as
+   the reference (its BatchNorm statistics still move).
+3. Every epoch: the current model's SCE on every sample (eval mode); the ``epsilon`` (50%)
+   lowest are labelled, the rest unlabelled; MixMatch fine-tunes the whole network (Adam lr
+   0.002, ``semi_iterations`` steps of ``semi_batch``). Isolation: the last epoch's unlabelled
+   half (FPR near 50% by construction).
+
+Reference code (SCLBD/DBD) differences, noted: its SimCLR loss anchors only the first views
+(``simclr_symmetric=false``), it blurs views with p 0.5 (sigma 0.1-2), and it ranks the SCE with
+crop/flip augmentation on; here the paper's symmetric NT-Xent, no blur, and unaugmented losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmark.augment import StrongAugment
+from benchmark.losses import nt_xent, sce_loss, sce_per_sample
+from benchmark.models import Backbone, classifier_head, embed
+from benchmark.semisup import MixMatch, SemiSupervisedOptions
+from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
+
+
+@dataclass
+class DBDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch options
+    # 1. SimCLR
+    simclr_epochs: int = 100  # the reference fine-tunes from its epoch-100 checkpoint
+    simclr_batch: int = 512
+    simclr_lr: float = 0.4
+    simclr_weight_decay: float = 1e-4
+    temperature: float = 0.5
+    simclr_symmetric: bool = True
+    # 2. linear head with SCE
+    head_epochs: int = 10
+    head_lr: float = 0.002
+    # 3. MixMatch fine-tuning
+    semi_epochs: int = 190
+    semi_iterations: int = 1024
+    semi_batch: int = 64
+    semi_lr: float = 0.002
+    epsilon: float = 0.5  # labelled share: the lowest-SCE samples
+
+
+def projection_head(dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+                         nn.Linear(dim, max(16, dim // 4)))
+
+
+def simclr_step(trainer, temperature: float, symmetric: bool, augment: StrongAugment):
+    def step(forward, x, _y, _rows, gen):  # noqa: ANN001, ANN202 - a StepFn
+        x = x.float() / 255
+        v1, v2 = augment(x, gen), augment(x, gen)
+        z = forward(trainer.normalize(torch.cat([v1, v2]) * 255)).float()
+        return nt_xent(z[:len(x)], z[len(x):], temperature, symmetric), None
+    return step
+
+
+def label_lowest(losses: torch.Tensor, share: float) -> torch.Tensor:
+    """Mask of the ``share`` lowest values (DBD's labelled half, ASD's stage-2 pool)."""
+    mask = torch.zeros(len(losses), dtype=torch.bool)
+    mask[losses.argsort()[:int(len(losses) * share)]] = True
+    return mask
+
+
+def sce_of(ctx: DefenseContext, model: nn.Module, alpha: float, beta: float) -> torch.Tensor:
+    """Every training sample's SCE under ``model`` (eval mode, no augmentation, fp32)."""
+    logits = ctx.trainer.logits(model, ctx.train.images)
+    return sce_per_sample(logits, ctx.train.labels.cpu(), alpha, beta)
+
+
+@register_defense
+class DBD(Defense):
+    name = "dbd"
+    title = "DBD (decoupled training: SimCLR + SCE head + MixMatch)"
+    Params = DBDParams
+
+    def self_supervised(self, ctx: DefenseContext) -> tuple[nn.Module, list[dict], bool]:
+        p: DBDParams = self.params
+        cfg = ctx.train_cfg.replace(epochs=p.simclr_epochs, batch_size=p.simclr_batch, lr=p.simclr_lr,
+                                    weight_decay=p.simclr_weight_decay, schedule="cosine",
+                                    warmup=0.0, optimizer="sgd")
+        # the images decide it, not the labels or the training recipe
+        key = {k: v for k, v in ctx.cache_key.items() if k not in ("train", "defense_version")}
+        key = {**key, "phase": "simclr", "cfg": cfg.key(), "temperature": p.temperature,
+               "symmetric": p.simclr_symmetric}
+
+        def make() -> nn.Module:
+            model = ctx.make_model()
+            return nn.Sequential(Backbone(model), projection_head(classifier_head(model).in_features))
+
+        simclr, curve, reused = ctx.trainer.fit_cached(
+            ctx.cache, "simclr", key, make, ctx.train.images, ctx.train.labels, cfg, seed=ctx.seed,
+            callback=None, desc="DBD SimCLR",
+            step=simclr_step(ctx.trainer, p.temperature, p.simclr_symmetric, StrongAugment()))
+        return simclr[0].model, curve, reused
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        p: DBDParams = self.params
+        model, simclr_curve, reused = self.self_supervised(ctx)
+        tr = ctx.trainer
+        # 2. the head on frozen features
+        head = classifier_head(model)
+
+        def head_step(forward, x, y, rows, gen):  # noqa: ANN001, ANN202 - a StepFn
+            with torch.no_grad():
+                feats = embed(model, tr.normalize(tr.augment(x, 4, gen)))
+            logits = forward(feats).float()
+            return sce_loss(p.sce_alpha, p.sce_beta)(logits, y, rows), logits
+
+        head_cfg = ctx.train_cfg.replace(epochs=p.head_epochs, optimizer="adam", lr=p.head_lr,
+                                         weight_decay=0.0, schedule="constant", warmup=0.0)
+        model.train()
+        head_curve = tr.fit(head, ctx.train.images, ctx.train.labels, head_cfg, step=head_step,
+                            seed=ctx.seed, desc="DBD linear head")
+        # 3. MixMatch on the re-split data every epoch
+        labelled = torch.zeros(len(ctx.train), dtype=torch.bool)
+        split_losses = torch.zeros(len(ctx.train))  # the SCE the last split was drawn from
+        mix = MixMatch(tr, ctx.train.images, ctx.num_classes,
+                       p.mixmatch(rampup=p.semi_epochs),
+                       steps_per_epoch=p.semi_iterations, epoch_offset=p.head_epochs)
+
+        def resplit(_epoch: int, m: nn.Module) -> torch.Tensor:
+            split_losses[:] = sce_of(ctx, m, p.sce_alpha, p.sce_beta)
+            labelled[:] = label_lowest(split_losses, p.epsilon)
+            mix.set_unlabelled((~labelled).nonzero().flatten())
+            return labelled.nonzero().flatten()
+
+        semi_cfg = ctx.train_cfg.replace(epochs=p.semi_epochs, optimizer="adam", lr=p.semi_lr,
+                                         weight_decay=0.0, schedule="constant", warmup=0.0,
+                                         batch_size=p.semi_batch, steps_per_epoch=p.semi_iterations)
+        semi_curve = tr.fit(model, ctx.train.images, ctx.train.labels, semi_cfg, step=mix,
+                            resplit=resplit, callback=ctx.monitor, seed=ctx.seed + 1,
+                            desc="DBD MixMatch")
+        return DefenseResult(
+            model=model, isolated=~labelled, scores=split_losses,
+            curves={"simclr": simclr_curve, "head": head_curve, "mixmatch": semi_curve},
+            info={"self_supervised_model": "reused from cache" if reused else "trained",
+                  "n_isolated": int((~labelled).sum())})
