@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from benchmark.losses import sce_per_sample
+from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 from defenses.dbd import label_lowest
@@ -46,6 +47,13 @@ class ASDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     meta_lr: float = 0.015
     meta_epochs: int = 1
     meta_layers: list[str] = field(default_factory=lambda: ["layer3", "layer4", "linear", "fc"])
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stage1 <= self.stage2 <= 1:
+            raise UsageError(f"asd stages must satisfy 0 <= stage1 <= stage2 <= 1, got "
+                             f"{self.stage1}, {self.stage2}")
+        if not 0 < self.epsilon < 1:
+            raise UsageError(f"asd epsilon must be in (0, 1), got {self.epsilon}")
 
 
 def class_aware_pool(losses: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, n: int,

@@ -27,6 +27,7 @@ from torch import nn
 from benchmark.augment import StrongAugment
 from benchmark.losses import nt_xent, sce_loss, sce_per_sample
 from benchmark.models import Backbone, classifier_head, embed
+from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -49,6 +50,10 @@ class DBDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     semi_batch: int = 64
     semi_lr: float = 0.002
     epsilon: float = 0.5  # labelled share: the lowest-SCE samples
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon < 1:
+            raise UsageError(f"dbd epsilon must be in (0, 1), got {self.epsilon}")
 
 
 def projection_head(dim: int) -> nn.Module:
