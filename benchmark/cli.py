@@ -1,6 +1,7 @@
 """``python run_benchmark.py``: run a grid of (dataset, attack, defense, seed) cells.
 
-``python run_benchmark.py triggers --out DIR`` writes the trigger gallery instead.
+``python run_benchmark.py triggers --out DIR`` writes the trigger gallery instead, and
+``python run_benchmark.py report --out DIR`` the tables, figures and leaderboard of the records.
 
 Exit codes: 0 every cell ok, 1 some cell failed, 2 bad input (nothing written).
 """
@@ -12,18 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmark.cliutil import parse_seeds, split_csv
 from benchmark.registry import UsageError
-
-
-def split_csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_benchmark.py",
         description="Benchmark training-time backdoor defenses: one Ray Tune trial per "
                     "(dataset, attack, defense, seed) cell, one JSON record per cell.",
-        epilog="Trigger gallery: python run_benchmark.py triggers --out DIR (see triggers --help).")
+        epilog="Subcommands: triggers --out DIR (trigger gallery), report --out DIR (tables, "
+               "figures, leaderboard); see their --help.")
     p.add_argument("--grid", default="smoke", help=f"preset: {', '.join(PRESETS)} (default smoke)")
     p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
     p.add_argument("--defenses", help="comma-separated defense names, or all (default: all registered)")
@@ -88,6 +80,9 @@ def _main(argv: list[str]) -> int:
     if argv[:1] == ["triggers"]:
         from benchmark.gallery import main as gallery
         return gallery(argv[1:])
+    if argv[:1] == ["report"]:
+        from benchmark.reports.cli import main as report
+        return report(argv[1:])
     args = build_parser().parse_args(argv)
     from attacks import ATTACKS
     from benchmark.cell import Runtime
@@ -114,7 +109,7 @@ def _main(argv: list[str]) -> int:
         return 0
 
     sets = parse_sets(args.sets)
-    cells = expand_grid(args.grid, split_csv(args.attacks), split_csv(args.defenses), _seeds(args.seeds),
+    cells = expand_grid(args.grid, split_csv(args.attacks), split_csv(args.defenses), parse_seeds(args.seeds),
                         sets, imagenet=args.imagenet_root is not None,
                         sweeps=parse_sweeps(args.sweeps))
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
@@ -144,10 +139,10 @@ def _main(argv: list[str]) -> int:
         else:
             run_ray(todo, rt, store, address=args.address, gpus_per_trial=args.gpus_per_trial,
                     cpus_per_trial=args.cpus_per_trial)
-    frame = store.frame([cell_id(c) for c in cells])
+    recs = [r for r in (store.read(cell_id(c)) for c in cells) if r is not None]
     print()
-    print(summary(frame))
-    failed = int((frame["status"] != "ok").sum()) if not frame.empty else 0
+    print(summary(recs))
+    failed = sum(r["status"] != "ok" for r in recs)
     print(f"\n{len(cells)} cell(s), {failed} failed, {time.perf_counter() - t0:.1f} s")
     return 1 if failed else 0
 

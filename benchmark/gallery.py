@@ -83,7 +83,7 @@ def draw(name: str, clean: torch.Tensor, poisoned: torch.Tensor, captions: list[
 def main(argv: list[str]) -> int:
     from attacks import ATTACKS
     from benchmark.cell import Runtime
-    from benchmark.cli import split_csv
+    from benchmark.cliutil import split_csv
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.plugins import load_plugin
 

@@ -11,10 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from benchmark.cache import atomic_write_bytes
-from benchmark.config import label, overrides
 
 
 def _clean(obj: Any) -> Any:
@@ -26,13 +23,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     return obj
-
-
-def column_name(defense: str) -> str:
-    """How tables head a defense's columns (NONE prints as "NONE", never as "none")."""
-    from defenses import DEFENSES
-
-    return (DEFENSES.get(defense).column or defense) if defense in DEFENSES else defense
 
 
 class ResultStore:
@@ -72,21 +62,3 @@ class ResultStore:
             except json.JSONDecodeError:
                 continue
         return out
-
-    def frame(self, ids: list[str] | None = None) -> pd.DataFrame:
-        """One row per record: ``config.*`` and ``metrics.*`` columns, plus status and error."""
-        recs = self.records()
-        if ids is not None:
-            wanted = set(ids)
-            recs = [r for r in recs if r["id"] in wanted]
-        rows = []
-        for r in recs:
-            row = {"id": r["id"], "status": r["status"], "error": r.get("error")}
-            row.update({f"config.{k}": v for k, v in r["config"].items() if not isinstance(v, dict)})
-            upstream, defense = overrides(r["config"])  # rows/columns per --set/--sweep variant
-            row["row"] = " ".join(filter(None, [r["config"]["attack"], label(upstream)]))
-            row["column"] = column_name(r["config"]["defense"]) + (f"[{label(defense)}]" if defense else "")
-            row.update({f"metrics.{k}": v for k, v in (r.get("metrics") or {}).items()})
-            row["total_s"] = (r.get("timings") or {}).get("total_s")
-            rows.append(row)
-        return pd.DataFrame(rows)

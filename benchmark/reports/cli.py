@@ -1,0 +1,104 @@
+"""``python run_benchmark.py report --results DIR --out DIR``: the paper's tables (CSV, Markdown,
+LaTeX), figures (PNG, PDF), the leaderboard (Markdown and one self-contained HTML page), the
+missing cells with the commands that fill them, and optionally ``--compare NEW --baseline pipd``.
+It reads records only: nothing trains."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.cliutil import split_csv
+from benchmark.reports import compare, figures, html, leaderboard, records, render, tables
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_benchmark.py report", description=__doc__)
+    p.add_argument("--results", action="append", default=None, metavar="DIR",
+                   help="a results folder (or a folder of record files); repeatable "
+                        "(default results/)")
+    p.add_argument("--out", required=True, help="folder for the report")
+    p.add_argument("--grid", default=None,
+                   help="preset named in the fill-in commands (default: the records' most common)")
+    p.add_argument("--curves", default=None, metavar="ID,ID",
+                   help="also draw the per-epoch curves of these cell ids")
+    p.add_argument("--compare", default=None, metavar="NEW",
+                   help="compare this defense (its table column name) with --baseline")
+    p.add_argument("--baseline", default="pipd", help="the defense --compare compares with")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a plugin defining defenses the records name")
+    return p
+
+
+def missing_cells(df: pd.DataFrame, grid: str) -> list[str]:
+    """For every dataset: the (attack, defense, seed) cells at default settings that some other
+    record implies (its attacks x defenses x seeds) but no record fills, grouped into the grid
+    commands that would fill them; failed cells too."""
+    lines: list[str] = []
+    if df.empty:
+        return lines
+    plain = df[~df["attack_label"].str.contains(" ") & (df["defense_label"] == df["defense_label"]
+                                                        .str.split("[").str[0])]
+    for dataset, g in plain.groupby("dataset"):
+        done = set(zip(g[g["status"] == "ok"]["attack"], g[g["status"] == "ok"]["defense"],
+                       g[g["status"] == "ok"]["seed"], strict=True))
+        want = {(a, d, s) for a in g["attack"].unique() for d in g["defense"].unique()
+                for s in g["seed"].unique()}
+        todo = sorted(want - done)
+        by_defense: dict[tuple[str, int], list[str]] = {}
+        for a, d, s in todo:
+            by_defense.setdefault((d, s), []).append(a)
+        for (d, s), attacks in sorted(by_defense.items()):
+            lines.append(f"{dataset}: {d} seed {s} on {', '.join(attacks)}: "
+                         f"`python run_benchmark.py --grid {grid} --attacks {','.join(attacks)} "
+                         f"--defenses {d} --seeds {s}`")
+    for r in df[df["status"] != "ok"].itertuples():
+        lines.append(f"{r.dataset}: {r.attack_label} / {r.defense_label} seed {r.seed} FAILED: "
+                     f"{r.error} (a re-run of its grid retries it)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.plugins import load_plugin
+
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    folders = [Path(r) for r in (args.results or ["results"])]
+    df = records.load(folders)
+    grid = args.grid or (Counter(df["preset"]).most_common(1)[0][0] if not df.empty else "quick")
+    out = Path(args.out)
+    written: list[Path] = []
+    built = [f(df, grid) for f in (tables.table1, tables.table2, tables.table3, tables.table4)]
+    for t in built:
+        written += render.write(t, out / "tables")
+    figs = (figures.fig1_isolation(df, out / "figures") + figures.fig4_fpr_vs_rounds(df, out / "figures")
+            + figures.fig5_selective_vs_unlearning(df, out / "figures"))
+    if args.curves:
+        figs += figures.cell_curves(df, out / "figures", split_csv(args.curves) or [])
+    written += figs
+    board = leaderboard.leaderboard(df)
+    (out / "leaderboard.md").write_text(leaderboard.markdown(board))
+    missing = missing_cells(df, grid)
+    notes = [f"{len(df)} record(s) from {', '.join(map(str, folders))}; "
+             f"{int((df['status'] == 'ok').sum()) if not df.empty else 0} ok"]
+    (out / "index.html").write_text(html.page(board, built, figs, "backdoor-defense-bench report", notes))
+    (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
+                                                              or "none") + "\n")
+    written += [out / "leaderboard.md", out / "index.html", out / "missing.md"]
+    if args.compare:
+        cmp = compare.compare(df, args.compare, args.baseline)
+        text = compare.markdown(cmp, args.compare, args.baseline)
+        (out / "compare.md").write_text(text)
+        written.append(out / "compare.md")
+        print(text)
+    print(leaderboard.markdown(board))
+    print(f"{len(missing)} missing or failed cell group(s): {out / 'missing.md'}")
+    print(f"report: {len(written)} files under {out} ({time.perf_counter() - t0:.1f} s); "
+          f"open {out / 'index.html'}")
+    return 0

@@ -1,0 +1,137 @@
+"""The paper's Figures 1, 4 and 5, and per-cell training curves, as PNG and PDF (matplotlib /
+seaborn, one style). Each returns the files it wrote; a figure without records writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+STYLE = {"style": "whitegrid", "context": "paper", "palette": "colorblind"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(**STYLE)
+    return plt, sns
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:  # noqa: ANN001
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> list[Path]:
+    """Isolation TPR and FPR of every isolating method per attack, side by side."""
+    rows = df[(df["status"] == "ok") & (df["dataset"] == dataset) & df["tpr"].notna()
+              & df["fault_ratio"].isna()] if not df.empty else df
+    if rows.empty:
+        return []
+    plt, sns = _plt()
+    long = rows.melt(id_vars=["attack_label", "defense_label"], value_vars=["tpr", "fpr"],
+                     var_name="metric", value_name="value")
+    long["value"] *= 100
+    long["metric"] = long["metric"].str.upper()
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * long["attack_label"].nunique() + 4), 3.6))
+    for ax, metric in zip(axes, ("TPR", "FPR"), strict=True):
+        sns.barplot(data=long[long["metric"] == metric], x="attack_label", y="value",
+                    hue="defense_label", ax=ax, errorbar="sd")
+        ax.set(title=metric, xlabel="", ylabel="%")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    if axes[1].get_legend():
+        axes[1].get_legend().remove()
+    axes[0].legend(title="", fontsize=7)
+    fig.suptitle(f"Fig. 1: isolation quality on {dataset} (bars: mean over seeds, lines: sd)")
+    return _save(fig, out, "fig1_isolation")
+
+
+def fig4_fpr_vs_rounds(df: pd.DataFrame, out: Path, rate: float = 0.2) -> list[Path]:
+    """FPR (and TPR) after each progressive round, per attack, at ``rate``: from the cell with
+    the most rounds of each (attack, method)."""
+    rows = df[(df["status"] == "ok") & (df["rate"] == rate) & df["rounds"].notna()
+              & df["fault_ratio"].isna()] if not df.empty else df
+    if rows.empty:
+        return []
+    pts = []
+    for (attack, defense), g in rows.groupby(["attack_label", "defense"]):
+        cell = g.loc[g["rounds"].idxmax()]
+        for r, (fpr, tpr) in enumerate(zip(cell["round_fpr"], cell["round_tpr"], strict=True), 1):
+            pts.append({"attack": f"{attack} / {defense}", "T": r, "FPR": 100 * fpr, "TPR": 100 * tpr})
+    if not pts:
+        return []
+    plt, sns = _plt()
+    data = pd.DataFrame(pts)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("FPR", "TPR"), strict=True):
+        sns.lineplot(data=data, x="T", y=metric, hue="attack", marker="o", ax=ax)
+        ax.set(title=f"{metric} after round T ({int(rate * 100)}% poisoned)", ylabel="%")
+    axes[1].get_legend().remove()
+    axes[0].legend(title="", fontsize=7)
+    return _save(fig, out, "fig4_fpr_vs_rounds")
+
+
+def _epoch_curve(curves: dict, phases: list[str]) -> pd.DataFrame:
+    pts, epoch = [], 0
+    for phase in phases:
+        for p in curves.get(phase, []):
+            epoch += 1
+            if "ca" in p:
+                pts.append({"epoch": epoch, "phase": phase, "CA": 100 * p["ca"], "ASR": 100 * p["asr"]})
+    return pd.DataFrame(pts)
+
+
+def fig5_selective_vs_unlearning(df: pd.DataFrame, out: Path) -> list[Path]:
+    """CA and ASR per epoch after isolation: PIPD's selective training against ABL's
+    train-then-unlearn scheme on the same isolation (pipd.training=unlearning)."""
+    rows = df[(df["status"] == "ok") & df["training"].isin(["selective", "unlearning"])] \
+        if not df.empty and "training" in df else pd.DataFrame()
+    pairs = [g for _, g in rows.groupby(["dataset", "attack_label", "seed"])
+             if set(g["training"]) >= {"selective", "unlearning"}] if not rows.empty else []
+    if not pairs:
+        return []
+    plt, sns = _plt()
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(9, 3.2 * len(pairs)), squeeze=False)
+    for i, g in enumerate(pairs):
+        parts = []
+        for _, cell in g.iterrows():
+            phases = ["selective"] if cell["training"] == "selective" else ["finetune", "unlearning"]
+            c = _epoch_curve(cell["curves"], phases)
+            c["scheme"] = ("PIPD selective training" if cell["training"] == "selective"
+                           else "ABL: train on D_b, then unlearn D_p")
+            parts.append(c)
+        data = pd.concat(parts)
+        for ax, metric in zip(axes[i], ("CA", "ASR"), strict=True):
+            sns.lineplot(data=data, x="epoch", y=metric, hue="scheme", marker=".", ax=ax)
+            ax.set(title=f"{g['attack_label'].iloc[0]}: {metric}", ylabel="%", ylim=(0, 100))
+        axes[i][1].get_legend().remove()
+    fig.suptitle("Fig. 5: selective training vs unlearning on one isolation")
+    return _save(fig, out, "fig5_selective_vs_unlearning")
+
+
+def cell_curves(df: pd.DataFrame, out: Path, ids: list[str]) -> list[Path]:
+    """Every phase's per-epoch CA / ASR (and training loss) of the named cells."""
+    written: list[Path] = []
+    for _, cell in df[df["id"].isin(ids)].iterrows():
+        phases = [k for k, v in cell["curves"].items() if v]
+        data = _epoch_curve(cell["curves"], phases)
+        if data.empty:
+            continue
+        plt, sns = _plt()
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        long = data.melt(id_vars=["epoch", "phase"], value_vars=["CA", "ASR"], var_name="metric")
+        sns.lineplot(data=long, x="epoch", y="value", hue="phase", style="metric", ax=ax)
+        ax.set(title=f"{cell['attack_label']} / {cell['defense_label']} seed {cell['seed']}",
+               ylabel="%", ylim=(0, 100))
+        written += _save(fig, out, f"curves_{cell['id']}")
+    return written

@@ -1,0 +1,93 @@
+"""The one loader every report reads records through: a tidy frame, one row per cell.
+
+Rows are keyed by the full identity of what ran: ``attack_label`` is the attack plus whatever
+the cell overrides upstream of the defense (``badnets badnets.pattern=white``, a poison rate, a
+training recipe), ``defense_label`` the defense's table name plus its own overrides. Two
+variants of an attack are two rows, never averaged as if they were seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.config import label, overrides
+
+METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
+
+
+def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Every record under ``folders`` (a results folder or a folder of record files), newest
+    copy of an id last; unreadable files are skipped."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        folder = Path(folder)
+        root = folder / "records" if (folder / "records").is_dir() else folder
+        for path in sorted(root.glob("*.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(rec, dict) and "config" in rec and "status" in rec:
+                by_id[rec.get("id", path.stem)] = rec
+    return list(by_id.values())
+
+
+def _column_name(defense: str) -> str:
+    from defenses import DEFENSES
+
+    return (DEFENSES.get(defense).column or defense) if defense in DEFENSES else defense
+
+
+def _is_detector(defense: str) -> bool:
+    from defenses import DEFENSES
+
+    return defense in DEFENSES and DEFENSES.get(defense).is_detector
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, int | float) and x is not None else math.nan
+
+
+def row(rec: dict[str, Any]) -> dict[str, Any]:
+    c = rec["config"]
+    upstream, own = overrides(c)
+    m = rec.get("metrics") or {}
+    masks = (rec.get("isolation") or {}).get("masks") or {}
+    dp = c.get("defense_params", {})
+    rounds = sorted((int(k.split("_")[1]), v) for k, v in masks.items() if k.startswith("round_"))
+    return {
+        "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
+        "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
+        "attack": c["attack"], "attack_label": " ".join(filter(None, [c["attack"], label(upstream)])),
+        "defense": c["defense"],
+        "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else ""),
+        "defense_overrides": own,
+        "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
+        "detector": _is_detector(c["defense"]),
+        **{k: _num(m.get(k)) for k in METRICS},
+        "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
+        "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),
+        "fault_ratio": dp.get("fault_ratio"), "rounds": dp.get("rounds"),
+        "training": dp.get("training", "selective") if "rounds" in dp else None,
+        "round_fpr": [_num(v.get("fpr")) for _, v in rounds],
+        "round_tpr": [_num(v.get("tpr")) for _, v in rounds],
+        "total_s": _num((rec.get("timings") or {}).get("total_s")),
+        "curves": rec.get("curves") or {},
+    }
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record (failed ones too, with ``status`` and ``error``)."""
+    return pd.DataFrame([row(r) for r in records]) if records else pd.DataFrame(
+        columns=["id", "status", "dataset", "attack", "attack_label", "defense", "defense_label",
+                 "seed", "detector", *METRICS])
+
+
+def load(folders: Iterable[Path | str]) -> pd.DataFrame:
+    return frame(read_records(folders))

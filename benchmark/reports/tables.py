@@ -1,0 +1,217 @@
+"""The paper's Tables 1-4 from the records: mean (+- std over seeds) beside the paper's values
+and the difference, rendered as CSV, Markdown and LaTeX (booktabs).
+
+Bold marks, in every row, the best value of each metric across the methods (the highest CA /
+TPR, the lowest ASR / FPR), as the paper prints its tables. A cell no record fills stays empty,
+never zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from benchmark.config import label
+from benchmark.reports import paper
+
+BETTER = {"CA": max, "ASR": min, "TPR": max, "FPR": min}
+COMMANDS = {
+    "table1": "python run_benchmark.py --grid {grid} --defenses no_defense,abl,dbd,none,asd,pipd",
+    "table2": "python run_benchmark.py --grid {grid} --defenses abl,dbd,none,asd,pipd,scale_up,dbalfa",
+    "table3": ("python run_benchmark.py --grid {grid} --attacks badnets,blended,dynamic,trojan,"
+               "adaptive_patch --defenses pipd,pipd_median --set defense.selective_epochs=0 "
+               "--sweep 'defense.fault_ratio=[0.2,0.4,0.6,0.8]'"),
+    "table4": ("python run_benchmark.py --grid {grid} --attacks badnets,blended,trojan,dynamic "
+               "--defenses pipd --set attack.rate=0.2 --sweep 'defense.rounds=[1,2,3,4,5]'"),
+}
+
+
+@dataclass
+class Table:
+    """Rows of index values and metric columns: ``mean``/``std`` from the records, ``paper``
+    the paper's value where it reports the cell. Column names are "<method> <METRIC>"."""
+
+    name: str
+    title: str
+    index: list[str]
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    paper: pd.DataFrame
+    seeds: pd.DataFrame  # how many seeds each cell averages
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.mean.empty
+
+    def long(self) -> pd.DataFrame:
+        """CSV form: one row per (row, column) with mean, std, seeds, paper, difference."""
+        if self.empty:
+            return pd.DataFrame(columns=[*self.index, "column", "mean", "std", "seeds", "paper", "diff"])
+        out = []
+        for key in self.mean.index:
+            for col in self.mean.columns:
+                m = self.mean.at[key, col]
+                if pd.isna(m):
+                    continue
+                p = self.paper.at[key, col] if col in self.paper else math.nan
+                out.append({**dict(zip(self.index, key if isinstance(key, tuple) else (key,), strict=True)),
+                            "column": col, "mean": m, "std": self.std.at[key, col],
+                            "seeds": int(self.seeds.at[key, col]), "paper": p, "diff": m - p})
+        return pd.DataFrame(out)
+
+
+def _metric(col: str) -> str:
+    return col.rsplit(" ", 1)[-1]
+
+
+def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str,
+          metrics: dict[str, str], paper_of=None, grid: str = "quick") -> Table:
+    """Aggregate ``df`` (records frame, ok rows) into a Table: ``metrics`` maps frame columns
+    (``ca``) to display names (``CA``), values in percent; ``paper_of(index_values, column
+    value, metric)`` gives the paper's number or NaN."""
+    cols = list(metrics)
+    if df.empty:
+        blank = pd.DataFrame()
+        return Table(name, title, index, blank, blank, blank, blank, COMMANDS[name].format(grid=grid))
+    g = df.groupby([*index, column], dropna=False)[cols]
+    mean, std, count = g.mean() * 100, g.std(ddof=0) * 100, g.count()
+    wide = {}
+    for stat, frame in (("mean", mean), ("std", std), ("seeds", count)):
+        w = frame.unstack(column)  # columns: (metric, method)
+        methods = sorted({c for _, c in w.columns}, key=lambda c: (c != "no_defense", c))
+        w.columns = [f"{c} {metrics[m]}" for m, c in w.columns]
+        wide[stat] = w[[f"{c} {metrics[m]}" for c in methods for m in cols
+                        if f"{c} {metrics[m]}" in w.columns]]
+    paper_vals = pd.DataFrame(math.nan, index=wide["mean"].index, columns=wide["mean"].columns)
+    if paper_of is not None:
+        for key in paper_vals.index:
+            for col in paper_vals.columns:
+                method, metric = col.rsplit(" ", 1)
+                paper_vals.at[key, col] = paper_of(key if isinstance(key, tuple) else (key,), method, metric)
+    return Table(name, title, index, wide["mean"], wide["std"].fillna(0.0), paper_vals,
+                 wide["seeds"].fillna(0), COMMANDS[name].format(grid=grid))
+
+
+def _paper_defense(method: str) -> str | None:
+    """The paper's name for a column that is a defense at its defaults (no overrides)."""
+    return {**paper.DEFENSES, "NONE": "NONE"}.get(method)
+
+
+def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
+    """CA and ASR per (dataset, attack) x defense; detectors and fault-ratio analyses left out."""
+    ok = df[(df["status"] == "ok") & ~df["detector"].astype(bool) & df["fault_ratio"].isna()] \
+        if not df.empty else df
+
+    def paper_of(key, method, metric):  # noqa: ANN001, ANN202
+        dataset, attack_label = key
+        d, a = _paper_defense(method), paper.paper_attack(dataset, attack_label)
+        if d is None or a is None:
+            return math.nan
+        v = paper.lookup("table1_defense", dataset=paper.DATASETS.get(dataset), attack=a, defense=d)
+        return float(v.get(metric.lower(), math.nan)) if v else math.nan
+
+    t = build(ok, "table1", "Table 1: clean accuracy (CA) and attack success rate (ASR), %",
+              ["dataset", "attack_label"], "defense_label", {"ca": "CA", "asr": "ASR"}, paper_of, grid)
+    return with_averages(t)
+
+
+def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
+    """Isolation TPR and FPR per (dataset, attack) x isolating method (defenses and detectors)."""
+    ok = df[(df["status"] == "ok") & df["tpr"].notna() & df["fault_ratio"].isna()] if not df.empty else df
+
+    def paper_of(key, method, metric):  # noqa: ANN001, ANN202
+        dataset, attack_label = key
+        d, a = _paper_defense(method), paper.paper_attack(dataset, attack_label)
+        if d is None or a is None:
+            return math.nan
+        v = paper.lookup("table2_isolation", dataset=paper.DATASETS.get(dataset), attack=a, method=d)
+        return float(v.get(metric.lower(), math.nan)) if v else math.nan
+
+    t = build(ok, "table2", "Table 2: isolation TPR and FPR, %", ["dataset", "attack_label"],
+              "defense_label", {"tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
+    return with_averages(t)
+
+
+def _without(own: dict, *keys: str) -> str:
+    rest = {k: v for k, v in own.items() if k not in keys}
+    return label(rest)
+
+
+def table3(df: pd.DataFrame, grid: str = "quick") -> Table:
+    """PIPD's TPR / FPR against the share of benign samples in its poisoned seed."""
+    rows = df[(df["status"] == "ok") & df["fault_ratio"].notna()].copy() if not df.empty else df
+    if not rows.empty:
+        rows["fault"] = (rows["fault_ratio"].astype(float) * 100).round().astype(int)
+        rows["method"] = [d + (f"[{x}]" if (x := _without(o, "fault_ratio", "selective_epochs")) else "")
+                          for d, o in zip(rows["defense"], rows["defense_overrides"], strict=True)]
+
+    def paper_of(key, method, metric):  # noqa: ANN001, ANN202
+        _, attack_label, fault = key
+        if method != "pipd":
+            return math.nan
+        v = paper.lookup("table3_fault_ratio", attack=paper.paper_attack("cifar10", attack_label),
+                         fault_ratio=fault)
+        return float(v.get(metric.lower(), math.nan)) if v else math.nan
+
+    return build(rows, "table3", "Table 3: PIPD isolation against the poisoned seed's fault ratio "
+                 "(% benign samples in P_p), %", ["dataset", "attack_label", "fault"], "method",
+                 {"pp_precision": "P_p-precision", "tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
+
+
+def table4(df: pd.DataFrame, grid: str = "quick") -> Table:
+    """CA / ASR (and isolation) against the number of progressive rounds T."""
+    rows = df[(df["status"] == "ok") & df["rounds"].notna() & df["fault_ratio"].isna()
+              & (df["training"] == "selective")].copy() if not df.empty else df
+    if not rows.empty:
+        rows = rows[[o.get("selective_epochs", 1) != 0 and "rounds" in o
+                     for o in rows["defense_overrides"]]]
+        rows["T"] = rows["rounds"].astype(int)
+        rows["method"] = [d + (f"[{x}]" if (x := _without(o, "rounds")) else "")
+                          for d, o in zip(rows["defense"], rows["defense_overrides"], strict=True)]
+
+    def paper_of(key, method, metric):  # noqa: ANN001, ANN202
+        _, attack_label, t = key
+        if not method.startswith("pipd") or "[" in method or "rate=0.2" not in attack_label \
+                or metric not in ("CA", "ASR"):
+            return math.nan
+        v = paper.lookup("table4_iterations", T=t, attack=paper.paper_attack("cifar10",
+                                                                              attack_label.split()[0]))
+        return float(v.get(metric.lower(), math.nan)) if v else math.nan
+
+    return build(rows, "table4", "Table 4: PIPD against the number of progressive rounds T, %",
+                 ["dataset", "attack_label", "T"], "method",
+                 {"ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
+
+
+def with_averages(t: Table) -> Table:
+    """Append one average row per dataset (over its attacks, the clean baseline left out)."""
+    if t.empty:
+        return t
+    rows_mean, rows_std, rows_paper, rows_n = [], [], [], []
+    for dataset in dict.fromkeys(k[0] for k in t.mean.index):
+        # attacks at their defaults only: a variant row (an override) would count an attack twice
+        keys = [k for k in t.mean.index if k[0] == dataset and k[1] != "clean" and " " not in k[1]]
+        if len(keys) < 2:
+            continue
+        rows_mean.append(t.mean.loc[keys].mean().rename((dataset, "average")))
+        rows_std.append(pd.Series(0.0, index=t.mean.columns, name=(dataset, "average")))
+        # the paper's average over the same attacks the method has here
+        ours, theirs = t.mean.loc[keys], t.paper.loc[keys]
+        rows_paper.append(pd.Series({c: theirs[c][ours[c].notna()].mean(skipna=False)
+                                     if ours[c].notna().any() else math.nan for c in t.mean.columns},
+                                    name=(dataset, "average")))
+        rows_n.append(t.mean.loc[keys].notna().sum().rename((dataset, "average")))
+    if not rows_mean:
+        return t
+    t.mean = pd.concat([t.mean, pd.DataFrame(rows_mean)])
+    t.std = pd.concat([t.std, pd.DataFrame(rows_std)])
+    t.paper = pd.concat([t.paper, pd.DataFrame(rows_paper)])
+    t.seeds = pd.concat([t.seeds, pd.DataFrame(rows_n)])
+    t.notes.append("average rows: the mean over the dataset's attacks at their defaults (variant "
+                   "rows and the clean baseline left out); a method missing an attack averages "
+                   "what it has, and its count says how many")
+    return t

@@ -1,0 +1,151 @@
+"""Reports read records only: tables, paper values, figures, leaderboard, comparison, HTML."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from benchmark.config import cell_id, parse_sets, resolve_cell
+from benchmark.reports import compare, leaderboard, records, render, tables
+
+
+def record(attack, defense, seed=0, sets=(), preset="quick", **metrics):
+    c = resolve_cell(preset, attack, defense, seed, parse_sets(list(sets)))
+    rec = {"id": cell_id(c), "status": "ok", "config": c, "timings": {"total_s": 1.0},
+           "metrics": {k: v / 100 for k, v in metrics.items()}, "isolation": {"masks": {}}}
+    if "tpr" in metrics:
+        rec["isolation"]["isolated"] = {"precision": metrics.pop("precision", 100) / 100}
+    return rec
+
+
+def frame(recs):
+    return records.frame(recs)
+
+
+def test_table1_means_seeds_keeps_variants_apart_and_sets_the_paper_beside():
+    recs = [record("blended", "pipd", 0, ca=80, asr=1), record("blended", "pipd", 1, ca=82, asr=3),
+            record("blended", "no_defense", 0, ca=81, asr=100),
+            record("badnets", "no_defense", 0, ["badnets.pattern=white"], ca=80.8, asr=88.7),
+            record("badnets", "no_defense", 0, ca=80.5, asr=100)]
+    t = tables.table1(frame(recs))
+    key = ("cifar10", "blended")
+    assert t.mean.at[key, "pipd CA"] == pytest.approx(81) and t.std.at[key, "pipd CA"] == pytest.approx(1)
+    assert t.seeds.at[key, "pipd CA"] == 2
+    assert t.paper.at[key, "pipd CA"] == pytest.approx(94.12)  # the paper's CIFAR-10 Blended row
+    assert t.paper.at[key, "pipd ASR"] == pytest.approx(0.03)
+    assert t.paper.at[key, "no_defense ASR"] == pytest.approx(100.0)
+    # two BadNets variants: two rows, never averaged together
+    rows = set(t.mean.index)
+    assert ("cifar10", "badnets badnets.pattern=white") in rows and ("cifar10", "badnets") in rows
+    # a cell no record fills is empty, not zero
+    assert t.mean.at[("cifar10", "badnets"), "pipd CA"] != t.mean.at[("cifar10", "badnets"), "pipd CA"]
+    md = render.markdown(t)
+    assert "| cifar10 | blended | 81.00 ± 1.00 | 94.12 | -13.12 |" not in md  # no_defense comes first
+    assert "**2.00 ± 1.00**" in md  # PIPD's ASR is the row's best
+    assert "\\toprule" in render.latex(t) and "\\textbf{2.00 $\\pm$ 1.00}" in render.latex(t)
+
+
+def test_tables_2_to_4_find_the_papers_numbers():
+    recs = [record("refool", "pipd", tpr=99, fpr=1),
+            record("trojan", "pipd", 0, ["pipd.fault_ratio=0.8", "pipd.selective_epochs=0"], tpr=99, fpr=2),
+            record("badnets", "pipd", 0, ["attack.rate=0.2", "pipd.rounds=1"], ca=90, asr=50, tpr=99, fpr=0)]
+    df = frame(recs)
+    t2 = tables.table2(df)
+    assert t2.paper.at[("cifar10", "refool"), "pipd TPR"] == pytest.approx(99.65)
+    assert t2.paper.at[("cifar10", "refool"), "pipd FPR"] == pytest.approx(0.42)
+    t3 = tables.table3(df)
+    assert t3.paper.at[("cifar10", "trojan", 80), "pipd FPR"] == pytest.approx(0.62)
+    assert ("cifar10", "trojan", 80) in t3.mean.index and ("cifar10", "trojan") not in t2.mean.index
+    t4 = tables.table4(df)
+    key = ("cifar10", "badnets badnets.rate=0.2", 1)
+    assert t4.paper.at[key, "pipd CA"] == pytest.approx(92.98) and t4.mean.at[key, "pipd ASR"] == 50
+
+
+def test_leaderboard_ranks_complete_defenses_first_and_scores_ca_minus_asr():
+    recs = [record(a, d, ca=80, asr=asr) for a in ("badnets", "blended")
+            for d, asr in (("no_defense", 100), ("abl", 5))]
+    recs.append(record("badnets", "pipd", ca=82, asr=1))  # better, but on one attack only
+    board = leaderboard.leaderboard(frame(recs))
+    assert list(board["defense"]) == ["abl", "no_defense", "pipd"]
+    abl = board.iloc[0]
+    assert abl["score"] == pytest.approx(75) and abl["DER"] == pytest.approx((95 / 100 + 1) / 2)
+    assert board.iloc[2]["attacks"] == 1
+
+
+def test_compare_pairs_by_seed_with_an_exact_sign_flip_test():
+    assert compare.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    assert compare.sign_flip_p([1.0, -1.0]) == 1.0
+    assert compare.sign_flip_p([2.0]) != compare.sign_flip_p([2.0])  # n/a with one seed
+    recs = [record("badnets", d, s, ca=80 + (d == "abl"), asr=(10 if d == "abl" else 2) + s)
+            for d in ("abl", "pipd") for s in range(3)]
+    out = compare.compare(frame(recs), "abl", "pipd")
+    row = out.iloc[0]
+    assert row["seeds"] == 3 and row["dASR"] == pytest.approx(8) and row["dCA"] == pytest.approx(1)
+    assert row["pASR"] == pytest.approx(0.25) and row["verdict"].startswith("mixed")
+
+
+def test_report_command_on_partial_and_empty_stores(tmp_path, capsys):
+    from benchmark.cli import main
+
+    store = tmp_path / "res" / "records"
+    store.mkdir(parents=True)
+    recs = [record("blended", "pipd", ca=80, asr=1, tpr=99, fpr=0.1),
+            record("badnets", "no_defense", ca=80, asr=100),
+            {**record("badnets", "abl"), "status": "failed", "error": "RuntimeError: boom"}]
+    for r in recs:
+        (store / f"{r['id']}.json").write_text(json.dumps(r))
+    assert main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "open" in out and (tmp_path / "rep" / "index.html").exists()
+    missing = (tmp_path / "rep" / "missing.md").read_text()
+    assert "--attacks badnets --defenses pipd" in missing and "FAILED: RuntimeError: boom" in missing
+    for name in ("table1", "table2", "table3", "table4"):
+        for ext in ("csv", "md", "tex"):
+            assert (tmp_path / "rep" / "tables" / f"{name}.{ext}").exists()
+    assert "no records yet" in (tmp_path / "rep" / "tables" / "table3.md").read_text()
+    assert (tmp_path / "rep" / "figures" / "fig1_isolation.png").exists()
+    assert main(["report", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 0
+    assert "no defense records yet" in (tmp_path / "rep2" / "leaderboard.md").read_text()
+
+
+def test_html_leaderboard_renders_in_a_headless_browser(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium where it can)")
+    from benchmark.reports import html
+
+    recs = [record(a, d, ca=80, asr=asr) for a in ("badnets", "blended")
+            for d, asr in (("no_defense", 100), ("abl", 5))]
+    page = tmp_path / "index.html"
+    page.write_text(html.page(leaderboard.leaderboard(frame(recs)), [tables.table1(frame(recs))], [],
+                              "test report", []))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert 'id="leaderboard-cifar10"' in dom and "<b>abl</b>" in dom and "Table 1" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 1000
+
+
+def test_the_example_plugin_runs_through_a_grid_and_compare(tiny_cifar, tmp_path, capsys):
+    from pathlib import Path
+
+    from benchmark.cli import main
+    from tests.test_cli import TINY
+
+    plugin = str(Path(__file__).parents[1] / "examples" / "loss_filter.py")
+    common = ["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar),
+              "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY]
+    assert main([*common, "--plugin", plugin, "--attacks", "badnets", "--seeds", "0,1",
+                 "--defenses", "pipd,loss_filter", "--set", "loss_filter.probe_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--plugin", plugin, "--results", str(tmp_path / "res"), "--out",
+                 str(tmp_path / "rep"), "--compare", "loss_filter", "--baseline", "pipd"]) == 0
+    out = capsys.readouterr().out
+    assert "loss_filter vs pipd" in out and "| cifar10 | badnets" in out
+    assert (tmp_path / "rep" / "compare.md").exists()
