@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.triggers import load_image, scaled, to_float, to_uint8
@@ -91,6 +90,8 @@ class Refool(Attack):
         ghosted = (r + p.ghost_attenuation * shifted) / (1 + p.ghost_attenuation)
         sigma = p.blur_sigma * side / 32
         k = 2 * int(3 * sigma) + 1
+        import torchvision.transforms.functional as TF  # lazily: torchvision costs ~2 s to import
+
         blurred = TF.gaussian_blur(r, [k, k], [sigma, sigma])
         layer = torch.where(ghost.to(images.device)[:, None, None, None], ghosted, blurred)
         return to_uint8((1 - p.alpha) * to_float(images) + p.alpha * layer)

@@ -109,7 +109,8 @@ def _main(argv: list[str]) -> int:
         return 0
 
     sets = parse_sets(args.sets)
-    cells = expand_grid(args.grid, split_csv(args.attacks), split_csv(args.defenses), parse_seeds(args.seeds),
+    cells = expand_grid(args.grid, split_csv(args.attacks, "--attacks"),
+                        split_csv(args.defenses, "--defenses"), parse_seeds(args.seeds),
                         sets, imagenet=args.imagenet_root is not None,
                         sweeps=parse_sweeps(args.sweeps))
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),

@@ -5,8 +5,15 @@ from __future__ import annotations
 from benchmark.registry import UsageError
 
 
-def split_csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+def split_csv(text: str | None, option: str = "") -> list[str] | None:
+    """Comma-separated names; None when the option was not given. An option given but empty
+    (an unset shell variable) is refused rather than read as "everything"."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names and option:
+        raise UsageError(f"{option} is empty: give comma-separated names, or all")
+    return names or None
 
 
 def parse_seeds(text: str) -> list[int]:

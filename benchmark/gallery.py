@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     for plugin in args.plugin:
         load_plugin(plugin)
-    names = ATTACKS.select(split_csv(args.attacks))
+    names = ATTACKS.select(split_csv(args.attacks, "--attacks"))
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),

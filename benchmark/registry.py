@@ -48,11 +48,13 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def select(self, names: list[str] | None) -> list[str]:
-        """``names`` checked against the registry; none given or ``["all"]``: every name."""
-        chosen = self.names() if not names or names == ["all"] else names
-        for name in chosen:
-            self.get(name)  # unknown names: UsageError naming the valid choices
-        return chosen
+        """``names`` checked against the registry; none given, or ``all`` among them: every name."""
+        for name in names or []:
+            if name != "all":
+                self.get(name)  # unknown names: UsageError naming the valid choices
+        if not names or "all" in names:
+            return self.names()
+        return list(dict.fromkeys(names))
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

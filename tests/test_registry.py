@@ -79,3 +79,15 @@ def test_select_resolves_all_and_rejects_unknown_names():
     assert reg.select(["b"]) == ["b"]
     with pytest.raises(UsageError, match="unknown widget 'c'; valid choices: a, b"):
         reg.select(["a", "c"])
+
+
+def test_select_all_anywhere_and_empty_options_are_refused():
+    from attacks import ATTACKS
+    from benchmark.cli import main
+    from benchmark.cliutil import split_csv
+
+    assert ATTACKS.select(["all", "badnets"]) == ATTACKS.names()
+    assert ATTACKS.select(["sig", "badnets", "sig"]) == ["sig", "badnets"]
+    with pytest.raises(UsageError, match="--attacks is empty"):
+        split_csv("", "--attacks")
+    assert main(["--attacks", "", "--dry-run"]) == 2
