@@ -86,6 +86,8 @@ def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str
         w.columns = [f"{c} {metrics[m]}" for m, c in w.columns]
         wide[stat] = w[[f"{c} {metrics[m]}" for c in methods for m in cols
                         if f"{c} {metrics[m]}" in w.columns]]
+    kept = [c for c in wide["mean"].columns if wide["mean"][c].notna().any()]  # e.g. P_p of ABL
+    wide = {k: w[kept] for k, w in wide.items()}
     paper_vals = pd.DataFrame(math.nan, index=wide["mean"].index, columns=wide["mean"].columns)
     if paper_of is not None:
         for key in paper_vals.index:
@@ -131,8 +133,9 @@ def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
         v = paper.lookup("table2_isolation", dataset=paper.DATASETS.get(dataset), attack=a, method=d)
         return float(v.get(metric.lower(), math.nan)) if v else math.nan
 
-    t = build(ok, "table2", "Table 2: isolation TPR and FPR, %", ["dataset", "attack_label"],
-              "defense_label", {"tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
+    t = build(ok, "table2", "Table 2: isolation TPR and FPR (and PIPD's poisoned-seed precision), %",
+              ["dataset", "attack_label"], "defense_label",
+              {"tpr": "TPR", "fpr": "FPR", "pp_precision": "P_p-precision"}, paper_of, grid)
     return with_averages(t)
 
 
