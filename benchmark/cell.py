@@ -37,7 +37,6 @@ class Runtime:
     cache_dir: Path = field(default_factory=default_cache_dir)
     device: str | None = None
     threads: int | None = None
-    progress: bool = False
     download: bool = True
     save_models: bool = False  # the final model of every cell under <results>/models/<id>.pt
     plugins: list[str] = field(default_factory=list)
@@ -190,8 +189,7 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     dataset = load_cell_dataset(config, rt)
     times["data_s"] = time.perf_counter() - t0
 
-    trainer = Trainer(dataset.mean, dataset.std, device=rt.device, threads=rt.threads,
-                      progress=rt.progress)
+    trainer = Trainer(dataset.mean, dataset.std, device=rt.device, threads=rt.threads)
 
     def make_model() -> torch.nn.Module:
         return build_model(config["model"], dataset.num_classes, **config["model_params"])

@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(dataset, attack, defense, seed) cell, one JSON record per cell.",
         epilog="Subcommands: triggers --out DIR (trigger gallery), report --out DIR (tables, "
                "figures, leaderboard); see their --help.")
-    p.add_argument("--grid", default="smoke", help=f"preset: {', '.join(PRESETS)} (default smoke)")
+    p.add_argument("--grid", default="demo",
+                   help=f"preset: {', '.join(PRESETS)} (default demo: BadNets and Blended, No "
+                        "Defense vs PIPD, minutes on 2 CPU cores; smoke: every method, a code-path "
+                        "check; quick: ~10-20 min a cell on CPU; full: paper scale, GPUs)")
     p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
     p.add_argument("--defenses", help="comma-separated defense names, or all (default: all registered)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
@@ -38,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the grid once per value, e.g. defense.rounds=[1,2,3,4,5] (repeatable: "
                         "every combination)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done")
+    p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                   help="after the grid, write the report of the results folder (tables, figures, "
+                        "HTML leaderboard) to DIR (default <results>/report)")
     p.add_argument("--results", default="results", help="results folder (default results/)")
     p.add_argument("--data-root", default=None,
                    help=f"dataset folder or archive (default $BDBENCH_DATA, else {default_data_root()})")
@@ -91,7 +97,6 @@ def _main(argv: list[str]) -> int:
     from benchmark.grid import describe, expand_grid, run_ray, run_serial
     from benchmark.models import MODELS
     from benchmark.plugins import load_plugin
-    from benchmark.report import summary
     from benchmark.store import ResultStore
     from defenses import DEFENSES
 
@@ -99,7 +104,9 @@ def _main(argv: list[str]) -> int:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
     if args.list:
-        for reg in (ATTACKS, MODELS):
+        from benchmark.data import DATASETS
+
+        for reg in (DATASETS, ATTACKS, MODELS):
             print(f"{reg.kind}s: {', '.join(reg.names())}")
         print("defenses:")
         for name in DEFENSES.names():
@@ -116,7 +123,7 @@ def _main(argv: list[str]) -> int:
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
-                 progress=args.executor == "serial", download=not args.no_download,
+                 download=not args.no_download,
                  save_models=args.save_models,
                  plugins=[str(Path(p).resolve()) for p in args.plugin])
     store = ResultStore(rt.results)
@@ -140,11 +147,19 @@ def _main(argv: list[str]) -> int:
         else:
             run_ray(todo, rt, store, address=args.address, gpus_per_trial=args.gpus_per_trial,
                     cpus_per_trial=args.cpus_per_trial)
+    from benchmark.report import summary
+
     recs = [r for r in (store.read(cell_id(c)) for c in cells) if r is not None]
     print()
     print(summary(recs))
     failed = sum(r["status"] != "ok" for r in recs)
     print(f"\n{len(cells)} cell(s), {failed} failed, {time.perf_counter() - t0:.1f} s")
+    if args.report is not None:
+        from benchmark.reports.cli import write_report
+
+        out = Path(args.report) if args.report else rt.results / "report"
+        index, _ = write_report([rt.results], out, args.grid)
+        print(f"report: {index}")
     return 1 if failed else 0
 
 
@@ -152,13 +167,18 @@ def _check_data(rt, cells: list[dict]) -> None:
     """Find (and decode once) every dataset before any trial starts: a missing dataset is a
     one-line usage error, not a grid of failed cells."""
     from benchmark.cell import load_cell_dataset
+    from benchmark.progress import Console, set_sink
 
     seen = set()
-    for c in cells:
-        key = (c["dataset"], str(c["data"]))
-        if key not in seen:
-            seen.add(key)
-            load_cell_dataset(c, rt)
+    previous = set_sink(Console())  # decoding a dataset the first time takes minutes
+    try:
+        for c in cells:
+            key = (c["dataset"], str(c["data"]))
+            if key not in seen:
+                seen.add(key)
+                load_cell_dataset(c, rt)
+    finally:
+        set_sink(previous)
 
 
 if __name__ == "__main__":

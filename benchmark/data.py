@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import tarfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.progress import EpochClock, emit
 from benchmark.registry import Registry, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -154,16 +156,18 @@ def _decode(data: bytes | Path, size: int | None) -> np.ndarray:
 def _save_split(out: Path, split: str, items: list[tuple[str, bytes | Path]], classes: list[str],
                 size: int | None) -> None:
     """Decode ``items`` (class name, bytes or file) into ``{split}_images.npy`` (memory-mapped)."""
-    from tqdm import tqdm
-
     index = {c: i for i, c in enumerate(classes)}
     first = _decode(items[0][1], size)
     tmp = out / f".{split}_images.npy.tmp"
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), *first.shape))
     labels = np.empty(len(items), dtype=np.int64)
-    for i, (cls, data) in enumerate(tqdm(items, desc=f"decode {split}", unit="img", leave=False,
-                                         mininterval=2.0)):
+    clock, beat = EpochClock(1, len(items)), time.perf_counter()
+    for i, (cls, data) in enumerate(items):
         arr[i] = first if i == 0 else _decode(data, size)
+        if time.perf_counter() - beat >= 1.0:
+            beat = time.perf_counter()
+            emit({"kind": "step", "phase": f"decode {split}", "epoch": 1, "epochs": 1,
+                  "step": i + 1, "steps": len(items), "eta_s": clock.eta(1, i + 1)})
         labels[i] = index[cls]
     arr.flush()
     del arr

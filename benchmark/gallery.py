@@ -18,33 +18,44 @@ from benchmark.registry import UsageError
 def build_parser() -> argparse.ArgumentParser:
     from benchmark.config import PRESETS
 
-    p = argparse.ArgumentParser(prog="run_benchmark.py triggers",
-                                description="Write a PNG gallery of the attacks' triggers.")
-    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p = argparse.ArgumentParser(
+        prog="run_benchmark.py triggers",
+        description="Write a PNG gallery of the attacks' triggers: clean images, their poisoned "
+                    "versions and the amplified difference. Attacks that build their trigger with "
+                    "a model (CL, Dynamic, an optimised Trojan) train it first, once per results "
+                    "folder (cached under <results>/cache).")
+    p.add_argument("--out", required=True, help="folder for the PNG files (created; existing "
+                                                "PNGs of the same attacks are overwritten)")
     p.add_argument("--grid", default="smoke",
-                   help=f"preset whose attack settings to use: {', '.join(PRESETS)}")
+                   help=f"preset whose attack settings to use: {', '.join(PRESETS)} (default smoke)")
     p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
     p.add_argument("--n", type=int, default=4, help="images per attack (default 4)")
     p.add_argument("--amplify", type=float, default=5.0, help="difference gain (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--results", default="results", help="results folder (its cache/ is reused)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE")
+    p.add_argument("--seed", type=int, default=0, help="cell seed (picks the poisoned samples)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value as in the grid, e.g. badnets.pattern=white")
+    p.add_argument("--results", default="results",
+                   help="results folder whose cache/ holds (and receives) the poisoned sets and "
+                        "attack models (default results/)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder or archive (default $BDBENCH_DATA, as the grid)")
+    p.add_argument("--cache-dir", default=None,
+                   help="decoded-dataset cache (default $BDBENCH_CACHE, as the grid)")
+    p.add_argument("--no-download", action="store_true", help="never try to download datasets")
+    p.add_argument("--device", default=None, help="torch device (default auto)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="Python file registering your own attack (repeatable)")
     return p
 
 
-def examples(attack_name: str, args, rt) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(clean, poisoned) uint8 images of ``args.n`` poisoned (or cover) samples, and captions."""
+def examples(config: dict, rt) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # noqa: ANN001
+    """(clean, poisoned) uint8 images of the first ``n`` poisoned (or cover) samples of the
+    cell ``config``, and their captions."""
     from benchmark.cell import load_cell_dataset, poison, seed_everything
-    from benchmark.config import parse_sets, resolve_cell
     from benchmark.models import build_model
     from benchmark.train import Trainer
 
-    config = resolve_cell(args.grid, attack_name, "no_defense", args.seed, parse_sets(args.sets))
-    seed_everything(args.seed)
+    seed_everything(config["seed"])
     dataset = load_cell_dataset(config, rt)
     trainer = Trainer(dataset.mean, dataset.std, device=rt.device)
 
@@ -52,7 +63,7 @@ def examples(attack_name: str, args, rt) -> tuple[torch.Tensor, torch.Tensor, li
         return build_model(config["model"], dataset.num_classes, **config["model_params"])
 
     ps, _, _ = poison(config, dataset, rt, trainer, make_model)
-    idx = ps.poison_mask.nonzero().flatten()[:args.n]
+    idx = ps.poison_mask.nonzero().flatten()[:config["n"]]
     captions = [f"{dataset.train.classes[int(ps.original_labels[i])]} -> "
                 f"{dataset.train.classes[int(ps.labels[i])]}" for i in idx]
     return dataset.train.images[idx], ps.images[idx], captions
@@ -81,9 +92,12 @@ def draw(name: str, clean: torch.Tensor, poisoned: torch.Tensor, captions: list[
 
 
 def main(argv: list[str]) -> int:
+    """Checks every input (attacks, --set keys, the dataset) before writing anything, so a bad
+    command exits 2 without leaving an empty --out folder."""
     from attacks import ATTACKS
-    from benchmark.cell import Runtime
+    from benchmark.cell import Runtime, load_cell_dataset
     from benchmark.cliutil import split_csv
+    from benchmark.config import parse_sets, resolve_cell
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.plugins import load_plugin
 
@@ -93,12 +107,21 @@ def main(argv: list[str]) -> int:
     names = ATTACKS.select(split_csv(args.attacks, "--attacks"))
     if args.n < 1:
         raise UsageError("--n must be >= 1")
+    sets = parse_sets(args.sets)
+    configs = {name: {**resolve_cell(args.grid, name, "no_defense", args.seed, sets), "n": args.n}
+               for name in names}
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
-                 cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device)
+                 cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
+                 download=not args.no_download)
+    load_cell_dataset(next(iter(configs.values())), rt)  # a missing dataset: exit 2 here
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        clean, poisoned, captions = examples(name, args, rt)
+    for name, config in configs.items():
+        attack_cls = ATTACKS.get(name)
+        if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
+            print(f"{name}: builds its trigger with a trained model (once; cached under "
+                  f"{rt.results / 'cache'})", flush=True)
+        clean, poisoned, captions = examples(config, rt)
         if not len(clean):  # e.g. the no-attack baseline
             print(f"{name}: no poisoned samples, nothing to draw")
             continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import math
 import os
 import sys
 import time
@@ -12,6 +14,7 @@ from typing import Any
 
 from benchmark.cell import Runtime, run_cell_safe
 from benchmark.config import PRESETS, cell_id, label, overrides, resolve_cell, validate_sets
+from benchmark.progress import Console, GridClock, RayReporter, duration, set_sink
 from benchmark.store import ResultStore
 
 # Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
@@ -30,7 +33,9 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     if preset not in PRESETS:
         from benchmark.registry import UsageError
         raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
-    attacks, defenses = ATTACKS.select(attacks), DEFENSES.select(defenses)
+    spec = PRESETS[preset]  # a preset may name its own grid (demo); --attacks/--defenses win
+    attacks = ATTACKS.select(attacks if attacks is not None else spec.get("grid_attacks"))
+    defenses = DEFENSES.select(defenses if defenses is not None else spec.get("grid_defenses"))
     combos = [list(c) for c in itertools.product(*[[(k, v) for v in vals] for k, vals in sweeps])]
     for combo in combos:
         validate_sets([*sets, *combo], attacks, defenses)
@@ -64,19 +69,25 @@ def _line(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"{head}: FAILED {record.get('error', '')}"
     m = record["metrics"]
-    iso = f" TPR {100 * m['tpr']:.2f} FPR {100 * m['fpr']:.2f}" if m.get("tpr") is not None else ""
-    return (f"{head}: CA {100 * m['ca']:.2f} ASR {100 * m['asr']:.2f}{iso} "
-            f"({record['timings']['total_s']:.0f} s)")
+    shown = [f"{name} {100 * m[key]:.2f}%" for key, name in
+             (("ca", "CA"), ("asr", "ASR"), ("tpr", "TPR"), ("fpr", "FPR"))
+             if isinstance(m.get(key), float) and math.isfinite(m[key])]
+    return f"{head}: {'  '.join(shown)}  ({duration(record['timings']['total_s'])})"
 
 
 def run_serial(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore) -> list[dict]:
-    records = []
-    for i, config in enumerate(cells, 1):
-        print(f"[{i}/{len(cells)}] {describe(config)} ...", flush=True)
-        record = run_cell_safe(config, rt)
-        store.write(record)
-        records.append(record)
-        print(f"[{i}/{len(cells)}] {_line(record)}", flush=True)
+    """Each cell in this process, its training progress on stderr (``progress.Console``)."""
+    records, clock = [], GridClock(len(cells))
+    previous = set_sink(Console())
+    try:
+        for i, config in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {describe(config)} ...", flush=True)
+            record = run_cell_safe(config, rt)
+            store.write(record)
+            records.append(record)
+            print(f"[{clock.tick()}] {_line(record)}", flush=True)
+    finally:
+        set_sink(previous)
     return records
 
 
@@ -89,6 +100,7 @@ def _ray_trial(config: dict[str, Any]) -> None:
     rt = Runtime(**config["runtime"])
     for plugin in rt.plugins:
         load_plugin(plugin)
+    set_sink(RayReporter())
     record = run_cell_safe(config["cell"], rt)
     ResultStore(rt.results).write(record)
     metrics = record.get("metrics", {})
@@ -127,6 +139,15 @@ def one_trial_at_a_time(gpus_per_trial: float | None, cpus_per_trial: float | No
     return cpus_per_trial is None or cpus_per_trial * 2 > cores
 
 
+def quiet_ray_logs() -> None:
+    """Drop the log lines a user cannot act on: the token-authentication notice of every local
+    Ray start (the local cluster keeps its token) and Tune's INFO lines (where it saved its
+    experiment state). Warnings and errors of Ray itself still show."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+
 def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             address: str | None = None, gpus_per_trial: float | None = None,
             cpus_per_trial: float | None = None) -> list[dict]:
@@ -138,13 +159,16 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in front of trial output
     import ray
     from ray import tune
 
+    quiet_ray_logs()
+    init = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        ray.init(address=address, **init)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(**init)
     try:
         res = ray_resources(ray.cluster_resources(), gpus_per_trial, cpus_per_trial)
         print(f"ray: {len(cells)} trial(s), each {res['cpu']:g} CPU / {res['gpu']:g} GPU", flush=True)
@@ -153,18 +177,22 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
         runtime["threads"] = rt.threads or int(res["cpu"])
         if res["gpu"] == 0:
             runtime["device"] = rt.device or "cpu"
-        done = {"n": 0}
-        total = len(cells)
+        clock = GridClock(len(cells))
 
         class Progress(tune.Callback):
+            """Prints each trial's progress events (see ``progress.RayReporter``) and result."""
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                if result.get("progress"):
+                    print(f"  {describe(trial.config['cell'])}: {result['progress']}", flush=True)
+
             def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-                done["n"] += 1
                 rec = store.read(cell_id(trial.config["cell"]))
-                print(f"[{done['n']}/{total}] {_line(rec) if rec else trial}", flush=True)
+                print(f"[{clock.tick()}] {_line(rec) if rec else trial}", flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-                done["n"] += 1
-                print(f"[{done['n']}/{total}] trial crashed: {trial}", flush=True)
+                print(f"[{clock.tick()}] trial crashed: {describe(trial.config['cell'])}",
+                      flush=True)
 
         tuner = tune.Tuner(
             tune.with_resources(_ray_trial, res),

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
+from benchmark.progress import EpochClock, emit
 from benchmark.registry import UsageError
 
 # loss_fn(logits, targets, sample_index) -> scalar loss; sample_index: rows of the training tensor
@@ -175,13 +176,12 @@ class Trainer:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *,
                  device: torch.device | str | None = None, channels_last: bool = True,
-                 threads: int | None = None, progress: bool = False,
+                 threads: int | None = None,
                  eval_batch_size: int = 512) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.cuda = self.device.type == "cuda"
         self.channels_last = channels_last
         self.precisions_used: set[str] = set()  # what the training steps ran in (for records)
-        self.progress = progress
         self.eval_batch_size = eval_batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
@@ -276,8 +276,6 @@ class Trainer:
         trains on, for schemes that re-split their data every epoch (DBD, ASD); it needs
         ``cfg.steps_per_epoch``, so the schedule does not depend on the split.
         """
-        from tqdm import tqdm
-
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
             raise ValueError(f"{desc}: no samples to train on")
@@ -305,6 +303,7 @@ class Trainer:
 
         step = step or supervised
         curve = []
+        clock = EpochClock(cfg.epochs, steps_per_epoch)
         for epoch in range(cfg.epochs):
             model.train()
             if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
@@ -317,10 +316,12 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = scored = 0
-            bar = tqdm(self.epoch_batches(rows, cfg, gen), total=steps_per_epoch,
-                       desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not self.progress, mininterval=1.0)
-            for idx in bar:
+            last_beat = time.perf_counter()
+            for i, idx in enumerate(self.epoch_batches(rows, cfg, gen), 1):
+                if time.perf_counter() - last_beat >= 1.0:
+                    last_beat = time.perf_counter()
+                    emit({"kind": "step", "phase": desc, "epoch": epoch + 1, "epochs": cfg.epochs,
+                          "step": i, "steps": steps_per_epoch, "eta_s": clock.eta(epoch + 1, i)})
                 dev_idx = self.to_device(idx)
                 with self.autocast(precision):
                     loss, logits = step(forward, x_all[dev_idx], y_all[dev_idx], idx, gen)
@@ -340,9 +341,8 @@ class Trainer:
             if callback is not None:
                 stats.update(callback(epoch + 1, model) or {})
             curve.append(stats)
-            if self.progress:
-                shown = {k: round(v, 4) for k, v in stats.items() if k not in ("epoch", "lr")}
-                tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs} {shown}")
+            emit({"kind": "epoch", "phase": desc, "epoch": epoch + 1, "epochs": cfg.epochs,
+                  "metrics": stats, "eta_s": clock.eta(epoch + 2, 0)})
         return curve
 
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],

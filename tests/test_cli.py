@@ -42,8 +42,10 @@ def test_grid_runs_writes_records_and_rerun_skips(args, tmp_path, capsys):
     assert pipd["data_source"].startswith("cifar10-imagefolder")
     mtimes = {p: (tmp_path / "res" / "records" / p).stat().st_mtime_ns for p in recs}
 
-    assert main(args) == 0  # everything done: skipped, nothing rewritten
-    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert main([*args, "--report", str(tmp_path / "rep")]) == 0  # done: skipped, not rewritten
+    out = capsys.readouterr().out
+    assert "2 already done, 0 to run" in out and f"report: {tmp_path / 'rep' / 'index.html'}" in out
+    assert (tmp_path / "rep" / "tables" / "table1.md").is_file()
     assert mtimes == {p: (tmp_path / "res" / "records" / p).stat().st_mtime_ns for p in recs}
 
     assert main([*args, "--dry-run"]) == 0
@@ -139,6 +141,17 @@ def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys)
     assert "unknown attack 'nope'" in capsys.readouterr().err
 
 
+def test_trigger_gallery_refuses_bad_input_before_writing(tmp_path, capsys):
+    out = tmp_path / "gallery"
+    assert main(["triggers", "--out", str(out), "--attacks", "badnets",
+                 "--set", "badnets.pattern=nope"]) == 2
+    assert "pattern" in capsys.readouterr().err
+    assert main(["triggers", "--out", str(out), "--attacks", "badnets", "--no-download",
+                 "--data-root", str(tmp_path / "nothing"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "download disabled" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_fault_ratio_study_builds_the_seed_from_the_ground_truth(args, tmp_path):
     # 200 images, 10% poisoned, p = 1%: a seed of 2, half of it benign
     assert main([*args, "--defenses", "pipd", "--set", "pipd.fault_ratio=0.5"]) == 0
@@ -216,3 +229,14 @@ def test_asd_without_held_out_images_trusts_clean_rows_and_leaves_them_out(args,
     assert "ground-truth-clean training samples" in rec["defense_info"]["trusted"]
     assert rec["isolation"]["excluded_rows"] == 100
     assert rec["isolation"]["isolated"]["n_poisoned"] == 40  # 10% of 400: all poisoned are judged
+
+
+def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
+    res = ["--results", str(tmp_path / "res"), "--dry-run"]
+    assert main(res) == 0  # the default grid is the demo
+    out = capsys.readouterr().out
+    assert "4 cell(s)" in out
+    assert all(f"cifar10/{a}/{d} seed 0" in out for a in ("badnets", "blended")
+               for d in ("no_defense", "pipd"))
+    assert main([*res, "--defenses", "pipd"]) == 0  # the user's choice wins
+    assert "2 cell(s)" in capsys.readouterr().out

@@ -73,7 +73,7 @@ def test_unknown_names_are_usage_errors():
         resolve_cell("smoke", "badnet", "pipd", 0, [])
     with pytest.raises(UsageError, match="unknown defense"):
         resolve_cell("smoke", "badnets", "pipe", 0, [])
-    with pytest.raises(UsageError, match="unknown grid 'tiny'; valid choices: smoke, quick, full"):
+    with pytest.raises(UsageError, match="unknown grid .tiny.; valid choices: smoke, demo, quick, full"):
         resolve_cell("tiny", "badnets", "pipd", 0, [])
     with pytest.raises(UsageError, match="unknown model"):
         resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["model=vgg"]))

@@ -1,6 +1,7 @@
 """The default executor: cells as Ray Tune trials on a local Ray instance."""
 
 import json
+import re
 
 from benchmark.grid import ray_resources
 from tests.test_cli import TINY
@@ -22,7 +23,10 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
                  "--attacks", "badnets", "--defenses", "no_defense,pipd", "--cpus-per-trial", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "[2/2]" in out and "0 failed" in out
+    assert "[2/2 done" in out and "0 failed" in out
+    # each trial's training progress reaches the driver through Ray's result stream
+    assert re.search(r"cifar10/badnets/pipd seed 0 \[.*\]: \S.* \d+/\d+ ", out), out
+    assert "\x1b[" not in out and "INFO" not in out and "Token authentication" not in out
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert sorted(r["config"]["defense"] for r in recs) == ["no_defense", "pipd"]
     assert all(r["status"] == "ok" for r in recs)
@@ -39,5 +43,5 @@ def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monke
                  str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
                  "--attacks", "badnets", "--defenses", "no_defense", "--gpus-per-trial", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "running the cells in this process" in out and "[1/1]" in out
+    assert code == 0 and "running the cells in this process" in out and "[1/1 done" in out
     assert not (tmp_path / "res" / "ray").exists()

@@ -62,25 +62,20 @@ def missing_cells(df: pd.DataFrame, grid: str) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmark.plugins import load_plugin
-
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    folders = [Path(r) for r in (args.results or ["results"])]
+def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
+                 curves: list[str] | None = None) -> tuple[Path, dict]:
+    """Tables, figures, leaderboard and ``index.html`` of the records in ``folders`` under
+    ``out``: (path of index.html, what was built: frame, board, missing, written files)."""
     df = records.load(folders)
-    grid = args.grid or (Counter(df["preset"]).most_common(1)[0][0] if not df.empty else "quick")
-    out = Path(args.out)
+    grid = grid or (Counter(df["preset"]).most_common(1)[0][0] if not df.empty else "quick")
     written: list[Path] = []
     built = [f(df, grid) for f in (tables.table1, tables.table2, tables.table3, tables.table4)]
     for t in built:
         written += render.write(t, out / "tables")
     figs = (figures.fig1_isolation(df, out / "figures") + figures.fig4_fpr_vs_rounds(df, out / "figures")
             + figures.fig5_selective_vs_unlearning(df, out / "figures"))
-    if args.curves:
-        figs += figures.cell_curves(df, out / "figures", split_csv(args.curves) or [])
+    if curves:
+        figs += figures.cell_curves(df, out / "figures", curves)
     written += figs
     board = leaderboard.leaderboard(df)
     (out / "leaderboard.md").write_text(leaderboard.markdown(board))
@@ -91,14 +86,30 @@ def main(argv: list[str] | None = None) -> int:
     (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
                                                               or "none") + "\n")
     written += [out / "leaderboard.md", out / "index.html", out / "missing.md"]
+    return out / "index.html", {"frame": df, "board": board, "missing": missing,
+                                "written": written}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.plugins import load_plugin
+
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    folders = [Path(r) for r in (args.results or ["results"])]
+    out = Path(args.out)
+    index, built = write_report(folders, out, args.grid,
+                                curves=split_csv(args.curves) or [] if args.curves else None)
+    written = built["written"]
     if args.compare:
-        cmp = compare.compare(df, args.compare, args.baseline)
+        cmp = compare.compare(built["frame"], args.compare, args.baseline)
         text = compare.markdown(cmp, args.compare, args.baseline)
         (out / "compare.md").write_text(text)
         written.append(out / "compare.md")
         print(text)
-    print(leaderboard.markdown(board))
-    print(f"{len(missing)} missing or failed cell group(s): {out / 'missing.md'}")
+    print(leaderboard.markdown(built["board"]))
+    print(f"{len(built['missing'])} missing or failed cell group(s): {out / 'missing.md'}")
     print(f"report: {len(written)} files under {out} ({time.perf_counter() - t0:.1f} s); "
-          f"open {out / 'index.html'}")
+          f"open {index}")
     return 0
