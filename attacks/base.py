@@ -126,6 +126,15 @@ class Attack:
         return (train.labels == self.params.target) if self.is_clean_label \
             else (train.labels != self.params.target)
 
+    def check(self, train: ImageSet) -> None:
+        """Raise ``UsageError`` for what poisoning ``train`` would fail on (called on every
+        cell before any trains, so a bad rate is refused at once, not minutes into a grid)."""
+        k, n = self.poison_count(train), int(self.eligible(train).sum())
+        if k > n:
+            kind = "target-class" if self.is_clean_label else "non-target"
+            raise UsageError(f"{self.name}: rate {self.params.rate} asks for {k} poisoned samples "
+                             f"but the training set has {n} {kind} images")
+
     def generator(self, stream: int) -> torch.Generator:
         """A generator seeded by the cell seed; ``stream`` separates independent draws."""
         return torch.Generator().manual_seed(self.ctx.seed * 1000 + stream)

@@ -73,7 +73,8 @@ class Refool(Attack):
 
     def eligible(self, train: ImageSet) -> torch.Tensor:
         mask = super().eligible(train)
-        mask[self.pool_rows] = False
+        if hasattr(self, "pool_rows"):  # before prepare() (the pre-run check): a bound from above
+            mask[self.pool_rows] = False
         return mask
 
     def reflect(self, images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:

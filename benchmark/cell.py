@@ -154,8 +154,9 @@ def save_model(model: torch.nn.Module, config: dict[str, Any], num_classes: int,
     return path
 
 
-def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
-    """The poisoned training set and triggered test set, computed once per attack config."""
+def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
+                trainer: Trainer | None = None, make_model=None):  # noqa: ANN001
+    """The cell's attack object, its artifacts keyed by what they depend on."""
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
@@ -165,16 +166,28 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
         fields += ["model", "model_params"]
     ident = identity(config)
     key = {k: ident[k] for k in fields if k in ident}  # a version is absent while it is 1
+    device = trainer.device if trainer is not None else torch.device("cpu")
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
-                        num_classes=dataset.num_classes, device=trainer.device, trainer=trainer,
+                        num_classes=dataset.num_classes, device=device, trainer=trainer,
                         make_model=make_model)
-    attack = attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
+    return attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
+
+
+def check_cell(config: dict[str, Any], dataset: Dataset, rt: Runtime) -> None:
+    """The checks that need the cell's data (target class in range, enough images to poison):
+    ``UsageError`` before any cell trains."""
+    make_attack(config, dataset, rt).check(dataset.train)
+
+
+def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
+    """The poisoned training set and triggered test set, computed once per attack config."""
+    attack = make_attack(config, dataset, rt, trainer, make_model)
 
     def compute() -> dict:
         attack.prepare(dataset.train)
         return {"train": attack.poison_train(dataset.train), "test": attack.trigger_test(dataset.test)}
 
-    art = rt.artifacts.get_or_create("poisoned", key, compute)
+    art = rt.artifacts.get_or_create("poisoned", attack.ctx.cache_key, compute)
     return art["train"], art["test"], attack
 
 

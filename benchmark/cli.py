@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.cliutil import parse_seeds, split_csv
+from benchmark.cliutil import parse_seeds, split_csv, writable_folder
 from benchmark.registry import UsageError
 
 
@@ -115,6 +115,10 @@ def _main(argv: list[str]) -> int:
             print(f"  {name:14s} {cls.title or ''}{kind}")
         return 0
 
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial:g}")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial:g}")
     sets = parse_sets(args.sets)
     cells = expand_grid(args.grid, split_csv(args.attacks, "--attacks"),
                         split_csv(args.defenses, "--defenses"), parse_seeds(args.seeds),
@@ -137,11 +141,14 @@ def _main(argv: list[str]) -> int:
         print(f"{len(cells)} cell(s): {len(cells) - len(todo)} done, {len(todo)} to run")
         return 0
 
+    t0 = time.perf_counter()
+    if todo:  # everything a cell would trip on, before anything is written
+        writable_folder(rt.results, "--results")
+        writable_folder(rt.cache_dir, "--cache-dir")
+        _check_data(rt, todo)
     print(f"grid {args.grid}: {len(cells)} cell(s), {len(cells) - len(todo)} already done, "
           f"{len(todo)} to run; results in {rt.results}", flush=True)
-    t0 = time.perf_counter()
     if todo:
-        _check_data(rt, todo)
         if args.executor == "serial":
             run_serial(todo, rt, store)
         else:
@@ -166,17 +173,17 @@ def _main(argv: list[str]) -> int:
 def _check_data(rt, cells: list[dict]) -> None:
     """Find (and decode once) every dataset before any trial starts: a missing dataset is a
     one-line usage error, not a grid of failed cells."""
-    from benchmark.cell import load_cell_dataset
+    from benchmark.cell import check_cell, load_cell_dataset
     from benchmark.progress import Console, set_sink
 
-    seen = set()
+    loaded: dict[tuple[str, str], object] = {}
     previous = set_sink(Console())  # decoding a dataset the first time takes minutes
     try:
         for c in cells:
             key = (c["dataset"], str(c["data"]))
-            if key not in seen:
-                seen.add(key)
-                load_cell_dataset(c, rt)
+            if key not in loaded:
+                loaded[key] = load_cell_dataset(c, rt)
+            check_cell(c, loaded[key], rt)
     finally:
         set_sink(previous)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from benchmark.registry import UsageError
 
 
@@ -17,7 +20,26 @@ def split_csv(text: str | None, option: str = "") -> list[str] | None:
 
 
 def parse_seeds(text: str) -> list[int]:
+    """Comma-separated non-negative integers, at least one; duplicates dropped."""
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds is empty: give comma-separated integers, e.g. 0,1,2")
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds must be non-negative integers, got {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def writable_folder(path: Path, option: str) -> None:
+    """``path`` is a folder this process can write, or can be created: else ``UsageError``
+    (checked before anything is written)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path} is not writable (by this user, at {probe})")

@@ -17,12 +17,17 @@ from benchmark.data import DATASETS
 from benchmark.models import MODELS
 from benchmark.registry import UsageError
 from benchmark.train import TrainConfig
+from benchmark.validate import check_fields, check_parameters, check_section
 
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": {"train_size": None, "test_size": None, "subset_seed": 0},
     "imagefolder": {"train_size": None, "test_size": None, "subset_seed": 0, "image_size": 224},
 }
 EVAL_DEFAULTS = {"curve_size": 1000, "curve_every": 1}  # per-epoch CA/ASR curves on a test subset
+# what each data / eval option may hold: (type, minimum)
+DATA_TYPES: dict[str, tuple[Any, int]] = {"train_size": (int | None, 1), "test_size": (int | None, 1),
+                                          "subset_seed": (int, 0), "image_size": (int, 8)}
+EVAL_TYPES: dict[str, tuple[Any, int]] = {"curve_size": (int, 1), "curve_every": (int, 0)}
 DEFAULT_MODEL = {"cifar10": "resnet18", "imagefolder": "resnet18_imagenet"}
 
 # Presets. ``attacks``/``defenses`` hold per-component parameter overrides; every registered
@@ -130,7 +135,7 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, int | float) and isinstance(value, int | float) and not isinstance(value, bool):
         return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
     if type(value) is not type(default):
-        raise UsageError(f"--set {key}: expected a {type(default).__name__}, got {value!r}")
+        raise UsageError(f"{key}: expected {type(default).__name__}, got {value!r}")
     return value
 
 
@@ -231,7 +236,13 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
             raise UsageError(f"unknown --set namespace {ns!r}; valid: {', '.join(valid)}")
         # a key for another attack/defense of the grid: validated in that cell
 
-    # validate by constructing (raises UsageError naming the problem)
+    # types and ranges of every value, then construction (each raises UsageError naming it)
+    check_fields(TrainConfig, train, "train")
+    check_section(data, DATA_TYPES, "data")
+    check_section(eval_, EVAL_TYPES, "eval")
+    check_parameters(MODELS.get(model), model_params, "model", minimum=1)
+    check_fields(attack_cls.Params, attack_params, attack)
+    check_fields(defense_cls.Params, defense_params, defense)
     TrainConfig.from_dict(train)
     attack_cls.Params(**attack_params)
     defense_cls.Params(**defense_params)

@@ -13,8 +13,10 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,12 +228,21 @@ def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None
     if cached is not None:
         return cached
     out.mkdir(parents=True, exist_ok=True)
-    entries = _tar_entries(source) if source.is_file() else _tree_entries(source)
-    by_split, classes = _split_entries(entries, split_names)
-    for split, items in by_split.items():
-        if not items:
-            raise DataNotFoundError(f"{source}: no images under a '{split}' folder")
-        _save_split(out, split, items, classes, size)
+    try:
+        entries = _tar_entries(source) if source.is_file() else _tree_entries(source)
+        by_split, classes = _split_entries(entries, split_names)
+        for split, items in by_split.items():
+            if not items:
+                raise DataNotFoundError(f"{source}: no images under a '{split}' folder")
+            _save_split(out, split, items, classes, size)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        shutil.rmtree(out, ignore_errors=True)  # no half-decoded dataset left in the cache
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataNotFoundError(f"{source}: not a readable image archive or folder "
+                                f"({type(exc).__name__}{': ' + first if first else ''})") from None
+    except DataNotFoundError:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     (out / "classes.json").write_text(json.dumps(classes))
     return _load_cached(out, by_split, mmap)
 

@@ -31,6 +31,7 @@ from torch import nn
 from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
 from benchmark.progress import EpochClock, emit
 from benchmark.registry import UsageError
+from benchmark.validate import at_least
 
 # loss_fn(logits, targets, sample_index) -> scalar loss; sample_index: rows of the training tensor
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,8 +52,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class TrainConfig:
     """One training phase. Every field can be set per phase from a preset or ``--set``."""
 
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = field(default=10, metadata=at_least(1))
+    batch_size: int = field(default=128, metadata=at_least(1))
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9

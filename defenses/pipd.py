@@ -25,6 +25,7 @@ from benchmark.isolation import channel_discrepancy, layer_features, top_channel
 from benchmark.jenks import jenks_upper
 from benchmark.losses import selective_loss
 from benchmark.registry import UsageError
+from benchmark.validate import at_least, one_of, within
 from defenses.base import (
     Defense,
     DefenseContext,
@@ -46,8 +47,8 @@ class PIPDParams(DefenseParams):
     pre_augment: bool = True
     gamma: float = 0.5
     lga_batch_mean: bool = True  # reference: LGA on the batch-mean loss; False: per sample
-    p: float = 0.01  # poisoned seed: this fraction of lowest-loss samples
-    q: float = 0.20  # benign seed: this fraction of highest-loss samples
+    p: float = field(default=0.01, metadata=within(0, 1))  # poisoned seed: lowest-loss share
+    q: float = field(default=0.20, metadata=within(0, 1))  # benign seed: highest-loss share
     # Table 3: a seed of |P_p| samples, this share of them benign (drawn at random outside P_b)
     # and the rest the lowest-loss poisoned ones; built from the ground truth (an analysis, not
     # a defense). None: P_p as the loss ranking gives it; 0.0: a pure seed.
@@ -61,9 +62,9 @@ class PIPDParams(DefenseParams):
     stages: list[int] = field(default_factory=lambda: [2, 3, 4])
     layers: list[str] | None = None  # keep only these layer names (e.g. the last conv for SIG)
     jenks_inclusive: bool = True  # reference: flag score >= break
-    jenks_method: str = "exact"  # or "jenkspy"
+    jenks_method: str = field(default="exact", metadata=one_of("exact", "jenkspy"))
     # progressive isolation
-    rounds: int = 8  # T (paper main setting 8; reference scripts 5)
+    rounds: int = field(default=8, metadata=at_least(1))  # T (paper 8; reference scripts 5)
     # selective training (Eq. 10)
     selective_epochs: int = 20
     selective_lr: float = 0.01

@@ -56,7 +56,7 @@ def test_options_added_later_keep_finished_records_ids_at_their_default():
     ("pipd.rhoo=1", "unknown --set key 'pipd.rhoo'; valid pipd keys: .*rho"),
     ("bogus.x=1", "unknown --set namespace 'bogus'; valid: data, model, train"),
     ("epochs=3", "unknown --set key 'epochs'"),
-    ("train.epochs=many", "expected a int"),
+    ("train.epochs=many", "train.epochs: expected int"),
     ("attack.rate=1.5", r"poison rate must be in \(0, 1\)"),
     ("train.optimizer=rmsprop", "valid choices: sgd, adam"),
     ("train.precision=fp16", "unknown precision 'fp16'; valid choices: auto, fp32, bf16"),

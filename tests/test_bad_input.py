@@ -1,0 +1,76 @@
+"""Bad input is refused before anything runs: one line on stderr, exit 2, the results folder
+untouched (table-driven: each row is one mistake a user made)."""
+
+import tarfile
+
+import pytest
+
+from benchmark.cli import main
+from tests.test_cli import TINY
+
+
+def grid(tiny_cifar, tmp_path, *extra):
+    return ["--grid", "smoke", "--executor", "serial", "--no-download",
+            "--data-root", str(tiny_cifar), "--cache-dir", str(tmp_path / "cache"),
+            "--results", str(tmp_path / "res"), "--attacks", "badnets",
+            "--defenses", "no_defense,pipd", *TINY, *extra]
+
+
+BAD = [
+    (["--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+    (["--seeds", ""], "--seeds is empty"),
+    (["--seeds", "-1"], "--seeds must be non-negative"),
+    (["--set", "train.epochs=-1"], "train.epochs: must be >= 1"),
+    (["--set", "train.epochs=2.5"], "train.epochs: expected int"),
+    (["--set", "train.batch_size=0"], "train.batch_size: must be >= 1"),
+    (["--set", "model.width=0"], "model.width: must be >= 1"),
+    (["--set", "eval.curve_size=0"], "eval.curve_size: must be >= 1"),
+    (["--set", "badnets.target=10"], "target class 10 outside 0..9"),
+    (["--set", "pipd.rounds=0"], "pipd.rounds: must be >= 1"),
+    (["--set", "pipd.jenks_method=foo"], "valid choices: exact, jenkspy"),
+    (["--set", "pipd.layers=foo"], "pipd.layers: expected a list of str or null"),
+    (["--set", "pipd.top_k=abc"], "pipd.top_k: expected int or null"),
+    (["--set", "data.train_size=abc"], "data.train_size: expected int"),
+    (["--attacks", "sig", "--set", "attack.rate=0.2"], "sig: rate 0.2 asks for 40 poisoned"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_option_is_one_line_and_exit_2(tiny_cifar, tmp_path, capsys, extra, message):
+    assert main(grid(tiny_cifar, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "res").exists()
+
+
+def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    not_tar = tmp_path / "cifar10.tar.gz"
+    not_tar.write_bytes(b"not an archive at all" * 100)
+    whole = tmp_path / "whole.tar.gz"
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(tiny_cifar, arcname="cifar10")
+    truncated = tmp_path / "cifar10-cut.tar.gz"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cases = [
+        (["--results", str(a_file)], "--results", "is a file, not a folder"),
+        (["--cache-dir", str(a_file)], "--cache-dir", "is a file, not a folder"),
+        (["--data-root", str(not_tar)], "--data-root", "not a readable image archive"),
+        (["--data-root", str(truncated)], "--data-root", "not a readable image archive"),
+    ]
+    for extra, _, message in cases:
+        args = grid(tiny_cifar, tmp_path, *extra)
+        assert main(args) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "res").exists()
+        assert not list(tmp_path.glob("cache/datasets/*"))  # nothing half-decoded left
+
+
+def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
+    args = grid(tiny_cifar, tmp_path, "--attacks", "badnets,badnets", "--seeds", "0,0",
+                "--dry-run")
+    assert main(args) == 0
+    assert "2 cell(s): 0 done, 2 to run" in capsys.readouterr().out
