@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from benchmark.cache import ArtifactCache
+from benchmark.cache import ArtifactCache, safe_artifact
 from benchmark.data import ImageSet
 from benchmark.registry import Registry, UsageError
 
@@ -30,6 +30,7 @@ class AttackParams:
             raise UsageError(f"poison rate must be in (0, 1), got {self.rate}")
 
 
+@safe_artifact
 @dataclass
 class PoisonedTrainSet:
     """The training set as the defender receives it, plus the ground truth kept from it."""

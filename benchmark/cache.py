@@ -4,6 +4,12 @@ An artifact (poisoned set, trained generator, pre-isolation model, ...) is keyed
 of everything it depends on. Concurrent trials asking for the same artifact wait on a file lock
 while the first computes it; files are written to a temp name and renamed, so an interrupted
 run never leaves a half-written artifact behind.
+
+A cache folder may be shared, so what it holds is not trusted: artifacts are tensors, plain
+containers and the dataclasses registered with ``safe_artifact``, loaded with
+``torch.load(weights_only=True)`` (a planted pickle is refused, never run), and each has its
+SHA-256 beside it. An artifact that does not verify or load is set aside as ``<file>.corrupt``
+with a warning and computed again.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +73,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+# dataclasses an artifact may contain besides tensors and plain containers (weights_only load)
+SAFE_TYPES: list[type] = []
+
+
+def safe_artifact(cls: type) -> type:
+    """Class decorator: instances of ``cls`` may be stored in (and loaded from) the cache."""
+    SAFE_TYPES.append(cls)
+    return cls
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ArtifactCache:
     def __init__(self, root: Path | str | None) -> None:
         self.root = Path(root) if root is not None else None
@@ -77,21 +102,57 @@ class ArtifactCache:
     def exists(self, kind: str, key: Any) -> bool:
         return self.root is not None and self.path(kind, key).exists()
 
+    @staticmethod
+    def _checksum_path(path: Path) -> Path:
+        return path.with_suffix(".sha256")
+
+    def load(self, path: Path) -> tuple[bool, Any]:
+        """(True, value) for a verified, safely loaded artifact; (False, None) after setting an
+        unusable one aside (checksum mismatch, truncated, not loadable without running code)."""
+        try:
+            check = self._checksum_path(path)
+            if check.exists() and check.read_text().strip() != file_sha256(path):
+                raise ValueError("checksum mismatch")
+            with torch.serialization.safe_globals(SAFE_TYPES):
+                value = torch.load(path, weights_only=True, map_location="cpu")
+            if not check.exists():  # written before checksums existed: record it now
+                atomic_write_bytes(check, file_sha256(path).encode())
+            return True, value
+        except FileNotFoundError:
+            return False, None  # set aside by another process meanwhile
+        except Exception as exc:  # noqa: BLE001 - any unreadable artifact is recomputed
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            aside = path.with_name(path.name + ".corrupt")
+            try:
+                os.replace(path, aside)
+                self._checksum_path(path).unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            print(f"warning: cache artifact {path} is unusable ({type(exc).__name__}: {reason}); "
+                  f"set aside as {aside.name}, computing it again", file=sys.stderr, flush=True)
+            return False, None
+
     def get_or_create(self, kind: str, key: Any, compute: Callable[[], Any]) -> Any:
-        """The artifact ``kind``/``hash(key)``: loaded if cached, else computed and stored."""
+        """The artifact ``kind``/``hash(key)``: loaded if cached and sound, else computed and
+        stored."""
         if self.root is None:
             return compute()
         path = self.path(kind, key)
         if path.exists():
-            return torch.load(path, weights_only=False)
+            ok, value = self.load(path)
+            if ok:
+                return value
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if path.exists():  # computed by another trial while we waited
-                    return torch.load(path, weights_only=False)
+                    ok, value = self.load(path)
+                    if ok:
+                        return value
                 value = compute()
                 atomic_write(path, lambda f: torch.save(value, f))
+                atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
                 with (path.parent / "index.jsonl").open("a") as index:
                     index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
                 return value

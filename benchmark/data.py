@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.cache import safe_artifact
 from benchmark.progress import EpochClock, emit
 from benchmark.registry import Registry, UsageError
 
@@ -38,6 +39,7 @@ class DataNotFoundError(UsageError):
     """No usable copy of a dataset was found (and none could be downloaded)."""
 
 
+@safe_artifact
 @dataclass
 class ImageSet:
     """A labelled image set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""

@@ -8,6 +8,8 @@ import pytest
 from benchmark.cli import main
 from tests.test_cli import TINY
 
+pytestmark = pytest.mark.faults
+
 
 def grid(tiny_cifar, tmp_path, *extra):
     return ["--grid", "smoke", "--executor", "serial", "--no-download",

@@ -2,6 +2,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from benchmark import cache
 from benchmark.cache import atomic_write_bytes
@@ -36,8 +37,67 @@ def test_artifacts_are_computed_once_shared_like_records_and_indexed(tmp_path):
     assert first == again == {"x": 1} and calls == [1]
     path = store.path("poisoned", key)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~cache._UMASK
-    assert sorted(os.listdir(path.parent)) == sorted([path.name, path.stem + ".lock", "index.jsonl"])
+    assert sorted(os.listdir(path.parent)) == sorted([path.name, path.stem + ".lock",
+                                                      path.stem + ".sha256", "index.jsonl"])
     assert path.stem in (path.parent / "index.jsonl").read_text()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "drop_checksum_and_truncate"])
+def test_a_damaged_artifact_is_set_aside_and_recomputed(tmp_path, capsys, damage):
+    store = cache.ArtifactCache(tmp_path)
+    key = {"kind": "model", "seed": 0}
+    value = {"state": {"w": torch.arange(1000.0)}, "curve": [{"epoch": 1, "ca": 0.5}]}
+    store.get_or_create("models", key, lambda: value)
+    path = store.path("models", key)
+    data = path.read_bytes()
+    if damage == "flip_a_byte":  # still a loadable file: only the checksum catches it
+        i = data.rindex(torch.arange(1000.0)[500].numpy().tobytes())
+        path.write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1:])
+    else:
+        path.write_bytes(data[: len(data) // 2])
+        if damage == "drop_checksum_and_truncate":
+            path.with_suffix(".sha256").unlink()
+    calls = []
+    again = store.get_or_create("models", key, lambda: calls.append(1) or value)
+    assert calls == [1] and torch.equal(again["state"]["w"], value["state"]["w"])
+    assert "is unusable" in capsys.readouterr().err
+    assert path.with_name(path.name + ".corrupt").exists()
+    ok, loaded = store.load(path)  # the recomputed artifact verifies
+    assert ok and loaded["curve"] == value["curve"]
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.faults
+def test_a_planted_pickle_is_refused_not_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = cache.ArtifactCache(tmp_path / "cache")
+    key = {"kind": "poisoned", "seed": 0}
+    path = store.path("poisoned", key)
+    path.parent.mkdir(parents=True)
+    torch.save({"train": _Payload()}, path)  # someone with write access to a shared cache
+    value = store.get_or_create("poisoned", key, lambda: {"train": torch.zeros(2)})
+    assert torch.equal(value["train"], torch.zeros(2))
+    assert not (tmp_path / "pwned").exists()
+    assert "is unusable" in capsys.readouterr().err
+
+
+def test_cached_dataclasses_load_without_pickled_code(tmp_path):
+    from attacks.base import PoisonedTrainSet
+    from benchmark.data import ImageSet
+
+    assert ImageSet in cache.SAFE_TYPES and PoisonedTrainSet in cache.SAFE_TYPES
+    images = ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
+    store = cache.ArtifactCache(tmp_path)
+    store.get_or_create("poisoned", {"k": 1}, lambda: {"test": images})
+    ok, loaded = store.load(store.path("poisoned", {"k": 1}))
+    assert ok and isinstance(loaded["test"], ImageSet) and loaded["test"].classes == ["a", "b"]
 
 
 def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(tmp_path):
