@@ -8,6 +8,7 @@ cached as a memory-mapped array so that it never has to fit in RAM.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -229,6 +230,19 @@ def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None
     cached = _load_cached(out, sorted(set(split_names.values())), mmap)
     if cached is not None:
         return cached
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one decoder per dataset at a time: another process (a second grid, a Ray trial) waits,
+    # then reads what the first wrote, instead of rewriting files the first has mapped
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _load_cached(out, sorted(set(split_names.values())), mmap)
+        if cached is not None:
+            return cached
+        return _decode_imagefolder(source, out, size, split_names, mmap)
+
+
+def _decode_imagefolder(source: Path, out: Path, size: int | None, split_names: dict[str, str],
+                        mmap: bool) -> dict[str, ImageSet]:
     out.mkdir(parents=True, exist_ok=True)
     try:
         entries = _tar_entries(source) if source.is_file() else _tree_entries(source)

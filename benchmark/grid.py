@@ -75,17 +75,38 @@ def _line(record: dict[str, Any]) -> str:
     return f"{head}: {'  '.join(shown)}  ({duration(record['timings']['total_s'])})"
 
 
+BUSY = "running in another process; skipped here (a re-run picks up its record)"
+
+
+def run_claimed(config: dict[str, Any], rt: Runtime, store: ResultStore,
+                prefix: str = "") -> dict[str, Any] | None:
+    """Run the cell and write its record while holding its lock; None when another process
+    holds the lock. A record that appeared meanwhile (another grid finished it) is returned
+    as it is, not recomputed."""
+    cid = cell_id(config)
+    with store.claim(cid) as mine:
+        if not mine:
+            return None
+        if store.status(cid) == "ok":
+            print(f"{prefix}{describe(config)}: done by another process meanwhile", flush=True)
+            return store.read(cid)
+        print(f"{prefix}{describe(config)} ...", flush=True)
+        record = run_cell_safe(config, rt)
+        store.write(record)
+        return record
+
+
 def run_serial(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore) -> list[dict]:
     """Each cell in this process, its training progress on stderr (``progress.Console``)."""
     records, clock = [], GridClock(len(cells))
     previous = set_sink(Console())
     try:
         for i, config in enumerate(cells, 1):
-            print(f"[{i}/{len(cells)}] {describe(config)} ...", flush=True)
-            record = run_cell_safe(config, rt)
-            store.write(record)
-            records.append(record)
-            print(f"[{clock.tick()}] {_line(record)}", flush=True)
+            record = run_claimed(config, rt, store, f"[{i}/{len(cells)}] ")
+            if record is not None:
+                records.append(record)
+            print(f"[{clock.tick()}] {_line(record) if record else describe(config) + ': ' + BUSY}",
+                  flush=True)
     finally:
         set_sink(previous)
     return records
@@ -101,10 +122,12 @@ def _ray_trial(config: dict[str, Any]) -> None:
     for plugin in rt.plugins:
         load_plugin(plugin)
     set_sink(RayReporter())
-    record = run_cell_safe(config["cell"], rt)
-    ResultStore(rt.results).write(record)
+    record = run_claimed(config["cell"], rt, ResultStore(rt.results))
+    if record is None:
+        tune.report({"ok": False, "busy": True})
+        return
     metrics = record.get("metrics", {})
-    tune.report({"ok": record["status"] == "ok",
+    tune.report({"ok": record["status"] == "ok", "busy": False,
                  **{k: v for k, v in metrics.items() if isinstance(v, float)}})
 
 
@@ -178,6 +201,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
         if res["gpu"] == 0:
             runtime["device"] = rt.device or "cpu"
         clock = GridClock(len(cells))
+        busy: set[str] = set()  # cells another process was running
 
         class Progress(tune.Callback):
             """Prints each trial's progress events (see ``progress.RayReporter``) and result."""
@@ -187,6 +211,10 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
                     print(f"  {describe(trial.config['cell'])}: {result['progress']}", flush=True)
 
             def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                if (trial.last_result or {}).get("busy"):
+                    busy.add(cell_id(trial.config["cell"]))
+                    print(f"[{clock.tick()}] {describe(trial.config['cell'])}: {BUSY}", flush=True)
+                    return
                 rec = store.read(cell_id(trial.config["cell"]))
                 print(f"[{clock.tick()}] {_line(rec) if rec else trial}", flush=True)
 
@@ -211,6 +239,8 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
 
     for config in cells:  # a trial that died without writing (OOM, killed) is recorded failed
         rec = store.read(cell_id(config))
+        if rec is None and cell_id(config) in busy:
+            continue
         if rec is None:
             rec = failed_record(config, "trial process died without a result (see ray logs)")
             store.write(rec)

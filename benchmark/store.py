@@ -2,12 +2,19 @@
 
 Records are written atomically (temp file + rename), so an interrupted grid never leaves a
 partial record; a re-run skips every cell whose record says ``ok`` and retries failed ones.
+Records are a contract (``RECORD_KEYS``, ``SCHEMA``): one that lacks a required key is reported
+and treated as not done. A process runs a cell only while it holds the cell's lock
+(``claim``), so two grids on one results folder never train a cell twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +32,95 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+SCHEMA = 1  # bumped when a key below changes meaning; records without one are schema 1
+
+# The keys of a record other tools may read (the README's list is checked against this one).
+RECORD_KEYS: dict[str, str] = {
+    "schema": "record format version (absent in the earliest records: 1)",
+    "id": "the cell id: hash of the resolved config",
+    "status": "ok or failed (failed records carry error and traceback)",
+    "config": "the resolved cell config: dataset, model, attack, defense, seed and every option",
+    "metrics": "ca, asr, tpr, fpr (fractions in [0, 1]), r_acc, auroc, best-threshold rates",
+    "isolation": "per isolation step: masks.<name> with TPR, FPR, precision and counts",
+    "curves": "per-phase lists of per-epoch training stats (loss, accuracy, CA/ASR)",
+    "defense_info": "what the defense reports about itself (title, reuse of artifacts, ...)",
+    "attack_info": "rate_of, clean_label, poisoned and cover counts",
+    "data_source": "which copy of the dataset the cell read",
+    "timings": "seconds per stage and in total",
+    "versions": "python, torch and package versions",
+    "hardware": "device, threads, precision the training steps ran in",
+    "finished_at": "UTC time the record was written",
+}
+REQUIRED = {"ok": ("id", "status", "config", "metrics", "timings"),
+            "failed": ("id", "status", "config", "error")}
+
+
+def problem(record: object) -> str | None:
+    """Why ``record`` is not a usable record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("schema", 1) != SCHEMA:
+        return f"schema {record.get('schema')!r}, this version reads {SCHEMA}"
+    status = record.get("status")
+    if status not in REQUIRED:
+        return f"status {status!r}"
+    missing = [k for k in REQUIRED[status] if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if status == "ok" and not all(k in record["metrics"] for k in ("ca", "asr")):
+        return "metrics without ca/asr"
+    return None
+
+
 class ResultStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.records_dir = self.root / "records"
+        self._reported: set[Path] = set()
 
     def path(self, cell_id: str) -> Path:
         return self.records_dir / f"{cell_id}.json"
 
     def write(self, record: dict[str, Any]) -> Path:
         path = self.path(record["id"])
+        record = {"schema": SCHEMA, **record}
         atomic_write_bytes(path, json.dumps(_clean(record), indent=1, default=str).encode())
         return path
 
     def read(self, cell_id: str) -> dict[str, Any] | None:
+        """The cell's record, or None (absent, or unusable: reported once, then not done)."""
         path = self.path(cell_id)
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        why = problem(record) if record is not None else "not valid JSON"
+        if why:
+            if path not in self._reported:
+                self._reported.add(path)
+                print(f"warning: record {path} is unusable ({why}); the cell counts as not done",
+                      file=sys.stderr)
             return None
+        return record
+
+    @contextlib.contextmanager
+    def claim(self, cell_id: str) -> Iterator[bool]:
+        """Hold the cell's lock while running it: yields False (without waiting) when another
+        process holds it. The lock is an ``flock``, released when the process dies."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{cell_id}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def status(self, cell_id: str) -> str:
         """"ok", "failed" or "todo"."""
@@ -55,10 +130,5 @@ class ResultStore:
     def records(self) -> list[dict[str, Any]]:
         if not self.records_dir.exists():
             return []
-        out = []
-        for p in sorted(self.records_dir.glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return [r for r in (self.read(p.stem) for p in sorted(self.records_dir.glob("*.json")))
+                if r is not None]

@@ -1,7 +1,9 @@
 """Bad input is refused before anything runs: one line on stderr, exit 2, the results folder
 untouched (table-driven: each row is one mistake a user made)."""
 
+import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +70,7 @@ def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "res").exists()
-        assert not list(tmp_path.glob("cache/datasets/*"))  # nothing half-decoded left
+        assert not [d for d in tmp_path.glob("cache/datasets/*") if d.is_dir()]  # none half-decoded
 
 
 def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
@@ -76,3 +78,36 @@ def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
                 "--dry-run")
     assert main(args) == 0
     assert "2 cell(s): 0 done, 2 to run" in capsys.readouterr().out
+
+
+def test_two_grids_on_one_results_folder_train_each_cell_once(tiny_cifar, tmp_path):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "run_benchmark.py", *grid(tiny_cifar, tmp_path, "--attacks",
+                                                       "badnets,blended")]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    both = "\n".join(outs)
+    started = [line for line in both.splitlines() if line.startswith("[") and line.endswith(" ...")]
+    cells = {line.split("] ", 1)[1] for line in started}
+    assert len(started) == len(cells) == 4, both  # every cell trained once, over both processes
+    records = list((tmp_path / "res" / "records").glob("*.json"))
+    assert len(records) == 4
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in records)
+
+
+def test_a_record_missing_keys_counts_as_not_done(tmp_path, capsys):
+    from benchmark.store import RECORD_KEYS, ResultStore
+
+    store = ResultStore(tmp_path)
+    store.write({"id": "abc", "status": "ok", "config": {}, "timings": {}})  # no metrics
+    assert store.status("abc") == "todo"
+    assert "missing metrics" in capsys.readouterr().err
+    store.write({"id": "abd", "status": "ok", "config": {}, "timings": {},
+                 "metrics": {"ca": 0.5, "asr": 0.1}})
+    assert store.read("abd")["schema"] == 1 and store.status("abd") == "ok"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert all(f"`{key}`" in readme for key in RECORD_KEYS)  # the docs list the same keys

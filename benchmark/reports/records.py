@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.config import label, overrides
+from benchmark.store import problem
 
 METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
 
@@ -33,8 +35,11 @@ def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
                 rec = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if isinstance(rec, dict) and "config" in rec and "status" in rec:
-                by_id[rec.get("id", path.stem)] = rec
+            why = problem(rec)
+            if why is None:
+                by_id[rec["id"]] = rec
+            else:
+                print(f"warning: skipped record {path} ({why})", file=sys.stderr)
     return list(by_id.values())
 
 
