@@ -202,6 +202,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             runtime["device"] = rt.device or "cpu"
         clock = GridClock(len(cells))
         busy: set[str] = set()  # cells another process was running
+        crashed: set[str] = set()  # trials whose process died (OOM, SIGKILL, ...)
 
         class Progress(tune.Callback):
             """Prints each trial's progress events (see ``progress.RayReporter``) and result."""
@@ -219,6 +220,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
                 print(f"[{clock.tick()}] {_line(rec) if rec else trial}", flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                crashed.add(cell_id(trial.config["cell"]))
                 print(f"[{clock.tick()}] trial crashed: {describe(trial.config['cell'])}",
                       flush=True)
 
@@ -234,15 +236,19 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
         tuner.fit()
     finally:
         ray.shutdown()
-    records = []
+    records, not_run = [], 0
     from benchmark.cell import failed_record
 
-    for config in cells:  # a trial that died without writing (OOM, killed) is recorded failed
-        rec = store.read(cell_id(config))
-        if rec is None and cell_id(config) in busy:
-            continue
-        if rec is None:
+    for config in cells:
+        cid = cell_id(config)
+        rec = store.read(cid)
+        if rec is None and cid in crashed:  # died without writing: recorded failed, retried
             rec = failed_record(config, "trial process died without a result (see ray logs)")
             store.write(rec)
+        if rec is None:
+            not_run += cid not in busy  # never started (an interrupted grid): stays to do
+            continue
         records.append(rec)
+    if not_run:
+        raise KeyboardInterrupt(f"{not_run} cell(s) did not run")
     return records

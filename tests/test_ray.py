@@ -45,3 +45,32 @@ def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monke
     out = capsys.readouterr().out
     assert code == 0 and "running the cells in this process" in out and "[1/1 done" in out
     assert not (tmp_path / "res" / "ray").exists()
+
+
+def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "run_benchmark.py", "--grid", "smoke", "--data-root", str(tiny_cifar),
+            "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
+            "--set", "train.epochs=3", "--attacks", "badnets,blended,sig,trojan",
+            "--defenses", "no_defense,pipd", "--cpus-per-trial", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while "ray: 8 trial(s)" not in seen:  # Ray is up and the trials start
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out = seen + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "re-run the same command" in out
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert all(r["status"] == "ok" for r in recs), out  # nothing claims a failure
+    assert len(recs) < 8
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(list((tmp_path / "res" / "records").glob("*.json"))) == 8
