@@ -15,6 +15,7 @@ from typing import Any
 from benchmark.cell import Runtime, run_cell_safe
 from benchmark.config import PRESETS, cell_id, label, overrides, resolve_cell, validate_sets
 from benchmark.progress import Console, GridClock, RayReporter, duration, set_sink
+from benchmark.registry import UsageError
 from benchmark.store import ResultStore
 
 # Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
@@ -171,6 +172,52 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
+def ray_token_available() -> bool:
+    """Whether this machine has a Ray authentication token (where ``ray start`` writes it, or
+    given by environment)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").exists())
+
+
+def join_cluster(address: str, init: dict[str, Any], timeout: float = 3.0) -> None:
+    """``ray.init(address=...)``, or one ``UsageError`` line within seconds.
+
+    A host:port that does not answer is refused at once (Ray itself retries for ~20 s and
+    prints pages of warnings). With Ray's token authentication (on by default since 2.5x),
+    a client given an explicit address does not send the local token unless ``RAY_AUTH_MODE``
+    says so, while ``address="auto"`` does: the suite treats both alike and uses the token
+    when one is here and the user has not set ``RAY_AUTH_MODE``."""
+    import socket
+
+    import ray
+
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if address != "auto" and host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as exc:
+            raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                             f"start one with `ray start --head --port {port}` or use --address auto"
+                             ) from None
+    if "RAY_AUTH_MODE" not in os.environ and ray_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray reads the mode when imported: refresh it, as Ray's own "auto" path does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
+    try:
+        ray.init(address=address, **init)
+    except Exception as exc:  # noqa: BLE001 - any failure to join is the user's to fix
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (" (the cluster uses token authentication: set RAY_AUTH_TOKEN or run where "
+                "`ray start` ran)" if "auth" in first.lower() or "token" in first.lower() else "")
+        raise UsageError(f"--address {address}: could not join the Ray cluster: {first}{hint}"
+                         ) from None
+
+
 def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             address: str | None = None, gpus_per_trial: float | None = None,
             cpus_per_trial: float | None = None) -> list[dict]:
@@ -189,7 +236,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
     quiet_ray_logs()
     init = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **init)
+        join_cluster(address, init)
     else:
         ray.init(**init)
     try:

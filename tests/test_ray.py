@@ -74,3 +74,19 @@ def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(list((tmp_path / "res" / "records").glob("*.json"))) == 8
+
+
+def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar, tmp_path, capsys):
+    import time
+
+    from benchmark.cli import main
+
+    t0 = time.perf_counter()
+    code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
+                 str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
+                 "--attacks", "badnets", "--defenses", "no_defense", "--address", "127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.perf_counter() - t0 < 5
+    assert err.startswith("error: --address 127.0.0.1:1: no Ray cluster answers there")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "res" / "records").exists()
