@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from benchmark.cell import Runtime, run_cell_safe
 from benchmark.config import PRESETS, cell_id, label, overrides, resolve_cell, validate_sets
 from benchmark.progress import Console, GridClock, RayReporter, duration, set_sink
 from benchmark.registry import UsageError
-from benchmark.store import ResultStore
+from benchmark.store import ResultStore, problem
 
 # Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
 # is given and the attack is selected.
@@ -128,8 +129,27 @@ def _ray_trial(config: dict[str, Any]) -> None:
         tune.report({"ok": False, "busy": True})
         return
     metrics = record.get("metrics", {})
-    tune.report({"ok": record["status"] == "ok", "busy": False,
+    # the record travels in the result too: on a cluster without a shared filesystem the file
+    # above lands on this node's disk, and the driver writes its own copy (``deliver``)
+    tune.report({"ok": record["status"] == "ok", "busy": False, "record": json.dumps(record, default=str),
                  **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+
+
+def deliver(store: ResultStore, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record a trial reported, written to the driver's store unless it is there already
+    (a shared filesystem) or unusable; None when the result carries none."""
+    text = (result or {}).get("record")
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if problem(record) is not None:
+        return None
+    if store.read(record["id"]) is None:
+        store.write(record)
+    return record
 
 
 def ray_resources(cluster: dict[str, float], gpus_per_trial: float | None,
@@ -263,7 +283,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
                     busy.add(cell_id(trial.config["cell"]))
                     print(f"[{clock.tick()}] {describe(trial.config['cell'])}: {BUSY}", flush=True)
                     return
-                rec = store.read(cell_id(trial.config["cell"]))
+                rec = deliver(store, trial.last_result) or store.read(cell_id(trial.config["cell"]))
                 print(f"[{clock.tick()}] {_line(rec) if rec else trial}", flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001

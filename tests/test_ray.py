@@ -90,3 +90,66 @@ def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar,
     assert err.startswith("error: --address 127.0.0.1:1: no Ray cluster answers there")
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "res" / "records").exists()
+
+
+def test_the_driver_writes_a_record_delivered_in_a_trial_result(tmp_path):
+    from benchmark.grid import deliver
+    from benchmark.store import ResultStore
+
+    store = ResultStore(tmp_path)  # the driver's store: the trial wrote to another node's disk
+    record = {"id": "c0ffee", "status": "ok", "config": {"attack": "badnets"}, "timings": {},
+              "metrics": {"ca": 0.8, "asr": 0.02}}
+    assert deliver(store, {"record": json.dumps(record)}) == record
+    assert store.read("c0ffee")["metrics"] == record["metrics"]
+    assert deliver(store, {"ok": True}) is None  # a result without a record (busy, old trial)
+    broken = {**record, "id": "bad", "metrics": {}}
+    assert deliver(store, {"record": json.dumps(broken)}) is None and store.read("bad") is None
+
+
+PROBE = '''
+import os, time
+from dataclasses import dataclass
+from defenses import Defense, DefenseParams, DefenseResult, register_defense
+
+@dataclass
+class ProbeParams(DefenseParams):
+    hold: float = 4.0
+
+@register_defense
+class GpuProbe(Defense):
+    """Trains nothing: records which GPU Ray gave the trial, and when it ran."""
+    name = "gpu_probe"
+    Params = ProbeParams
+
+    def run(self, ctx):
+        start = time.time()
+        time.sleep(self.params.hold)
+        return DefenseResult(model=ctx.make_model(), info={
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()})
+'''
+
+
+def test_fractional_gpus_share_devices_and_run_together(tiny_cifar, tmp_path, monkeypatch):
+    """4 GPUs declared to a local Ray, 0.5 GPU a trial: the 8 trials run at once, two on each
+    device, each told its own device through CUDA_VISIBLE_DEVICES."""
+    import ray
+
+    from benchmark.cli import main
+
+    plugin = tmp_path / "probe.py"
+    plugin.write_text(PROBE)
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda **kw: real_init(num_gpus=4, num_cpus=8, **kw))
+    seeds = ",".join(str(s) for s in range(8))
+    code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
+                 str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
+                 "--plugin", str(plugin), "--attacks", "clean", "--defenses", "gpu_probe",
+                 "--seeds", seeds, "--gpus-per-trial", "0.5", "--cpus-per-trial", "1",
+                 "--set", "gpu_probe.hold=30"])  # longer than 8 workers take to start here
+    assert code == 0
+    infos = [json.loads(p.read_text())["defense_info"]
+             for p in (tmp_path / "res" / "records").glob("*.json")]
+    assert len(infos) == 8
+    visible = sorted(i["visible"] for i in infos)
+    assert visible == ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert max(i["start"] for i in infos) < min(i["end"] for i in infos)  # all 8 at once
