@@ -82,7 +82,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def live_catalog() -> dict:
+    """``catalog.catalog()``'s shape, from the imported registries (plugins included)."""
+    from attacks import ATTACKS
+    from benchmark.data import DATASETS
+    from benchmark.models import MODELS
+    from defenses import DEFENSES
+
+    return {"datasets": DATASETS.names(), "attacks": ATTACKS.names(), "models": MODELS.names(),
+            "defenses": {n: {"title": DEFENSES.get(n).title, "is_detector": DEFENSES.get(n).is_detector}
+                         for n in DEFENSES.names()}}
+
+
 def _main(argv: list[str]) -> int:
+    if "--list" in argv and "--plugin" not in argv and not {"-h", "--help"} & set(argv):
+        from benchmark.catalog import catalog, listing  # reads the source: no torch import
+
+        print(listing(catalog()))
+        return 0
     if argv[:1] == ["triggers"]:
         from benchmark.gallery import main as gallery
         return gallery(argv[1:])
@@ -90,29 +107,20 @@ def _main(argv: list[str]) -> int:
         from benchmark.reports.cli import main as report
         return report(argv[1:])
     args = build_parser().parse_args(argv)
-    from attacks import ATTACKS
     from benchmark.cell import Runtime
     from benchmark.config import cell_id, parse_sets, parse_sweeps
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.grid import describe, expand_grid, run_ray, run_serial
-    from benchmark.models import MODELS
     from benchmark.plugins import load_plugin
     from benchmark.store import ResultStore
-    from defenses import DEFENSES
 
     for plugin in args.plugin:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
     if args.list:
-        from benchmark.data import DATASETS
+        from benchmark.catalog import listing
 
-        for reg in (DATASETS, ATTACKS, MODELS):
-            print(f"{reg.kind}s: {', '.join(reg.names())}")
-        print("defenses:")
-        for name in DEFENSES.names():
-            cls = DEFENSES.get(name)
-            kind = " [detector: isolation only]" if cls.is_detector else ""
-            print(f"  {name:14s} {cls.title or ''}{kind}")
+        print(listing(live_catalog()))
         return 0
 
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:

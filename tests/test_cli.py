@@ -240,3 +240,21 @@ def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
                for d in ("no_defense", "pipd"))
     assert main([*res, "--defenses", "pipd"]) == 0  # the user's choice wins
     assert "2 cell(s)" in capsys.readouterr().out
+
+
+def test_list_reads_the_source_and_matches_the_registries(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from benchmark.catalog import catalog, listing
+    from benchmark.cli import live_catalog
+
+    assert catalog() == live_catalog()  # the fast --list says what the imports register
+    out = subprocess.run([sys.executable, "-X", "importtime", "run_benchmark.py", "--list"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == listing(catalog())
+    assert "| torch\n" not in out.stderr and " torch\n" not in out.stderr  # torch never imported
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(FAILING.replace("exploding_defense", "listed_defense"))
+    assert main(["--list", "--plugin", str(plugin)]) == 0  # plugins: the importing path
+    assert "listed_defense" in capsys.readouterr().out
