@@ -153,3 +153,44 @@ def test_fractional_gpus_share_devices_and_run_together(tiny_cifar, tmp_path, mo
     visible = sorted(i["visible"] for i in infos)
     assert visible == ["0", "0", "1", "1", "2", "2", "3", "3"]
     assert max(i["start"] for i in infos) < min(i["end"] for i in infos)  # all 8 at once
+
+
+KILLER = '''
+import os, signal
+from pathlib import Path
+from defenses import Defense, register_defense
+
+@register_defense
+class KilledOnce(Defense):
+    """Its trial process dies by SIGKILL the first time (as under the OOM killer)."""
+    name = "killed_once"
+
+    def run(self, ctx):
+        marker = Path(os.environ["KILLED_ONCE_MARKER"])
+        if not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        from defenses.base import DefenseResult
+        return DefenseResult(model=ctx.make_model())
+'''
+
+
+def test_a_trial_killed_by_sigkill_is_recorded_failed_and_the_rerun_retries_it(
+        tiny_cifar, tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+
+    plugin = tmp_path / "killer.py"
+    plugin.write_text(KILLER)
+    monkeypatch.setenv("KILLED_ONCE_MARKER", str(tmp_path / "marker"))
+    args = ["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir", str(tmp_path / "cache"),
+            "--results", str(tmp_path / "res"), *TINY, "--plugin", str(plugin),
+            "--attacks", "badnets", "--defenses", "no_defense,killed_once", "--cpus-per-trial", "1"]
+    assert main(args) == 1
+    recs = {json.loads(p.read_text())["config"]["defense"]: json.loads(p.read_text())
+            for p in (tmp_path / "res" / "records").glob("*.json")}
+    assert recs["no_defense"]["status"] == "ok"
+    assert recs["killed_once"]["status"] == "failed"
+    assert "died without a result" in recs["killed_once"]["error"]
+    capsys.readouterr()
+    assert main(args) == 0  # the re-run retries the failed cell only
+    assert "1 already done, 1 to run" in capsys.readouterr().out
