@@ -49,3 +49,28 @@ def tiny_cifar(tmp_path_factory) -> Path:
 @pytest.fixture()
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
+
+
+# ---- fault injection: what the fault tests did and what survived, printed after the run ----
+FAULTS: dict[str, int] = {}
+
+
+@pytest.fixture()
+def faults() -> dict[str, int]:
+    """Counters a fault test adds to (``faults["artifacts corrupted"] += 1``); the totals are
+    printed at the end of the run (``pytest -m faults`` runs only these tests)."""
+    class Counter(dict):
+        def __missing__(self, key: str) -> int:
+            return 0
+
+        def __setitem__(self, key: str, value: int) -> None:
+            FAULTS[key] = FAULTS.get(key, 0) + value - self.get(key, 0)
+            super().__setitem__(key, value)
+
+    return Counter()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    if FAULTS:
+        terminalreporter.section("fault injection")
+        terminalreporter.write_line("; ".join(f"{k} {v}" for k, v in FAULTS.items()))

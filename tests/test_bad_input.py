@@ -41,14 +41,15 @@ BAD = [
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD, ids=[" ".join(b[0]) for b in BAD])
-def test_bad_option_is_one_line_and_exit_2(tiny_cifar, tmp_path, capsys, extra, message):
+def test_bad_option_is_one_line_and_exit_2(tiny_cifar, tmp_path, capsys, extra, message, faults):
     assert main(grid(tiny_cifar, tmp_path, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "res").exists()
+    faults["bad inputs refused"] += 1
 
 
-def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys):
+def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys, faults):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     not_tar = tmp_path / "cifar10.tar.gz"
@@ -71,6 +72,7 @@ def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys)
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "res").exists()
         assert not [d for d in tmp_path.glob("cache/datasets/*") if d.is_dir()]  # none half-decoded
+        faults["bad inputs refused"] += 1
 
 
 def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
@@ -80,7 +82,7 @@ def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
     assert "2 cell(s): 0 done, 2 to run" in capsys.readouterr().out
 
 
-def test_two_grids_on_one_results_folder_train_each_cell_once(tiny_cifar, tmp_path):
+def test_two_grids_on_one_results_folder_train_each_cell_once(tiny_cifar, tmp_path, faults):
     import subprocess
     import sys
 
@@ -97,6 +99,8 @@ def test_two_grids_on_one_results_folder_train_each_cell_once(tiny_cifar, tmp_pa
     records = list((tmp_path / "res" / "records").glob("*.json"))
     assert len(records) == 4
     assert all(json.loads(p.read_text())["status"] == "ok" for p in records)
+    faults["concurrent grids"] += 1
+    faults["cells run twice"] += len(started) - len(cells)
 
 
 def test_a_record_missing_keys_counts_as_not_done(tmp_path, capsys):

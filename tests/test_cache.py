@@ -44,7 +44,7 @@ def test_artifacts_are_computed_once_shared_like_records_and_indexed(tmp_path):
 
 @pytest.mark.faults
 @pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "drop_checksum_and_truncate"])
-def test_a_damaged_artifact_is_set_aside_and_recomputed(tmp_path, capsys, damage):
+def test_a_damaged_artifact_is_set_aside_and_recomputed(tmp_path, capsys, damage, faults):
     store = cache.ArtifactCache(tmp_path)
     key = {"kind": "model", "seed": 0}
     value = {"state": {"w": torch.arange(1000.0)}, "curve": [{"epoch": 1, "ca": 0.5}]}
@@ -65,6 +65,8 @@ def test_a_damaged_artifact_is_set_aside_and_recomputed(tmp_path, capsys, damage
     assert path.with_name(path.name + ".corrupt").exists()
     ok, loaded = store.load(path)  # the recomputed artifact verifies
     assert ok and loaded["curve"] == value["curve"]
+    faults["artifacts corrupted"] += 1
+    faults["artifacts recovered"] += 1
 
 
 class _Payload:
@@ -75,7 +77,7 @@ class _Payload:
 
 
 @pytest.mark.faults
-def test_a_planted_pickle_is_refused_not_run(tmp_path, capsys, monkeypatch):
+def test_a_planted_pickle_is_refused_not_run(tmp_path, capsys, monkeypatch, faults):
     monkeypatch.chdir(tmp_path)
     store = cache.ArtifactCache(tmp_path / "cache")
     key = {"kind": "poisoned", "seed": 0}
@@ -86,6 +88,8 @@ def test_a_planted_pickle_is_refused_not_run(tmp_path, capsys, monkeypatch):
     assert torch.equal(value["train"], torch.zeros(2))
     assert not (tmp_path / "pwned").exists()
     assert "is unusable" in capsys.readouterr().err
+    faults["pickles planted"] += 1
+    faults["pickles run"] += 0
 
 
 def test_cached_dataclasses_load_without_pickled_code(tmp_path):

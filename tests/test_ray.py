@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from benchmark.grid import ray_resources
 from tests.test_cli import TINY
 
@@ -47,7 +49,8 @@ def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monke
     assert not (tmp_path / "res" / "ray").exists()
 
 
-def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar, tmp_path):
+@pytest.mark.faults
+def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar, tmp_path, faults):
     import signal
     import subprocess
     import sys
@@ -74,6 +77,8 @@ def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(list((tmp_path / "res" / "records").glob("*.json"))) == 8
+    faults["interrupts tried"] += 1
+    faults["records lost"] += 0
 
 
 def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar, tmp_path, capsys):
@@ -175,8 +180,9 @@ class KilledOnce(Defense):
 '''
 
 
+@pytest.mark.faults
 def test_a_trial_killed_by_sigkill_is_recorded_failed_and_the_rerun_retries_it(
-        tiny_cifar, tmp_path, monkeypatch, capsys):
+        tiny_cifar, tmp_path, monkeypatch, capsys, faults):
     from benchmark.cli import main
 
     plugin = tmp_path / "killer.py"
@@ -194,3 +200,5 @@ def test_a_trial_killed_by_sigkill_is_recorded_failed_and_the_rerun_retries_it(
     capsys.readouterr()
     assert main(args) == 0  # the re-run retries the failed cell only
     assert "1 already done, 1 to run" in capsys.readouterr().out
+    faults["trials killed"] += 1
+    faults["retried by the re-run"] += 1
