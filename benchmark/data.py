@@ -16,7 +16,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmark.cache import safe_artifact
-from benchmark.progress import EpochClock, emit
+from benchmark.progress import Phase
 from benchmark.registry import Registry, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -166,13 +165,10 @@ def _save_split(out: Path, split: str, items: list[tuple[str, bytes | Path]], cl
     tmp = out / f".{split}_images.npy.tmp"
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), *first.shape))
     labels = np.empty(len(items), dtype=np.int64)
-    clock, beat = EpochClock(1, len(items)), time.perf_counter()
+    phase = Phase(f"decode {split}", 1, len(items))
     for i, (cls, data) in enumerate(items):
         arr[i] = first if i == 0 else _decode(data, size)
-        if time.perf_counter() - beat >= 1.0:
-            beat = time.perf_counter()
-            emit({"kind": "step", "phase": f"decode {split}", "epoch": 1, "epochs": 1,
-                  "step": i + 1, "steps": len(items), "eta_s": clock.eta(1, i + 1)})
+        phase.step(1, i + 1)
         labels[i] = index[cls]
     arr.flush()
     del arr

@@ -6,9 +6,9 @@ Training code calls ``emit`` with plain events; one sink per process turns them 
 trial's result stream and the driver's callback prints them, so a trial on another node shows
 its progress too). With no sink, ``emit`` does nothing.
 
-Events: ``{"kind": "step", "phase", "epoch", "epochs", "step", "steps", "elapsed_s",
-"eta_s"}`` at most once a second inside an epoch, and ``{"kind": "epoch", ..., "metrics"}``
-after each epoch. Fractions print as percent, times as seconds/minutes.
+Events (``Phase`` makes them): ``{"kind": "step", "phase", "epoch", "epochs", "step",
+"steps", "eta_s"}`` at most once a second inside an epoch, and ``{"kind": "epoch", ...,
+"metrics"}`` after each epoch. Fractions print as percent, times as seconds/minutes.
 """
 
 from __future__ import annotations
@@ -128,18 +128,30 @@ class RayReporter:
         tune.report({"progress": event_line(ev)})
 
 
-class EpochClock:
-    """ETA of one training phase from the time its steps have taken so far."""
+class Phase:
+    """The progress of one training phase (or any long loop): ``step`` emits a step event at
+    most every ``beat`` seconds, ``epoch_done`` an epoch event; both carry the phase's ETA from
+    the time its steps have taken so far."""
 
-    def __init__(self, epochs: int, steps: int) -> None:
-        self.epochs, self.steps = epochs, max(steps, 1)
-        self.t0 = time.perf_counter()
+    def __init__(self, name: str, epochs: int, steps: int, beat: float = 1.0) -> None:
+        self.name, self.epochs, self.steps, self.beat = name, epochs, max(steps, 1), beat
+        self.t0 = self._last = time.perf_counter()
 
     def eta(self, epoch: int, step: int) -> float:
         """Seconds left after ``step`` steps of 1-based ``epoch``."""
         done = (epoch - 1) * self.steps + step
         left = self.epochs * self.steps - done
         return (time.perf_counter() - self.t0) / max(done, 1) * left
+
+    def step(self, epoch: int, step: int) -> None:
+        if time.perf_counter() - self._last >= self.beat:
+            self._last = time.perf_counter()
+            emit({"kind": "step", "phase": self.name, "epoch": epoch, "epochs": self.epochs,
+                  "step": step, "steps": self.steps, "eta_s": self.eta(epoch, step)})
+
+    def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
+        emit({"kind": "epoch", "phase": self.name, "epoch": epoch, "epochs": self.epochs,
+              "metrics": metrics, "eta_s": self.eta(epoch + 1, 0)})
 
 
 class GridClock:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
-from benchmark.progress import EpochClock, emit
+from benchmark.progress import Phase
 from benchmark.registry import UsageError
 from benchmark.validate import at_least
 
@@ -304,7 +304,7 @@ class Trainer:
 
         step = step or supervised
         curve = []
-        clock = EpochClock(cfg.epochs, steps_per_epoch)
+        phase = Phase(desc, cfg.epochs, steps_per_epoch)
         for epoch in range(cfg.epochs):
             model.train()
             if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
@@ -317,12 +317,8 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = scored = 0
-            last_beat = time.perf_counter()
             for i, idx in enumerate(self.epoch_batches(rows, cfg, gen), 1):
-                if time.perf_counter() - last_beat >= 1.0:
-                    last_beat = time.perf_counter()
-                    emit({"kind": "step", "phase": desc, "epoch": epoch + 1, "epochs": cfg.epochs,
-                          "step": i, "steps": steps_per_epoch, "eta_s": clock.eta(epoch + 1, i)})
+                phase.step(epoch + 1, i)
                 dev_idx = self.to_device(idx)
                 with self.autocast(precision):
                     loss, logits = step(forward, x_all[dev_idx], y_all[dev_idx], idx, gen)
@@ -342,8 +338,7 @@ class Trainer:
             if callback is not None:
                 stats.update(callback(epoch + 1, model) or {})
             curve.append(stats)
-            emit({"kind": "epoch", "phase": desc, "epoch": epoch + 1, "epochs": cfg.epochs,
-                  "metrics": stats, "eta_s": clock.eta(epoch + 2, 0)})
+            phase.epoch_done(epoch + 1, stats)
         return curve
 
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
