@@ -14,6 +14,7 @@ with a warning and computed again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -21,7 +22,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,6 +72,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder) for the block: yields
+    True once held, or False at once when ``wait`` is off and another process holds it. The
+    lock goes with the process, so a killed holder never leaves a stale lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # dataclasses an artifact may contain besides tensors and plain containers (weights_only load)
@@ -142,19 +161,14 @@ class ArtifactCache:
             ok, value = self.load(path)
             if ok:
                 return value
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if path.exists():  # computed by another trial while we waited
-                    ok, value = self.load(path)
-                    if ok:
-                        return value
-                value = compute()
-                atomic_write(path, lambda f: torch.save(value, f))
-                atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
-                with (path.parent / "index.jsonl").open("a") as index:
-                    index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
-                return value
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(path.with_suffix(".lock")):
+            if path.exists():  # computed by another trial while we waited
+                ok, value = self.load(path)
+                if ok:
+                    return value
+            value = compute()
+            atomic_write(path, lambda f: torch.save(value, f))
+            atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
+            with (path.parent / "index.jsonl").open("a") as index:
+                index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
+            return value

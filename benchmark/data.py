@@ -8,7 +8,6 @@ cached as a memory-mapped array so that it never has to fit in RAM.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.cache import safe_artifact
+from benchmark.cache import file_lock, safe_artifact
 from benchmark.progress import Phase
 from benchmark.registry import Registry, UsageError
 
@@ -226,11 +225,9 @@ def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None
     cached = _load_cached(out, sorted(set(split_names.values())), mmap)
     if cached is not None:
         return cached
-    out.parent.mkdir(parents=True, exist_ok=True)
     # one decoder per dataset at a time: another process (a second grid, a Ray trial) waits,
     # then reads what the first wrote, instead of rewriting files the first has mapped
-    with open(out.with_name(out.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(out.with_name(out.name + ".lock")):
         cached = _load_cached(out, sorted(set(split_names.values())), mmap)
         if cached is not None:
             return cached

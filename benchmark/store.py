@@ -10,15 +10,13 @@ and treated as not done. A process runs a cell only while it holds the cell's lo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmark.cache import atomic_write_bytes
+from benchmark.cache import atomic_write_bytes, file_lock
 
 
 def _clean(obj: Any) -> Any:
@@ -105,22 +103,10 @@ class ResultStore:
             return None
         return record
 
-    @contextlib.contextmanager
-    def claim(self, cell_id: str) -> Iterator[bool]:
+    def claim(self, cell_id: str) -> contextlib.AbstractContextManager[bool]:
         """Hold the cell's lock while running it: yields False (without waiting) when another
-        process holds it. The lock is an ``flock``, released when the process dies."""
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{cell_id}.lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        process holds it."""
+        return file_lock(self.root / "locks" / f"{cell_id}.lock", wait=False)
 
     def status(self, cell_id: str) -> str:
         """"ok", "failed" or "todo"."""
