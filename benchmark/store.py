@@ -70,6 +70,16 @@ def problem(record: object) -> str | None:
     return None
 
 
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a usable record file, else (None, why it is not)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None, "not valid JSON"
+    why = problem(record)
+    return (None, why) if why else (record, None)
+
+
 class ResultStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -90,11 +100,7 @@ class ResultStore:
         path = self.path(cell_id)
         if not path.exists():
             return None
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        why = problem(record) if record is not None else "not valid JSON"
+        record, why = read_record(path)
         if why:
             if path not in self._reported:
                 self._reported.add(path)

@@ -8,7 +8,6 @@ variants of an attack are two rows, never averaged as if they were seeds.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Iterable
@@ -18,24 +17,20 @@ from typing import Any
 import pandas as pd
 
 from benchmark.config import label, overrides
-from benchmark.store import problem
+from benchmark.store import read_record
 
 METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
 
 
 def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
     """Every record under ``folders`` (a results folder or a folder of record files), newest
-    copy of an id last; unreadable files are skipped."""
+    copy of an id last; unusable files (not JSON, missing keys) are skipped with a warning."""
     by_id: dict[str, dict[str, Any]] = {}
     for folder in folders:
         folder = Path(folder)
         root = folder / "records" if (folder / "records").is_dir() else folder
         for path in sorted(root.glob("*.json")):
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            why = problem(rec)
+            rec, why = read_record(path)
             if why is None:
                 by_id[rec["id"]] = rec
             else:
