@@ -33,7 +33,6 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     from defenses import DEFENSES
 
     if preset not in PRESETS:
-        from benchmark.registry import UsageError
         raise UsageError(f"unknown grid {preset!r}; valid choices: {', '.join(PRESETS)}")
     spec = PRESETS[preset]  # a preset may name its own grid (demo); --attacks/--defenses win
     attacks = ATTACKS.select(attacks if attacks is not None else spec.get("grid_attacks"))
