@@ -62,6 +62,9 @@ class AttackContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     trainer: Any = None  # benchmark.train.Trainer, for attacks that train models
     make_model: Any = None  # () -> nn.Module, for attacks that need a reference model
+    # training images outside the cell's subset (never in the defender's set): natural images an
+    # attacker may use (Refool's reflections); None when the subset is the whole training set
+    held_out: ImageSet | None = None
 
 
 class Attack:

@@ -3,6 +3,10 @@
 Target-class images are made hard to classify with an untargeted L_inf PGD perturbation against
 a clean reference model (trained once, cached), then a 3x3 black/white pattern is stamped in all
 four corners. Labels never change. Test images get the corner pattern only.
+
+The pattern is the original's ``[0 0 1; 0 1 0; 1 0 1]`` (1 = white) in the bottom-right corner,
+mirrored into the other three (left-right, up-down, both); ``pattern=checkerboard`` stamps a
+symmetric checkerboard instead (version 1's pattern). Larger images scale each cell to a block.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from attacks.base import Attack, AttackParams, register_attack
 from attacks.reference import reference_model
 from attacks.triggers import corner_box, scaled, stamp
 from benchmark.data import ImageSet
+from benchmark.registry import UsageError
 
 
 @dataclass
@@ -26,12 +31,36 @@ class CLParams(AttackParams):
     step_size: float = 2.0  # of 255
     ref_epochs: int = 10  # clean reference model training
     patch_size: int = 3  # at 32x32, scaled
+    pattern: str = "original"  # or "checkerboard"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pattern not in PATTERNS:
+            raise UsageError(f"unknown CL pattern {self.pattern!r}; valid: {', '.join(PATTERNS)}")
+
+
+PATTERNS = ("original", "checkerboard")
+# the original's bottom-right pattern (1 = white)
+ORIGINAL = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.uint8)
+
+
+def corner_pattern(channels: int, s: int, corner: str) -> torch.Tensor:
+    """The original's 3x3 pattern at side ``s``, mirrored for ``corner`` (the bottom-right one
+    as is): uint8 (channels, s, s)."""
+    cells = ORIGINAL
+    if corner[0] == "t":
+        cells = cells.flip(0)
+    if corner[1] == "l":
+        cells = cells.flip(1)
+    rows = (torch.arange(s) * 3 // s)
+    return (cells[rows][:, rows] * 255).expand(channels, s, s).clone()
 
 
 @register_attack
 class CL(Attack):
     name = "cl"
     Params = CLParams
+    version = 2  # 2: the original's mirrored corner pattern by default (1: a checkerboard)
     clean_label = True
     rate_of = "training set (all poisoned samples drawn from the target class)"
 
@@ -45,9 +74,10 @@ class CL(Attack):
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         c, h, w = images.shape[1:]
         s = scaled(self.params.patch_size, min(h, w))
-        patch = checkerboard(c, s)
         out = images
         for corner in ("tl", "tr", "bl", "br"):
+            patch = checkerboard(c, s) if self.params.pattern == "checkerboard" \
+                else corner_pattern(c, s, corner)
             out = stamp(out, patch, *corner_box(h, w, s, corner))
         return out
 

@@ -2,10 +2,15 @@
 
 A generator G makes a per-image pattern and a mask network M a per-image mask; the poisoned
 image is x + m (g - x), with m = threshold(M(x)), the original's soft step that makes masks
-near-binary. As in the original, M is first trained alone (diversity loss + a per-pixel hinge
-on mask values above the density), then G is trained jointly with a classifier on batches
-holding backdoor samples (target label), cross samples (another image's trigger, true label)
-and clean samples, with G's diversity loss. The trained G and M are the attack's artifact
+near-binary. As in the original (VinAIResearch/input-aware-backdoor-attack-release), M is first
+trained alone (diversity loss + a per-pixel hinge on mask values above the density), then G is
+trained jointly with a classifier on batches holding backdoor samples (target label), cross
+samples (another image's trigger, true label) and clean samples, with G's diversity loss between
+the backdoor and cross samples' inputs and patterns. Batches are augmented (crop, flip) *before*
+the trigger is generated, as the original's data loader does (its 10-degree rotation is not
+reproduced). C, G and M each follow the original's step schedule (gamma 0.1), its epoch
+milestones given here as fractions of each phase (C 100-400 and G 200-500 of 600 epochs, M 10
+and 20 of 25). The trained G and M are the attack's artifact
 (cached, shared by every defense cell); the classifier is discarded. The training set is then
 poisoned with them: poisoned samples get their own trigger and the target label, cross samples
 (``cross_ratio`` x the poisoned count; the cover samples) another image's trigger and their
@@ -14,7 +19,7 @@ true label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,12 @@ class DynamicParams(AttackParams):
     mask_density: float = 0.032
     cross_ratio: float = 1.0  # cross samples in the poisoned set, per poisoned sample
     width: int = 32  # channels of the first generator stage
+    stages: int = 3  # down/up stages: the original's CIFAR (and larger) setting; 2 is its MNIST one
+    augment_padding: int = 5  # the original's random-crop padding, applied before triggering
+    # step schedules as fractions of each phase's epochs (the original's, see the docstring)
+    milestones_c: list[float] = field(default_factory=lambda: [1 / 6, 2 / 6, 3 / 6, 4 / 6])
+    milestones_g: list[float] = field(default_factory=lambda: [2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    milestones_m: list[float] = field(default_factory=lambda: [0.4, 0.8])
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -45,26 +56,42 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """The original's encoder-decoder: two down stages, two up stages, any input size."""
+    """The original's encoder-decoder: ``stages`` x (two conv blocks, 2x max-pool) doubling the
+    width, a middle block, then ``stages`` x (2x bilinear upsampling, two conv blocks) halving it
+    back, the last conv without BN/ReLU; any input size."""
 
-    def __init__(self, channels: int = 3, out_channels: int | None = None, width: int = 32) -> None:
+    def __init__(self, channels: int = 3, out_channels: int | None = None, width: int = 32,
+                 stages: int = 3) -> None:
         super().__init__()
-        w = width
-        self.net = nn.Sequential(
-            conv_block(channels, w), conv_block(w, w), nn.MaxPool2d(2),
-            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),
-            conv_block(2 * w, 4 * w), conv_block(4 * w, 4 * w),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            conv_block(4 * w, 2 * w), conv_block(2 * w, 2 * w),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-            conv_block(2 * w, w), nn.Conv2d(w, out_channels or channels, 3, padding=1))
+        layers: list[nn.Module] = []
+        cin, cout = channels, width
+        for step in range(stages):
+            layers += [conv_block(cin, cout), conv_block(cout, cout), nn.MaxPool2d(2)]
+            cin = cout
+            cout = cout * 2 if step < stages - 1 else cout
+        layers.append(conv_block(cin, cin))
+        for step in range(stages):
+            last = step == stages - 1
+            cout = (out_channels or channels) if last else cin // 2
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       conv_block(cin, cin),
+                       nn.Conv2d(cin, cout, 3, padding=1) if last else conv_block(cin, cout)]
+            cin = cout
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         out = self.net(x)
-        if out.shape[-2:] != (h, w):  # sizes not divisible by 4
+        if out.shape[-2:] != (h, w):  # sizes not divisible by 2**stages
             out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
         return (torch.tanh(out) + 1) / 2  # in [0, 1]
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, fractions: list[float], epochs: int
+                  ) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The original's MultiStepLR (gamma 0.1), milestones as fractions of ``epochs``."""
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, sorted({max(1, round(f * epochs)) for f in fractions}), gamma=0.1)
 
 
 def threshold(m: torch.Tensor) -> torch.Tensor:
@@ -88,7 +115,10 @@ class Dynamic(Attack):
     name = "dynamic"
     Params = DynamicParams
     cover_kind = "cross samples: another image's generated trigger, true labels kept"
-    version = 2  # 2: the original's mask threshold and per-pixel density hinge
+    # 2: the original's mask threshold and per-pixel density hinge; 3: the original's CIFAR
+    # generator (3 stages), augmentation before triggering, step schedules, diversity on the
+    # backdoor/cross samples as the original
+    version = 3
 
     @classmethod
     def uses_model(cls, params: AttackParams) -> bool:
@@ -100,7 +130,8 @@ class Dynamic(Attack):
         key = {**self.ctx.cache_key, "phase": "dynamic-generator"}
         art = self.ctx.cache.get_or_create("generators", key, lambda: self.train_generators(train))
         tr = self.ctx.trainer
-        self.gen, self.mask_net = Generator(c, width=self.params.width), Generator(c, 1, self.params.width)
+        p = self.params
+        self.gen, self.mask_net = Generator(c, None, p.width, p.stages), Generator(c, 1, p.width, p.stages)
         self.gen.load_state_dict(art["gen"])
         self.mask_net.load_state_dict(art["mask"])
         self.gen, self.mask_net = tr.prepare_model(self.gen).eval(), tr.prepare_model(self.mask_net).eval()
@@ -110,22 +141,27 @@ class Dynamic(Attack):
         p, tr = self.params, self.ctx.trainer
         torch.manual_seed(self.ctx.seed)
         c = train.images.shape[1]
-        gen = tr.prepare_model(Generator(c, width=p.width))
-        mask_net = tr.prepare_model(Generator(c, 1, p.width))
+        gen = tr.prepare_model(Generator(c, None, p.width, p.stages))
+        mask_net = tr.prepare_model(Generator(c, 1, p.width, p.stages))
         x_all, y_all = tr.to_device(train.images), tr.to_device(train.labels)
         g = self.generator(8)
         n, bs = len(train), p.batch_size
         curve: list[dict] = []
 
         def batches():
+            """Two independently shuffled, augmented batches in [0, 1], as the original's two
+            loaders: the trigger is generated from the augmented image."""
             perm = torch.randperm(n, generator=g)
             other = torch.randperm(n, generator=g)
             for s in range(0, n - bs + 1, bs):
                 i, j = tr.to_device(perm[s:s + bs]), tr.to_device(other[s:s + bs])
-                yield x_all[i].float() / 255, y_all[i], x_all[j].float() / 255
+                x1 = tr.augment(x_all[i], p.augment_padding, g).float() / 255
+                x2 = tr.augment(x_all[j], p.augment_padding, g).float() / 255
+                yield x1, y_all[i], x2
 
         # 1. the mask network alone: diverse masks of the given density
         opt_m = torch.optim.Adam(mask_net.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
+        sched_m = step_schedule(opt_m, p.milestones_m, p.mask_epochs)
         for epoch in range(p.mask_epochs):
             mask_net.train()
             for x1, _y, x2 in batches():
@@ -137,6 +173,7 @@ class Dynamic(Attack):
                 opt_m.zero_grad()
                 loss.backward()
                 opt_m.step()
+            sched_m.step()
             curve.append({"phase": "mask", "epoch": epoch + 1, "mask_density": float(m1.detach().mean())})
         mask_net.eval()
         for q in mask_net.parameters():
@@ -146,22 +183,27 @@ class Dynamic(Attack):
         clf = tr.prepare_model(self.ctx.make_model())
         opt_c = torch.optim.SGD(clf.parameters(), lr=p.lr_c, momentum=0.9, weight_decay=5e-4)
         opt_g = torch.optim.Adam(gen.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
+        sched_c = step_schedule(opt_c, p.milestones_c, p.epochs)
+        sched_g = step_schedule(opt_g, p.milestones_g, p.epochs)
         n_bd, n_cross = round(p.train_attack_ratio * bs), round(p.train_cross_ratio * bs)
         for epoch in range(p.epochs):
             clf.train()
             gen.train()
             correct = bd_hit = seen = 0
             for x1, y1, x2 in batches():
-                xn1, xn2 = tr.normalize(x1 * 255), tr.normalize(x2 * 255)
-                g1, g2 = gen(xn1), gen(xn2)
-                m1, m2 = threshold(mask_net(xn1)), threshold(mask_net(xn2))
-                bd = x1[:n_bd] + m1[:n_bd] * (g1[:n_bd] - x1[:n_bd])
-                cross = x1[n_bd:n_bd + n_cross] + m2[n_bd:n_bd + n_cross] * (
-                    g2[n_bd:n_bd + n_cross] - x1[n_bd:n_bd + n_cross])
+                # G and M only on the samples that get a trigger, as the original
+                bd_x, cross_x, cross_src = x1[:n_bd], x1[n_bd:n_bd + n_cross], x2[n_bd:n_bd + n_cross]
+                g1, g2 = gen(tr.normalize(bd_x * 255)), gen(tr.normalize(cross_src * 255))
+                m1 = threshold(mask_net(tr.normalize(bd_x * 255)))
+                m2 = threshold(mask_net(tr.normalize(cross_src * 255)))
+                bd = bd_x + m1 * (g1 - bd_x)
+                cross = cross_x + m2 * (g2 - cross_x)
                 inputs = torch.cat([bd, cross, x1[n_bd + n_cross:]])
                 targets = torch.cat([torch.full_like(y1[:n_bd], self.params.target), y1[n_bd:]])
-                logits = clf(tr.normalize(tr.augment(inputs * 255, 4, g)))  # the original augments too
-                loss = F.cross_entropy(logits, targets) + p.lambda_div * diversity_loss(x1, x2, g1, g2)
+                logits = clf(tr.normalize(inputs * 255))
+                k = min(len(g1), len(g2))  # diversity: backdoor inputs vs the cross sources
+                loss = F.cross_entropy(logits, targets) \
+                    + p.lambda_div * diversity_loss(bd_x[:k], cross_src[:k], g1[:k], g2[:k])
                 opt_c.zero_grad()
                 opt_g.zero_grad()
                 loss.backward()
@@ -171,6 +213,8 @@ class Dynamic(Attack):
                 correct += int((pred[n_bd:] == targets[n_bd:]).sum())
                 bd_hit += int((pred[:n_bd] == self.params.target).sum())
                 seen += len(x1)
+            sched_c.step()
+            sched_g.step()
             curve.append({"phase": "joint", "epoch": epoch + 1,
                           "clean_acc": correct / max(1, seen - seen * n_bd // bs),
                           "backdoor_acc": bd_hit / max(1, seen * n_bd // bs)})

@@ -64,3 +64,13 @@ def load_image(path: str, channels: int, h: int, w: int) -> torch.Tensor:
         im = im.convert("RGB" if channels == 3 else "L").resize((w, h), Image.BILINEAR)
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     return t.view(h, w, channels).permute(2, 0, 1).contiguous()
+
+
+def watermark_mask(h: int, w: int) -> torch.Tensor:
+    """A logo-like float mask (h, w): a ring of outer radius 0.3 * side crossed by a bar."""
+    side = min(h, w)
+    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    r = (ys ** 2 + xs ** 2).sqrt()
+    ring = (r <= 0.3 * side) & (r >= 0.2 * side)
+    bar = ((ys - xs).abs() <= 0.05 * side * 2 ** 0.5) & (r <= 0.3 * side)
+    return (ring | bar).float()

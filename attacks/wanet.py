@@ -1,9 +1,15 @@
 """WaNet (Nguyen & Tran 2021): an imperceptible, smooth warping of the image.
 
 A random k x k field in [-1, 1] (normalised by its mean magnitude) is upsampled bicubically to
-the image size and scaled by ``s / H``; poisoned images are resampled through the identity grid
-plus that field. Noise-mode cross samples (``cross_ratio`` x the poisoned count) get the same
-warp plus fresh per-image noise and keep their true labels: they are the cover samples.
+the image size and scaled by ``s / H``; poisoned images are resampled through
+``(identity + field) * grid_rescale`` (the original scales the whole grid), clamped to [-1, 1].
+Noise-mode cross samples (``cross_ratio`` x the poisoned count) get the same warp plus fresh
+per-image noise and keep their true labels: they are the cover samples.
+
+Threat model: the original controls training and warps a fresh ``pc`` share of every batch
+(10% backdoor + 20% noise-mode cross, new noise each batch). This suite benchmarks data
+poisoning, so the poisoned set is fixed once (5% + 10% cross by default); the original's rates
+are ``--set wanet.rate=0.1`` (the cross samples follow at ``cross_ratio`` x the poisoned).
 """
 
 from __future__ import annotations
@@ -47,12 +53,13 @@ def warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 class WaNet(Attack):
     name = "wanet"
     Params = WaNetParams
+    version = 2  # 2: grid_rescale scales the whole grid, as the original (1: the field only)
     cover_kind = "noise-mode cross samples: the warp plus random per-image noise, true labels kept"
 
     def grid(self, h: int, w: int) -> torch.Tensor:
         p = self.params
         field = warp_field(p.k, h, w, self.generator(2))
-        return (identity_grid(h, w) + p.s * field / h * p.grid_rescale).clamp(-1, 1)
+        return ((identity_grid(h, w) + p.s * field / h) * p.grid_rescale).clamp(-1, 1)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         return warp(images, self.grid(*images.shape[-2:]))

@@ -19,9 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.cache import ArtifactCache, atomic_write
+from benchmark.cache import ArtifactCache, atomic_write, config_hash
 from benchmark.config import cell_id, identity
-from benchmark.data import Dataset, ImageSet, default_cache_dir, default_data_root, load_dataset
+from benchmark.data import (
+    DataNotFoundError,
+    Dataset,
+    ImageSet,
+    default_cache_dir,
+    default_data_root,
+    load_dataset,
+    unpack_splits,
+)
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.train import TrainConfig, Trainer, cpu_native_bf16
@@ -40,6 +48,9 @@ class Runtime:
     download: bool = True
     save_models: bool = False  # the final model of every cell under <results>/models/<id>.pt
     plugins: list[str] = field(default_factory=list)
+    # Ray: ship the driver's decoded data to the trials ("auto": on multi-node clusters, used
+    # where a node lacks the data; "always": every trial uses it; "never")
+    ship_data: str = "auto"
 
     def __post_init__(self) -> None:
         self.results = Path(self.results).expanduser().resolve()
@@ -84,12 +95,47 @@ def hardware(trainer: Trainer) -> dict[str, Any]:
     return hw
 
 
-def load_cell_dataset(config: dict[str, Any], rt: Runtime) -> Dataset:
+SUBSET_KEYS = ("train_size", "test_size", "subset_seed")
+# decoded splits a Ray driver shipped to this process (``offer_shipped``), by ``data_key``
+SHIPPED: dict[str, dict] = {}
+
+
+def data_source_args(config: dict[str, Any], rt: Runtime) -> tuple[Path, dict[str, Any]]:
+    """The root and loader options of a cell's data, subset options left out."""
     root = rt.imagenet_root if config["dataset"] == "imagefolder" and rt.imagenet_root else rt.data_root
-    opts = dict(config["data"])
+    opts = {k: v for k, v in config["data"].items() if k not in SUBSET_KEYS}
     if config["dataset"] == "cifar10":
         opts["download"] = rt.download
-    return load_dataset(config["dataset"], root, rt.cache_dir, **opts)
+    return root, opts
+
+
+def data_key(config: dict[str, Any], rt: Runtime) -> str:
+    """Which decoded splits a cell reads: cells with the same key share one shipped copy."""
+    root, opts = data_source_args(config, rt)
+    return config_hash({"dataset": config["dataset"], "root": str(root),
+                        **{k: v for k, v in opts.items() if k != "download"}})
+
+
+def offer_shipped(shipped: dict[str, dict]) -> None:
+    SHIPPED.update(shipped)
+
+
+def load_cell_dataset(config: dict[str, Any], rt: Runtime) -> Dataset:
+    """The cell's data. With a shipped copy: ``rt.ship_data == "always"`` uses it; otherwise the
+    node's own copy when it has one, the shipped copy when it has not."""
+    root, opts = data_source_args(config, rt)
+    subset = {k: v for k, v in config["data"].items() if k in SUBSET_KEYS}
+    packed = SHIPPED.get(data_key(config, rt))
+    if packed is not None and rt.ship_data == "always":
+        return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed),
+                            **subset)
+    try:
+        return load_dataset(config["dataset"], root, rt.cache_dir, **subset, **opts)
+    except DataNotFoundError:
+        if packed is None:
+            raise
+        return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed),
+                            **subset)
 
 
 def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: int,
@@ -169,7 +215,7 @@ def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
     device = trainer.device if trainer is not None else torch.device("cpu")
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
-                        make_model=make_model)
+                        make_model=make_model, held_out=dataset.held_out)
     return attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
 
 

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial, fractional allowed (default 1 if the cluster has GPUs)")
     p.add_argument("--cpus-per-trial", type=float, default=None,
                    help="CPUs per trial (default: all CPUs per GPU share, or all cores)")
+    p.add_argument("--ship-data", choices=("auto", "always", "never"), default="auto",
+                   help="Ray: send the driver's decoded data to the trials through the object "
+                        "store (auto: on multi-node clusters, used where a node lacks the data; "
+                        "always: every trial uses it, no node decodes the archive again)")
     p.add_argument("--device", default=None, help="torch device for --executor serial (default auto)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering your own attack/defense (repeatable)")
@@ -136,7 +140,7 @@ def _main(argv: list[str]) -> int:
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
                  download=not args.no_download,
-                 save_models=args.save_models,
+                 save_models=args.save_models, ship_data=args.ship_data,
                  plugins=[str(Path(p).resolve()) for p in args.plugin])
     store = ResultStore(rt.results)
     status = {cell_id(c): store.status(cell_id(c)) for c in cells}

@@ -41,7 +41,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "onecycle"},
         "eval": {"curve_size": 250},
         "attacks": {"cl": {"ref_epochs": 2, "steps": 5},
-                    "dynamic": {"mask_epochs": 1, "epochs": 2, "width": 8}},
+                    "trojan": {"ref_epochs": 2, "optimize_steps": 20},  # CL's reference model
+                    "dynamic": {"mask_epochs": 1, "epochs": 2, "width": 8},
+                    "refool": {"n_candidates": 100, "n_reflections": 20, "select_rounds": 1,
+                               "select_epochs": 1}},
         "defenses": {"pipd": {"pre_epochs": 3, "pre_augment": False, "rounds": 2,
                               "selective_epochs": 2, "selective_lr": 0.02},
                      # ABL's LGA settings equal PIPD's: one LGA model serves both
@@ -81,7 +84,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "warmup": 0.2},
         "eval": {"curve_size": 1000},
         "attacks": {"cl": {"ref_epochs": 8},
-                    "dynamic": {"mask_epochs": 2, "epochs": 8, "width": 8}},
+                    "trojan": {"ref_epochs": 8},  # one clean reference model serves CL and Trojan
+                    "dynamic": {"mask_epochs": 5, "epochs": 10, "width": 8},
+                    "refool": {"select_epochs": 4}},
+        # per-attack training settings (every defense cell of the attack): none measured yet
+        "attack_train": {},
         "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
                               "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05},
                      # ABL's LGA settings equal PIPD's (one LGA model serves both); training on
@@ -180,6 +187,11 @@ def preset_params(section: dict[str, dict[str, Any]], cls: type) -> dict[str, An
     return out
 
 
+def preset_train(spec: dict[str, Any]) -> dict[str, Any]:
+    """A preset's base training recipe (before any attack's ``attack_train`` override)."""
+    return {**asdict(TrainConfig()), **spec.get("train", {})}
+
+
 def method_versions(attack_cls: type, defense_cls: type) -> dict[str, int]:
     """``attack_version`` / ``defense_version`` config keys, present only once a method's
     ``version`` is past 1: a changed method re-keys its own cells and artifacts while every
@@ -208,7 +220,9 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
     data = {**DATA_DEFAULTS[dataset], **spec.get("data", {})}
     model_params = {**model_defaults,
                     **{k: v for k, v in spec.get("model_params", {}).items() if k in model_defaults}}
-    train = {**asdict(TrainConfig()), **spec.get("train", {})}
+    # the preset's recipe, then the attack's own training settings (``attack_train``: applied
+    # to every defense cell of that attack, so the comparison within the attack stays fair)
+    train = {**preset_train(spec), **preset_params(spec.get("attack_train", {}), attack_cls)}
     eval_ = {**EVAL_DEFAULTS, **spec.get("eval", {})}
     attack_params = {**params_dict(attack_cls.Params), **preset_params(spec.get("attacks", {}), attack_cls)}
     defense_params = {**params_dict(defense_cls.Params),
@@ -265,6 +279,8 @@ def overrides(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                             [], dataset=config["dataset"], model=config["model"])
     except (UsageError, KeyError):  # a component no longer registered: nothing to compare
         return {}, {}
+    # an attack's training override shows as train.* (it differs from the preset's recipe)
+    base = {**base, "train": preset_train(PRESETS[config["preset"]])}
     upstream: dict[str, Any] = {}
     for section, ns in (*SECTION_NAMES.items(), ("attack_params", config["attack"])):
         upstream.update({f"{ns}.{k}": v for k, v in config[section].items()

@@ -343,11 +343,37 @@ for _name, _spec in DATASET_SPECS.items():
     DATASETS.register(_name, _spec)
 
 
+Splits = dict[str, ImageSet]
+
+
+def load_splits(name: str, data_root: Path, cache_dir: Path, **options: object) -> tuple[Splits, str]:
+    """The full decoded splits of a registered dataset (from the decode cache when possible)
+    and a description of where they came from."""
+    loader, _, _ = DATASETS.get(name)
+    return loader(Path(data_root), Path(cache_dir), **options)
+
+
+def pack_splits(splits: Splits, source: str) -> dict:
+    """The splits as numpy arrays and plain lists, for Ray's object store (numpy arrays are
+    read there without a copy on the node that holds them)."""
+    return {"source": source, "splits": {k: (v.images.numpy(), v.labels.numpy(), list(v.classes))
+                                         for k, v in splits.items()}}
+
+
+def unpack_splits(packed: dict) -> tuple[Splits, str]:
+    splits = {k: ImageSet(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()), classes)
+              for k, (images, labels, classes) in packed["splits"].items()}
+    return splits, f"{packed['source']} (shipped from the driver)"
+
+
 def load_dataset(name: str, data_root: Path, cache_dir: Path, *, train_size: int | None = None,
-                 test_size: int | None = None, subset_seed: int = 0, **options: object) -> Dataset:
-    """Load (from the cache when possible) and subsample a registered dataset."""
-    loader, mean, std = DATASETS.get(name)
-    splits, source = loader(Path(data_root), Path(cache_dir), **options)
+                 test_size: int | None = None, subset_seed: int = 0,
+                 splits: tuple[Splits, str] | None = None, **options: object) -> Dataset:
+    """Load (from the cache when possible) and subsample a registered dataset; ``splits``:
+    already decoded splits (e.g. shipped from a Ray driver) instead of reading ``data_root``."""
+    _, mean, std = DATASETS.get(name)
+    full, source = splits or load_splits(name, data_root, cache_dir, **options)
+    splits = full
     train, test, held_out = splits["train"], splits["test"], None
     for size, which in ((train_size, "train"), (test_size, "test")):
         idx = stratified_subset(splits[which].labels, size, subset_seed)

@@ -113,12 +113,16 @@ def run_serial(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore) -> 
     return records
 
 
-def _ray_trial(config: dict[str, Any]) -> None:
-    """One Tune trial = one cell. Writes its own record (nothing is lost if the driver dies)."""
+def _ray_trial(config: dict[str, Any], shipped: dict[str, dict] | None = None) -> None:
+    """One Tune trial = one cell. Writes its own record (nothing is lost if the driver dies).
+    ``shipped``: the driver's decoded data (``ship_splits``), through Ray's object store."""
     from ray import tune
 
+    from benchmark.cell import offer_shipped
     from benchmark.plugins import load_plugin
 
+    if shipped:
+        offer_shipped(shipped)
     rt = Runtime(**config["runtime"])
     for plugin in rt.plugins:
         load_plugin(plugin)
@@ -237,6 +241,21 @@ def join_cluster(address: str, init: dict[str, Any], timeout: float = 3.0) -> No
                          ) from None
 
 
+def ship_splits(cells: list[dict[str, Any]], rt: Runtime) -> dict[str, dict]:
+    """The decoded splits every cell needs, read once on the driver, packed for the object
+    store (one copy per distinct dataset, whatever the number of trials)."""
+    from benchmark.cell import data_key, data_source_args
+    from benchmark.data import load_splits, pack_splits
+
+    shipped: dict[str, dict] = {}
+    for config in cells:
+        key = data_key(config, rt)
+        if key not in shipped:
+            root, opts = data_source_args(config, rt)
+            shipped[key] = pack_splits(*load_splits(config["dataset"], root, rt.cache_dir, **opts))
+    return shipped
+
+
 def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             address: str | None = None, gpus_per_trial: float | None = None,
             cpus_per_trial: float | None = None) -> list[dict]:
@@ -290,8 +309,18 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
                 print(f"[{clock.tick()}] trial crashed: {describe(trial.config['cell'])}",
                       flush=True)
 
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        trainable: Any = _ray_trial
+        if rt.ship_data == "always" or (rt.ship_data == "auto" and nodes > 1):
+            shipped = ship_splits(cells, rt)
+            mb = sum(a.nbytes for p in shipped.values() for v in p["splits"].values()
+                     for a in v[:2]) / 2 ** 20
+            use = "every trial uses it" if rt.ship_data == "always" else "used where a node lacks the data"
+            print(f"ray: {nodes} node(s); the decoded data ({mb:.0f} MB) goes to the trials through "
+                  f"the object store ({use})", flush=True)
+            trainable = tune.with_parameters(_ray_trial, shipped=shipped)
         tuner = tune.Tuner(
-            tune.with_resources(_ray_trial, res),
+            tune.with_resources(trainable, res),
             param_space={"cell": tune.grid_search(cells), "runtime": runtime},
             tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"cell-{t.trial_id}"),
             run_config=tune.RunConfig(

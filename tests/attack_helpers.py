@@ -14,7 +14,8 @@ from benchmark.train import Trainer
 TINY = {
     "cl": {"ref_epochs": 1, "steps": 3},
     "dynamic": {"mask_epochs": 1, "epochs": 1, "width": 4, "batch_size": 50},
-    "trojan": {},
+    "trojan": {"optimize_steps": 3, "ref_epochs": 1},
+    "refool": {"n_reflections": 10, "n_candidates": 20, "select_rounds": 1, "select_epochs": 1},
 }
 
 

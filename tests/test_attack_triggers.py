@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.triggers import to_uint8
-from attacks.trojan import watermark_mask
+from attacks.refool import Refool
+from attacks.triggers import to_uint8, watermark_mask
 from attacks.wanet import identity_grid
 from benchmark.registry import UsageError
 from tests.attack_helpers import make_attack, make_set, poisoned
@@ -68,16 +68,42 @@ def test_trojan_watermark_blends_only_inside_the_logo():
     assert mask.float().mean() < 0.35  # a logo, not the whole image
 
 
-def test_trojan_optimisation_raises_the_chosen_neuron():
+def test_trojan_optimisation_drives_the_chosen_neurons_toward_the_target():
     train = make_set(200)
-    plain, _ = poisoned("trojan", train)
-    opt, _ = poisoned("trojan", train, optimize_steps=20, ref_epochs=1)
+    plain, _ = poisoned("trojan", train, optimize_steps=0)
+    opt, _ = poisoned("trojan", train, optimize_steps=20, ref_epochs=1, target_value=50.0)
     assert not torch.equal(opt.pattern(3, 32, 32), plain.pattern(3, 32, 32))
     info = opt.optimisation
-    assert info["activation_after"] > info["activation_before"]  # the chosen neuron fires more
+    assert len(info["neurons"]) == 2 and info["steps"] == 20
+    assert abs(info["activation_after"] - 50) < abs(info["activation_before"] - 50)
     # outside the patch nothing changes, whatever the optimisation did
     x = flat(100)
     assert torch.equal(opt.apply_trigger(x)[:, :, :27], x[:, :, :27])
+
+
+def test_trojan_picks_the_best_connected_neuron_and_saturates_what_feeds_it():
+    """A known answer: features = per-channel means, the output layer's column 2 is the heaviest,
+    so the optimisation must pick neuron 2 and push only channel 2 of the patch to 255."""
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    with torch.no_grad():
+        model[2].weight.fill_(0.1)
+        model[2].weight[:, 2] = 1.0
+    atk = make_attack("trojan", neurons=1, optimize_steps=60, target_value=100.0)
+    before = atk.pattern(3, 32, 32)
+    pattern = atk.optimise(model, make_set(64), 3, 32, 32)
+    assert atk.optimisation["neurons"] == [2]
+    assert (pattern[2, 27:, 27:] == 255).all()
+    assert torch.equal(pattern[:2], before[:2])  # no gradient reaches the other channels
+
+
+def test_trojan_optimised_trigger_is_cached_and_reused(tmp_path):
+    train = make_set(200)
+    first, _ = poisoned("trojan", train, cache_root=tmp_path)
+    assert list((tmp_path / "triggers").glob("*.pt"))
+    again = make_attack("trojan", cache_root=tmp_path)
+    again.ctx.trainer = None  # a second optimisation (or reference training) would fail
+    again.prepare(train)
+    assert torch.equal(again.pattern(3, 32, 32), first.pattern(3, 32, 32))
 
 
 # ---------------------------------------------------------------- WaNet
@@ -127,65 +153,163 @@ def test_cl_perturbation_within_eps_plus_four_corner_pattern():
     assert after > before
 
 
+def test_cl_corner_pattern_is_the_originals_mirrored():
+    atk = make_attack("cl")
+    out = atk.apply_trigger(flat(128, 1))[0, 0]
+    original = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    assert torch.equal(out[29:, 29:], original)  # bottom right as is
+    assert torch.equal(out[29:, :3], original.flip(1))  # bottom left: mirrored left-right
+    assert torch.equal(out[:3, 29:], original.flip(0))  # top right: mirrored up-down
+    assert torch.equal(out[:3, :3], original.flip(0).flip(1))
+    assert (out[3:29] == 128).all() and (out[:, 3:29] == 128).all()
+    board = make_attack("cl", pattern="checkerboard").apply_trigger(flat(128, 1))[0, 0]
+    assert not torch.equal(board[29:, 29:], original)
+
+
 # ---------------------------------------------------------------- A-Patch
-def test_adaptive_patch_equal_shares_partial_opacity_and_full_strength_test():
+def test_adaptive_patch_equal_shares_each_trigger_at_its_own_opacity():
     train = make_set(400)
-    atk, ps = poisoned("adaptive_patch", train, n_triggers=4, train_alpha=0.5)
-    masks, patterns = atk.masks_and_patterns(3, 32, 32)
+    atk, ps = poisoned("adaptive_patch", train)
+    kinds, alphas = atk.params.triggers, atk.params.train_alphas
+    assert alphas == [0.5, 0.2, 0.5, 0.3]  # the original's CIFAR-10 opacities
+    masks, patterns = atk.bank(kinds, 3, 32, 32)
     idx = ps.poison_mask.nonzero().flatten()
     which = []
     for i in idx:
         changed = (ps.images[i] != train.images[i]).any(0)
-        hits = [k for k in range(4) if changed[masks[k, 0].bool()].any()]
-        assert len(hits) == 1 and not changed[~masks[hits[0], 0].bool()].any()  # one patch only
-        which.append(hits[0])
-        k = hits[0]
-        expected = to_uint8(0.5 * train.images[i].float() / 255 + 0.5 * patterns[k].float() / 255)
-        region = masks[k, 0].bool()
-        assert torch.equal(ps.images[i][:, region], expected[:, region])  # blended at alpha 0.5
+        # the trigger whose region holds every changed pixel (the smallest such region)
+        fits = [k for k in range(4) if not changed[~masks[k, 0].bool()].any()]
+        k = min(fits, key=lambda j: int(masks[j].sum()))
+        expected = to_uint8((1 - alphas[k] * masks[k]) * train.images[i].float() / 255
+                            + alphas[k] * masks[k] * patterns[k].float() / 255)
+        assert torch.equal(ps.images[i], expected)  # blended at its own opacity, nowhere else
+        which.append(k)
     counts = torch.bincount(torch.tensor(which), minlength=4)
-    assert counts.max() - counts.min() <= 1  # equal shares
-    out = atk.apply_trigger(flat(50))
-    for k in range(4):
-        region = masks[k, 0].bool()
-        assert torch.equal(out[0][:, region], patterns[k][:, region])  # full strength at test
+    assert counts.min() > 0 and counts.max() - counts.min() <= 1  # equal shares
+    assert int(ps.cover_mask.sum()) == 2 * len(idx)
 
 
-def test_adaptive_patch_triggers_are_disjoint_high_contrast_squares():
-    atk, _ = poisoned("adaptive_patch", make_set(100), n_triggers=4, patch_size=4)
-    masks, patterns = atk.masks_and_patterns(3, 32, 32)
-    assert (masks.sum(0) <= 1).all() and (masks.flatten(1).sum(1) == 16).all()  # 4x4, no overlap
+def test_adaptive_patch_trigger_geometry_and_two_trigger_test():
+    atk = make_attack("adaptive_patch")
+    masks, patterns = atk.bank(list(atk.params.triggers), 3, 32, 32)
+    logo, large, corners, square = (m[0].bool() for m in masks)
+    assert logo[:10, :10].any() and not logo[10:].any() and not logo[:, 10:].any()  # top-left logo
+    assert large[16:, :16].any() and not large[:16].any() and not large[:, 16:].any()  # bottom-left
+    assert int(large.sum()) > int(logo.sum())
+    assert int(square.sum()) == 64 and square[24:, 24:].all()  # 8x8, bottom right
+    assert int(corners.sum()) == 36 and corners[:3, :3].all() and corners[29:, 29:].all()
     for k in range(4):
         region = masks[k, 0].bool()
-        values = patterns[k][:, region]
-        assert set(values.unique().tolist()) == {0, 255}  # every pixel/channel fully on or off
+        assert set(patterns[k][:, region].unique().tolist()) <= {0, 255}
         assert (patterns[k][:, ~region] == 0).all()
-    big, _ = atk.masks_and_patterns(3, 224, 224)
-    assert (big.flatten(1).sum(1) == 28 * 28).all()  # scaled with the image
-    with pytest.raises(UsageError, match="do not fit"):
-        poisoned("adaptive_patch", make_set(100), n_triggers=65, patch_size=4)
+    # test: the corner logo and the four-corner pattern at full strength, nothing else
+    out = atk.apply_trigger(flat(50))
+    test_region = logo | corners
+    assert torch.equal(out[0][:, corners], patterns[2][:, corners])
+    assert torch.equal(out[0][:, logo & ~corners], patterns[0][:, logo & ~corners])
+    assert (out[:, :, ~test_region] == 50).all()
+    big, _ = atk.bank(["square"], 3, 224, 224)
+    assert int(big.sum()) == 56 * 56  # scaled with the image
+    with pytest.raises(UsageError, match="valid"):
+        make_attack("adaptive_patch", test_triggers=["phoenix"])
+    with pytest.raises(UsageError, match="train_alphas"):
+        make_attack("adaptive_patch", train_alphas=[0.5])
 
 
 # ---------------------------------------------------------------- Refool
-def test_refool_blends_a_pool_reflection_and_never_poisons_the_pool():
+def test_refool_training_image_pool_is_never_poisoned():
     train = make_set(400)
-    atk, ps = poisoned("refool", train, mode="blur", alpha=0.4, n_reflections=10)
+    atk, ps = poisoned("refool", train, n_reflections=10, n_candidates=20)
+    assert len(atk.pool) == 10 and len(atk.pool_rows) == 10 and len(atk.selection["curve"]) == 1
+    assert torch.equal(atk.pool, train.images[atk.candidate_rows[atk.selection["chosen"]]])
     assert not ps.poison_mask[atk.pool_rows].any()
     assert torch.equal(ps.images[atk.pool_rows], train.images[atk.pool_rows])
     assert (train.labels[atk.pool_rows] != 0).all()
-    # on a black image the result is alpha x the blurred reflection: within the pool's range
-    out = atk.apply_trigger(flat(0, 1)).float()
-    assert 0 < out.max() <= 0.4 * 255 + 1
-    ghost = make_attack("refool", mode="ghost", alpha=0.4, n_reflections=10)
-    ghost.prepare(train)
-    assert not torch.equal(ghost.apply_trigger(flat(0, 1)), atk.apply_trigger(flat(0, 1)))
+    assert "never poisoned" in atk.describe()["reflection_source"]
 
 
-def test_refool_clean_label_option_keeps_labels():
-    train = make_set(400)
-    _, ps = poisoned("refool", train, clean_label=True)
-    assert torch.equal(ps.labels, train.labels)
-    assert (train.labels[ps.poison_mask] == 0).all()
+def test_refool_draws_reflections_from_outside_the_training_set():
+    train, held = make_set(400), make_set(100, seed=5)
+    atk = make_attack("refool", n_reflections=10, n_candidates=20, select_rounds=0)
+    atk.ctx.held_out = held
+    atk.prepare(train)
+    assert len(atk.pool_rows) == 0 and bool(atk.eligible(train).sum()) == bool((train.labels != 0).sum())
+    assert all(any(torch.equal(r, h) for h in held.images) for r in atk.pool)
+    assert "outside the cell's subset" in atk.describe()["reflection_source"]
+
+
+def _refool_flat(value: int, **params):
+    """A Refool whose pool is one flat reflection of ``value``."""
+    atk = make_attack("refool", select_rounds=0, **params)
+    atk.pool = torch.full((1, 3, 32, 32), value, dtype=torch.uint8)
+    return atk
+
+
+def test_refool_ghost_composes_in_linear_light():
+    """Flat reflection r and image t: the ghost is r, and the result is
+    ((1 - a) r^2.2 + a t^2.2)^(1/2.2) with a the transmission weight."""
+    atk = _refool_flat(200, mode="ghost", alpha_t=[0.7, 0.7])
+    out = atk.reflect(flat(50), torch.zeros(2, dtype=torch.long), torch.Generator().manual_seed(0))
+    expected = round(255 * (0.3 * (200 / 255) ** 2.2 + 0.7 * (50 / 255) ** 2.2) ** (1 / 2.2))
+    assert (out.int() - expected).abs().max() <= 1
+    assert expected > round(0.3 * 200 + 0.7 * 50) + 5  # brighter than the sRGB mix: linear light
+
+
+def test_refool_ghost_is_the_reflection_plus_a_shifted_copy():
+    from attacks.refool import ghost
+
+    r = torch.zeros(1, 1, 32, 32)
+    r[0, 0, 16, 16] = 1.0
+    out = ghost(r, 4, 4, torch.tensor([0.5]))
+    ys, xs = (out[0, 0] > 0.05).nonzero(as_tuple=True)
+    assert len(ys) >= 2 and (ys.max() - ys.min()) >= 3 and (xs.max() - xs.min()) >= 3  # two copies
+
+
+def test_refool_blur_vignette_and_exposure_follow_the_original():
+    from attacks.refool import blur, vignette_factor
+
+    f = vignette_factor()
+    assert len(f) == 560 and abs(float(f.max()) - 1) < 1e-6
+    assert abs(float(f[0]) - math.exp(-3 ** 2 / 4)) < 0.005  # sqrt of a Gaussian at 3 sigma
+    assert torch.allclose(f, f.flip(0), atol=1e-5)
+    impulse = torch.zeros(2, 1, 32, 32)
+    impulse[:, 0, 16, 16] = 1.0
+    out = blur(impulse, torch.tensor([1.0, 3.0]))
+    assert torch.allclose(out.sum((1, 2, 3)), torch.ones(2), atol=1e-4)  # mass kept
+    assert out[1, 0, 16, 16] < out[0, 0, 16, 16]  # a larger sigma spreads more
+    flat_r = torch.full((1, 3, 32, 32), 0.4)
+    assert torch.allclose(blur(flat_r, torch.tensor([2.0])), flat_r, atol=1e-5)
+    # blurred mode on a black image: a darkened reflection (vignette <= 1, weight 1 - a/2)
+    atk = _refool_flat(200, mode="blur", alpha_t=[0.6, 0.6])
+    out = atk.reflect(flat(0, 8), torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0))
+    top = round(255 * (0.7 * (200 / 255) ** 2.2) ** (1 / 2.2))
+    assert out.max() <= top + 1
+    o = out.float()
+    assert (o[..., 1:] - o[..., :-1]).abs().max() <= 2  # the vignette is a smooth gradient ...
+    assert o.mean((1, 2, 3)).std() > 1  # ... over a random window per image
+
+
+def test_refool_selection_keeps_the_most_effective_reflections(monkeypatch):
+    """Candidates of rising brightness; the stub model calls an image 'target' when it is bright,
+    so exactly candidates 9-11 succeed. Each round re-tests the best and explores untried ones
+    (at least one per round until three successes are known): after 10 rounds of 3, every
+    candidate has been tried and the pool must be exactly 9, 10, 11."""
+    from benchmark.train import Trainer
+
+    train = make_set(200)
+    atk = make_attack("refool", n_reflections=3, n_candidates=12, select_rounds=10,
+                      mode="ghost", alpha_t=[0.5, 0.5], select_probes=4)
+    cands = torch.stack([torch.full((3, 32, 32), 20 * j, dtype=torch.uint8) for j in range(12)])
+    monkeypatch.setattr(Refool, "candidates", lambda self, tr: (cands, "stub"))
+    monkeypatch.setattr(Refool, "probe_images", lambda self, tr, g: flat(0, 4))
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: [])
+    monkeypatch.setattr(Trainer, "predict",
+                        lambda self, model, x: torch.where(x.float().mean((1, 2, 3)) > 120, 0, 1))
+    atk.prepare(train)
+    assert sorted(atk.selection["chosen"].tolist()) == [9, 10, 11]
+    assert atk.selection["weights"].tolist() == [0.0] * 9 + [1.0] * 3
+    assert len(atk.selection["curve"]) == 10
+    assert torch.equal(atk.pool, cands[atk.selection["chosen"]])
 
 
 # ---------------------------------------------------------------- Dynamic
@@ -222,3 +346,35 @@ def test_dynamic_blends_through_the_originals_soft_mask_threshold():
         g, m = atk.gen(xn), threshold(atk.mask_net(xn))
     expected = to_uint8(x.float() / 255 + m * (g - x.float() / 255))
     assert (atk.apply_trigger(x).int() - expected.int()).abs().max() <= 1
+
+
+def test_dynamic_generator_has_the_originals_cifar_shape():
+    """3 stages on 32x32: 32 -> 16 -> 8 -> 4 with widths w, 2w, 4w, back up to the input size."""
+    from attacks.dynamic import Generator
+
+    gen = Generator(3, None, width=8, stages=3)
+    pools = [m for m in gen.net if isinstance(m, torch.nn.MaxPool2d)]
+    ups = [m for m in gen.net if isinstance(m, torch.nn.Upsample)]
+    assert len(pools) == 3 and len(ups) == 3
+    sizes = []
+    x = torch.rand(2, 3, 32, 32)
+    for m in gen.net:
+        x = m(x)
+        if isinstance(m, torch.nn.MaxPool2d):
+            sizes.append((x.shape[1], x.shape[-1]))
+    assert sizes == [(8, 16), (16, 8), (32, 4)]
+    out = gen(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    assert Generator(3, 1, width=8, stages=2)(torch.rand(1, 3, 30, 30)).shape == (1, 1, 30, 30)
+
+
+def test_dynamic_step_schedules_scale_the_originals_milestones():
+    from attacks.dynamic import DynamicParams, step_schedule
+
+    p = DynamicParams()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = step_schedule(opt, p.milestones_c, 600)  # the original's 600 epochs
+    assert sorted(sched.milestones) == [100, 200, 300, 400]
+    assert sorted(step_schedule(opt, p.milestones_g, 600).milestones) == [200, 300, 400, 500]
+    assert sorted(step_schedule(opt, p.milestones_m, 25).milestones) == [10, 20]
+    assert sorted(step_schedule(opt, p.milestones_m, 2).milestones) == [1, 2]  # at quick scale

@@ -110,7 +110,8 @@ def test_plugin_errors_exit_2(args, tmp_path, capsys):
 
 def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_path, capsys):
     fast = ["--set", "cl.ref_epochs=1", "--set", "cl.steps=2", "--set", "dynamic.mask_epochs=1",
-            "--set", "dynamic.epochs=1", "--set", "dynamic.width=4"]
+            "--set", "dynamic.epochs=1", "--set", "dynamic.width=4", "--set", "trojan.ref_epochs=1",
+            "--set", "trojan.optimize_steps=3"]
     assert main([*args, "--attacks", "all", "--defenses", "no_defense", *fast]) == 0
     recs = list(records(tmp_path).values())
     attacks = {r["config"]["attack"] for r in recs}
@@ -125,7 +126,9 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     assert by["sig"]["clean_label"] and not by["badnets"]["clean_label"]
     cache = tmp_path / "res" / "cache"
     assert len(list((cache / "generators").glob("*.pt"))) == 1  # Dynamic's generator, once
-    assert len(list((cache / "models").glob("*.pt"))) == 1  # CL's clean reference model
+    assert len(list((cache / "models").glob("*.pt"))) == 1  # one clean reference: CL and Trojan
+    assert len(list((cache / "triggers").glob("*.pt"))) == 1  # Trojan's optimised trigger
+    assert len(list((cache / "refool").glob("*.pt"))) == 1  # Refool's reflection selection
     assert len(list((cache / "backdoored").glob("*.pt"))) == 10  # each attack's No Defense model
 
 

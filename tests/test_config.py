@@ -28,6 +28,22 @@ def test_set_overrides_by_namespace_and_changes_the_hash():
     assert cell_id(resolve_cell("smoke", "badnets", "pipd", 1, [])) != cell_id(base)
 
 
+def test_an_attacks_training_override_applies_to_every_defense_of_that_attack(monkeypatch):
+    from benchmark import config
+    from benchmark.grid import describe
+
+    smoke = {**config.PRESETS["smoke"], "attack_train": {"wanet": {"epochs": 9}}}
+    monkeypatch.setitem(config.PRESETS, "smoke", smoke)
+    for defense in ("no_defense", "pipd"):
+        c = resolve_cell("smoke", "wanet", defense, 0, [])
+        assert c["train"]["epochs"] == 9
+        assert "train.epochs=9" in describe(c)  # shown by --dry-run and in the tables' labels
+    other = resolve_cell("smoke", "badnets", "pipd", 0, [])
+    assert other["train"]["epochs"] == 3 and "train.epochs" not in describe(other)
+    # --set still wins over the attack's override
+    assert resolve_cell("smoke", "wanet", "pipd", 0, parse_sets(["train.epochs=4"]))["train"]["epochs"] == 4
+
+
 def test_a_method_version_bump_rekeys_only_that_methods_cells(monkeypatch):
     from attacks import ATTACKS
 

@@ -99,3 +99,45 @@ def test_real_cifar10_archive_when_provided(tmp_path_factory):
     assert ds.train.images.shape == (50000, 3, 32, 32) and ds.test.images.shape == (10000, 3, 32, 32)
     assert ds.train.classes[0] == "airplane" and ds.train.classes[-1] == "truck"
     assert torch.bincount(ds.test.labels).tolist() == [1000] * 10
+
+
+def test_shipped_splits_stand_in_where_a_node_lacks_the_data(tiny_cifar, tmp_path, monkeypatch):
+    """What a Ray trial on a node without the data does: the driver's decoded splits (through
+    the object store) give the same dataset; "always" uses them even where the data is local."""
+    from benchmark import cell
+    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.data import load_splits, pack_splits
+
+    config = resolve_cell("smoke", "badnets", "no_defense", 0,
+                          parse_sets(["data.train_size=100", "data.test_size=50"]))
+    rt = cell.Runtime(results=tmp_path / "r", data_root=tiny_cifar, cache_dir=tmp_path / "c",
+                      download=False)
+    local = cell.load_cell_dataset(config, rt)
+    root, opts = cell.data_source_args(config, rt)
+    packed = pickle.loads(pickle.dumps(pack_splits(*load_splits("cifar10", root, rt.cache_dir, **opts))))
+    real_load = cell.load_dataset
+    monkeypatch.setattr(cell, "SHIPPED", {})
+    monkeypatch.setattr(cell, "load_dataset", _without_local_data(real_load))
+    with pytest.raises(DataNotFoundError):  # nothing shipped: the node's missing data is an error
+        cell.load_cell_dataset(config, rt)
+    cell.offer_shipped({cell.data_key(config, rt): packed})
+    shipped = cell.load_cell_dataset(config, rt)
+    assert "shipped from the driver" in shipped.source
+    assert torch.equal(shipped.train.images, local.train.images)
+    assert torch.equal(shipped.test.labels, local.test.labels)
+    assert torch.equal(shipped.held_out.labels, local.held_out.labels)
+    other = cell.Runtime(results=tmp_path / "r", data_root=tmp_path / "elsewhere")
+    assert cell.data_key(config, other) != cell.data_key(config, rt)  # another dataset's copy
+    monkeypatch.setattr(cell, "load_dataset", real_load)  # the node has the data ...
+    assert "shipped" not in cell.load_cell_dataset(config, rt).source  # ... and uses it
+    monkeypatch.setattr(rt, "ship_data", "always")
+    assert "shipped" in cell.load_cell_dataset(config, rt).source
+
+
+def _without_local_data(load):
+    """``load_dataset`` as on a node without the data: reading the root fails, splits work."""
+    def wrapped(*args, splits=None, **kwargs):
+        if splits is None:
+            raise DataNotFoundError("no data on this node")
+        return load(*args, splits=splits, **kwargs)
+    return wrapped

@@ -22,16 +22,20 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
 
     code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
                  str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
-                 "--attacks", "badnets", "--defenses", "no_defense,pipd", "--cpus-per-trial", "0.5"])
+                 "--attacks", "badnets", "--defenses", "no_defense,pipd", "--cpus-per-trial", "0.5",
+                 "--ship-data", "always"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[2/2 done" in out and "0 failed" in out
+    assert "through the object store (every trial uses it)" in out
     # each trial's training progress reaches the driver through Ray's result stream
     assert re.search(r"cifar10/badnets/pipd seed 0 \[.*\]: \S.* \d+/\d+ ", out), out
     assert "\x1b[" not in out and "INFO" not in out and "Token authentication" not in out
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert sorted(r["config"]["defense"] for r in recs) == ["no_defense", "pipd"]
     assert all(r["status"] == "ok" for r in recs)
+    # the trials read the driver's decoded data, not the node's copy (--ship-data always)
+    assert all(r["data_source"].endswith("(shipped from the driver)") for r in recs)
     assert (tmp_path / "res" / "ray").is_dir()
 
 
