@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -132,6 +130,8 @@ class ArtifactCache:
             check = self._checksum_path(path)
             if check.exists() and check.read_text().strip() != file_sha256(path):
                 raise ValueError("checksum mismatch")
+            import torch  # lazily: the record store (and the dry-run fast path) need no torch
+
             with torch.serialization.safe_globals(SAFE_TYPES):
                 value = torch.load(path, weights_only=True, map_location="cpu")
             if not check.exists():  # written before checksums existed: record it now
@@ -167,6 +167,8 @@ class ArtifactCache:
                 if ok:
                     return value
             value = compute()
+            import torch
+
             atomic_write(path, lambda f: torch.save(value, f))
             atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
             with (path.parent / "index.jsonl").open("a") as index:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmark.cache import file_lock, safe_artifact
+from benchmark.paths import default_cache_dir, default_data_root  # noqa: F401 (re-exported)
 from benchmark.progress import Phase
 from benchmark.registry import Registry, UsageError
 
@@ -91,22 +92,6 @@ class Dataset:
 
 
 DATASETS: Registry = Registry("dataset")
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("BDBENCH_DATA")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "backdoor-defense-bench" / "data"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("BDBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "backdoor-defense-bench"
 
 
 def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor | None:

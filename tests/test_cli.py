@@ -267,3 +267,50 @@ def test_list_reads_the_source_and_matches_the_registries(tmp_path, capsys):
     plugin.write_text(FAILING.replace("exploding_defense", "listed_defense"))
     assert main(["--list", "--plugin", str(plugin)]) == 0  # plugins: the importing path
     assert "listed_defense" in capsys.readouterr().out
+
+
+def test_a_repeated_dry_run_answers_from_its_stored_plan_without_torch(tmp_path, capsys):
+    """The first dry-run plans (registries, torch); the same command again prints the stored
+    plan with fresh statuses and never imports torch; other arguments or code plan afresh."""
+    import subprocess
+    import sys
+
+    from benchmark import plans
+
+    argv = ["--grid", "smoke", "--attacks", "badnets", "--defenses", "no_defense,pipd",
+            "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--dry-run"]
+    probe = ("import sys; from benchmark.cli import main; code = main(sys.argv[1:]); "
+             "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    runs = [subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)]
+    assert "torch imported" in runs[0] and "no torch" in runs[1]
+    assert runs[0].replace("torch imported", "") == runs[1].replace("no torch", "")
+    assert "2 cell(s): 0 done, 2 to run" in runs[1]
+    assert plans.plan_path(argv).is_file()
+    # a record written since shows up: statuses are read fresh
+    from benchmark.cell import failed_record
+    from benchmark.config import cell_id, resolve_cell
+    from benchmark.store import ResultStore
+
+    config = resolve_cell("smoke", "badnets", "no_defense", 0, [])
+    ResultStore(tmp_path / "res").write(failed_record(config, "boom"))
+    assert plans.cached_dry_run(argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(cell_id(config)))
+    assert line.split()[1] == "failed"
+    # what changes the cells changes the key; where results go does not
+    assert plans.plan_path([*argv, "--seeds", "1"]) != plans.plan_path(argv)
+    assert plans.plan_path([*argv, "--results", "elsewhere"]) == plans.plan_path(argv)
+    assert plans.cached_dry_run([*argv, "--set", "train.epochs=2"]) is None
+    assert plans.cached_dry_run([*argv, "--plugin", "x.py"]) is None
+
+
+def test_a_stored_plan_is_not_used_after_the_code_changes(tmp_path, monkeypatch, capsys):
+    from benchmark import plans
+
+    argv = ["--grid", "smoke", "--attacks", "badnets", "--defenses", "no_defense",
+            "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--dry-run"]
+    assert main(argv) == 0
+    assert plans.cached_dry_run(argv) == 0
+    real = plans.code_fingerprint()
+    monkeypatch.setattr(plans, "code_fingerprint", lambda: [*real[:-1], (real[-1][0], 1, 2)])
+    assert plans.cached_dry_run(argv) is None
