@@ -29,6 +29,7 @@ from attacks.badnets import checkerboard
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.triggers import blend, corner_box, scaled, watermark_mask
 from benchmark.registry import UsageError
+from benchmark.validate import at_least
 
 KINDS = ("corner_logo", "large_logo", "four_corner", "square")
 
@@ -39,11 +40,11 @@ class AdaptivePatchParams(AttackParams):
     train_alphas: list[float] = field(default_factory=lambda: [0.5, 0.2, 0.5, 0.3])
     test_triggers: list[str] = field(default_factory=lambda: ["corner_logo", "four_corner"])
     test_alpha: float = 1.0
-    cover_ratio: float = 2.0  # cover samples per poisoned sample
-    logo_size: int = 10  # at 32x32, scaled
-    large_logo_size: int = 16
-    square_size: int = 8
-    corner_size: int = 3
+    cover_ratio: float = field(default=2.0, metadata=at_least(0))  # cover samples per poisoned sample
+    logo_size: int = field(default=10, metadata=at_least(1))  # at 32x32, scaled
+    large_logo_size: int = field(default=16, metadata=at_least(1))
+    square_size: int = field(default=8, metadata=at_least(1))
+    corner_size: int = field(default=3, metadata=at_least(1))
     pattern_seed: int = 0
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from attacks.base import Attack, AttackParams, register_attack
 from benchmark.data import ImageSet
+from benchmark.validate import at_least
 
 
 @dataclass
@@ -43,8 +44,10 @@ class DynamicParams(AttackParams):
     mask_density: float = 0.032
     cross_ratio: float = 1.0  # cross samples in the poisoned set, per poisoned sample
     width: int = 32  # channels of the first generator stage
-    stages: int = 3  # down/up stages: the original's CIFAR (and larger) setting; 2 is its MNIST one
-    augment_padding: int = 5  # the original's random-crop padding, applied before triggering
+    # down/up stages: the original's CIFAR (and larger) setting; 2 is its MNIST one
+    stages: int = field(default=3, metadata=at_least(1))
+    # the original's random-crop padding, applied before triggering
+    augment_padding: int = field(default=5, metadata=at_least(0))
     # step schedules as fractions of each phase's epochs (the original's, see the docstring)
     milestones_c: list[float] = field(default_factory=lambda: [1 / 6, 2 / 6, 3 / 6, 4 / 6])
     milestones_g: list[float] = field(default_factory=lambda: [2 / 6, 3 / 6, 4 / 6, 5 / 6])

@@ -43,6 +43,7 @@ from attacks.base import Attack, AttackParams, register_attack
 from attacks.triggers import load_image, to_float, to_uint8
 from benchmark.data import IMAGE_SUFFIXES, ImageSet
 from benchmark.registry import UsageError
+from benchmark.validate import at_least, within
 
 MODES = ("ghost", "blur", "mixed")
 VIGNETTE_CANVAS = 560  # the original's max_image_size: the vignette kernel's side
@@ -51,17 +52,19 @@ VIGNETTE_CANVAS = 560  # the original's max_image_size: the vignette kernel's si
 @dataclass
 class RefoolParams(AttackParams):
     mode: str = "mixed"  # mixed: ghost with probability ghost_rate, else blur
-    ghost_rate: float = 0.49
-    gamma: float = 2.2
+    ghost_rate: float = field(default=0.49, metadata=within(0, 1))
+    gamma: float = field(default=2.2, metadata=at_least(0.1))
     alpha_t: list[float] = field(default_factory=lambda: [0.55, 0.95])  # transmission weight range
     ghost_offset: list[int] = field(default_factory=lambda: [3, 8])  # px per axis, [lo, hi)
     ghost_alpha: list[float] = field(default_factory=lambda: [0.15, 0.5])
     blur_sigma: list[float] = field(default_factory=lambda: [1.0, 5.0])  # px
-    n_reflections: int = 200  # the pool the poisoned images draw from
-    n_candidates: int = 1000  # candidates for the adversarial selection
-    select_rounds: int = 3  # 0: a random pool
-    select_epochs: int = 5  # training epochs of each selection round's model
-    select_probes: int = 16  # held-out images each reflection is scored on
+    n_reflections: int = field(default=200, metadata=at_least(1))  # the pool the poisoned images draw from
+    n_candidates: int = field(default=1000, metadata=at_least(1))  # candidates for the adversarial selection
+    select_rounds: int = field(default=3, metadata=at_least(0))  # 0: a random pool
+    # training epochs of each selection round's model
+    select_epochs: int = field(default=5, metadata=at_least(1))
+    # held-out images each reflection is scored on
+    select_probes: int = field(default=16, metadata=at_least(1))
     reflection_root: str | None = None  # an ImageFolder (or flat folder) of natural images
     clean_label: bool = False
 

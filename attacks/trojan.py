@@ -13,7 +13,7 @@ BadNets).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from attacks.reference import reference_model
 from attacks.triggers import blend, scaled, seeded_pattern, watermark_mask
 from benchmark.data import ImageSet
 from benchmark.registry import UsageError
+from benchmark.validate import at_least
 
 VARIANTS = ("square", "watermark")
 
@@ -35,11 +36,13 @@ class TrojanParams(AttackParams):
     watermark_alpha: float = 0.5  # opacity of the watermark
     pattern_seed: int = 0
     # the original's neuron-targeted trigger optimisation (0: the seeded pattern as is)
-    optimize_steps: int = 1000
-    optimize_lr: float = 0.1  # Adam on the pattern's [0, 1] pixel values
-    neurons: int = 2  # how many of the best-connected penultimate neurons to drive
+    optimize_steps: int = field(default=1000, metadata=at_least(0))
+    optimize_lr: float = field(default=0.1, metadata=at_least(0))  # Adam on the pattern's [0, 1] pixel values
+    # how many of the best-connected penultimate neurons to drive
+    neurons: int = field(default=2, metadata=at_least(1))
     target_value: float = 100.0  # the activation they are driven toward
-    optimize_images: int = 64  # clean training images the activation is averaged over
+    # clean training images the activation is averaged over
+    optimize_images: int = field(default=64, metadata=at_least(1))
     ref_epochs: int = 10
 
     def __post_init__(self) -> None:
