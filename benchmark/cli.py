@@ -104,6 +104,11 @@ def _main(argv: list[str]) -> int:
 
         print(listing(catalog()))
         return 0
+    address = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--address"), None)
+    if address and "--dry-run" not in argv:  # a wrong address fails before any heavy import
+        from benchmark.cliutil import probe_address
+
+        probe_address(address)
     if "--dry-run" in argv:  # a plan stored by an earlier identical dry-run: no torch import
         from benchmark.plans import cached_dry_run
 

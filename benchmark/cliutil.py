@@ -43,3 +43,19 @@ def writable_folder(path: Path, option: str) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path} is not writable (by this user, at {probe})")
+
+
+def probe_address(address: str, timeout: float = 3.0) -> None:
+    """Refuse a Ray ``host:port`` where nothing answers, at once (Ray itself retries for ~20 s
+    and prints pages of warnings): a TCP connect, no Ray or torch import."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if address != "auto" and host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as exc:
+            raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                             f"start one with `ray start --head --port {port}` or use --address auto"
+                             ) from None

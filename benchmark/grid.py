@@ -210,19 +210,11 @@ def join_cluster(address: str, init: dict[str, Any], timeout: float = 3.0) -> No
     a client given an explicit address does not send the local token unless ``RAY_AUTH_MODE``
     says so, while ``address="auto"`` does: the suite treats both alike and uses the token
     when one is here and the user has not set ``RAY_AUTH_MODE``."""
-    import socket
-
     import ray
 
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if address != "auto" and host and port.isdigit():
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout).close()
-        except OSError as exc:
-            raise UsageError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                             f"start one with `ray start --head --port {port}` or use --address auto"
-                             ) from None
+    from benchmark.cliutil import probe_address
+
+    probe_address(address, timeout)
     if "RAY_AUTH_MODE" not in os.environ and ray_token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
         try:  # Ray reads the mode when imported: refresh it, as Ray's own "auto" path does
