@@ -54,14 +54,16 @@ class DynamicParams(AttackParams):
     milestones_m: list[float] = field(default_factory=lambda: [0.4, 0.8])
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_block(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
+    """The original's Conv2dBlock: 3x3 conv, BN (momentum 0.05), ReLU (not on the last block)."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout, momentum=0.05)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class Generator(nn.Module):
     """The original's encoder-decoder: ``stages`` x (two conv blocks, 2x max-pool) doubling the
     width, a middle block, then ``stages`` x (2x bilinear upsampling, two conv blocks) halving it
-    back, the last conv without BN/ReLU; any input size."""
+    back, the last block without its ReLU (BN kept, as the original); any input size."""
 
     def __init__(self, channels: int = 3, out_channels: int | None = None, width: int = 32,
                  stages: int = 3) -> None:
@@ -78,7 +80,7 @@ class Generator(nn.Module):
             cout = (out_channels or channels) if last else cin // 2
             layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                        conv_block(cin, cin),
-                       nn.Conv2d(cin, cout, 3, padding=1) if last else conv_block(cin, cout)]
+                       conv_block(cin, cout, relu=not last)]
             cin = cout
         self.net = nn.Sequential(*layers)
 
@@ -119,8 +121,9 @@ class Dynamic(Attack):
     Params = DynamicParams
     cover_kind = "cross samples: another image's generated trigger, true labels kept"
     # 2: the original's mask threshold and per-pixel density hinge; 3: the original's CIFAR
-    # generator (3 stages), augmentation before triggering, step schedules, diversity on the
-    # backdoor/cross samples as the original
+    # generator (3 stages, BN on the last block, momentum 0.05), augmentation before
+    # triggering, step schedules, diversity on the backdoor/cross samples and the mask phase's
+    # image distance on normalised inputs, as the original
     version = 3
 
     @classmethod
@@ -170,8 +173,9 @@ class Dynamic(Attack):
             for x1, _y, x2 in batches():
                 m1 = threshold(mask_net(tr.normalize(x1 * 255)))
                 m2 = threshold(mask_net(tr.normalize(x2 * 255)))
-                # per-pixel hinge, as the original: every mask pixel above the density costs
-                loss = p.lambda_div * diversity_loss(x1, x2, m1, m2) \
+                # per-pixel hinge, as the original: every mask pixel above the density costs;
+                # the image distance on normalised inputs and the mask distance in [0, 1], as there
+                loss = p.lambda_div * diversity_loss(tr.normalize(x1 * 255), tr.normalize(x2 * 255), m1, m2) \
                     + p.lambda_norm * F.relu(m1 - p.mask_density).mean()
                 opt_m.zero_grad()
                 loss.backward()

@@ -1,15 +1,17 @@
 """Refool (Liu et al. ECCV 2020): reflections of natural images blended into the poisoned images.
 
-The composition follows the original's ``blend_images`` (its numbers are pixels, not scaled with
-the image, as there), in linear light (gamma ``gamma``, 2.2):
+The composition follows the original's ``blend_images`` in linear light (gamma ``gamma``, 2.2),
+run on the images at their own size as backdoor-toolbox runs it on CIFAR (``max_image_size`` 32):
+its numbers are pixels of the image (the DreamtaleCore original first resizes to a 560-px
+canvas, where the same 3-8 px ghost offsets are about 0.2-0.5 px of a 32-px image):
 
 - transmission weight ``alpha_t`` ~ U(0.55, 0.95) per image (the original's 1 - U(0.05, 0.45));
 - with probability ``ghost_rate`` (0.49) a *ghost* reflection: the reflection plus a copy shifted
-  by an offset drawn in [3, 8) px per axis, weighted ``ghost_alpha`` (|s - U(0.15, 0.5)|, s a
+  by an offset drawn in [3, 8] px per axis, weighted ``ghost_alpha`` (|s - U(0.15, 0.5)|, s a
   coin), cropped to the overlap and resized back; result ``(1 - alpha_t) r_ghost + alpha_t t``;
 - otherwise an *out-of-focus* reflection: Gaussian blur with sigma ~ U(1, 5), the original's
   exposure correction (subtract the mean overshoot above 1 per channel, times 1.08-1.18), and its
-  vignette (a random window of a 560-px separable Gaussian kernel, times ``1 - alpha_t / 2``);
+  vignette (its separable Gaussian kernel over the whole image, times ``1 - alpha_t / 2``);
   result ``r_vignetted + alpha_t t``;
 - back to sRGB, clipped.
 
@@ -21,13 +23,17 @@ training images are the pool and are never poisoned; the record says which.
 Adversarial selection (the original's Algorithm 1), a cached attack-side step: from
 ``n_candidates`` candidates keep ``n_reflections``. Each of ``select_rounds`` rounds poisons the
 training set with the current top ``n_reflections`` by weight, trains a model on it
-(``select_epochs``), and scores each of those reflections by the share of held-out non-target
-images it sends to the target class; the untried candidates get the median score (the original
-gives it to every unselected one; here a tried candidate keeps its measured score). The final
+(``select_epochs``), and scores each of those reflections by the share of ``select_probes``
+held-out non-target images (disjoint from the candidates) it sends to the target class; the
+untried candidates get the round's median score (the original gives it to every unselected one
+and draws each round's reflections at random by weight; here a tried candidate keeps its
+measured score and a round takes the top weights, untried ones first among equals, which makes
+the selection deterministic). The original runs 16 rounds (the default; ``quick`` runs 3). The final
 pool is the top ``n_reflections``. ``select_rounds=0`` draws the pool at random.
 
-Dirty label by default (as in the paper's table); ``clean_label: true`` poisons target-class
-images only.
+Dirty label by default (BackdoorBox's poison-label Refool, the setting of the benchmarks PIPD
+compares with); the original paper's attack is clean-label: ``clean_label: true`` poisons
+target-class images only and keeps their labels.
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ from benchmark.registry import UsageError
 from benchmark.validate import at_least, within
 
 MODES = ("ghost", "blur", "mixed")
-VIGNETTE_CANVAS = 560  # the original's max_image_size: the vignette kernel's side
 
 
 @dataclass
@@ -55,16 +60,16 @@ class RefoolParams(AttackParams):
     ghost_rate: float = field(default=0.49, metadata=within(0, 1))
     gamma: float = field(default=2.2, metadata=at_least(0.1))
     alpha_t: list[float] = field(default_factory=lambda: [0.55, 0.95])  # transmission weight range
-    ghost_offset: list[int] = field(default_factory=lambda: [3, 8])  # px per axis, [lo, hi)
+    ghost_offset: list[int] = field(default_factory=lambda: [3, 8])  # px per axis, [lo, hi]
     ghost_alpha: list[float] = field(default_factory=lambda: [0.15, 0.5])
     blur_sigma: list[float] = field(default_factory=lambda: [1.0, 5.0])  # px
     n_reflections: int = field(default=200, metadata=at_least(1))  # the pool the poisoned images draw from
     n_candidates: int = field(default=1000, metadata=at_least(1))  # candidates for the adversarial selection
-    select_rounds: int = field(default=3, metadata=at_least(0))  # 0: a random pool
+    select_rounds: int = field(default=16, metadata=at_least(0))  # 0: a random pool
     # training epochs of each selection round's model
     select_epochs: int = field(default=5, metadata=at_least(1))
     # held-out images each reflection is scored on
-    select_probes: int = field(default=16, metadata=at_least(1))
+    select_probes: int = field(default=100, metadata=at_least(1))
     reflection_root: str | None = None  # an ImageFolder (or flat folder) of natural images
     clean_label: bool = False
 
@@ -111,7 +116,7 @@ def blur(r: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, c, h, w)
 
 
-def vignette_factor(length: int = VIGNETTE_CANVAS, nsig: float = 3.0) -> torch.Tensor:
+def vignette_factor(length: int, nsig: float = 3.0) -> torch.Tensor:
     """The 1-D factor of the original's ``gen_kernel(length, nsig)`` (a separable kernel of
     sqrt(Gaussian cell masses) scaled to max 1): kernel[i, j] = f[i] * f[j]."""
     interval = (2 * nsig + 1.0) / length
@@ -164,8 +169,10 @@ class Refool(Attack):
         held = self.ctx.held_out
         if held is not None and int((held.labels != p.target).sum()) >= p.n_candidates:
             rows = (held.labels != p.target).nonzero().flatten()
-            pick = rows[torch.randperm(len(rows), generator=g)[:p.n_candidates]]
-            self.probe_source = (held, rows)  # held-out images are read only when indexed
+            perm = rows[torch.randperm(len(rows), generator=g)]
+            pick = perm[:p.n_candidates]
+            # probes: the other held-out images (read only when indexed)
+            self.probe_source = (held, perm[p.n_candidates:] if len(perm) > p.n_candidates else perm)
             return held.subset(pick).images, "training images outside the cell's subset (non-target classes)"
         # from non-target classes, so a reflection never carries the target's own features; the
         # rows in use as reflections (pool_rows) are kept out of poisoning
@@ -233,7 +240,7 @@ class Refool(Attack):
             tried[top] = True
             # the original gives the unselected the median weight; here only the untried ones
             # (a tried candidate keeps its measured score, so a failure is not forgotten)
-            weights[~tried] = weights[tried].median()
+            weights[~tried] = scores.median()  # this round's median, as the original
             curve.append({"round": rnd + 1, "mean_success": float(scores.mean()),
                           "best_success": float(scores.max())})
         tried[:] = True  # the final pick trusts measured weights over untried ones
@@ -276,8 +283,8 @@ class Refool(Attack):
         gi = is_ghost.nonzero().flatten()
         if len(gi):
             lo, hi = p.ghost_offset
-            hi = max(lo + 1, min(hi, h, w))
-            off = torch.randint(lo, hi, (len(gi), 2), generator=g)
+            hi = max(lo, min(hi, h - 1, w - 1))
+            off = torch.randint(lo, hi + 1, (len(gi), 2), generator=g)
             coin = (torch.rand(len(gi), generator=g) > 0.5).float()
             weight = (coin - uniform(len(gi), p.ghost_alpha, g)).abs()
             for dy, dx in off.unique(dim=0).tolist():
@@ -298,13 +305,13 @@ class Refool(Attack):
             over = mix > 1
             mean = ((mix * over).sum(2) / (over.sum(2) + 1e-6)).clamp(min=1.0)  # (n, c)
             rb = (rb - ((mean - 1) * att)[:, :, None, None]).clamp(0, 1)
-            f = vignette_factor().to(dev)
-            span_h = VIGNETTE_CANVAS - h - 10
-            span_w = VIGNETTE_CANVAS - w - 10
+            side = max(h, w)  # the original's canvas: max_image_size, here the image itself
+            f = vignette_factor(side).to(dev)
+            span_h, span_w = side - h - 10, side - w - 10
             top = torch.randint(0, max(1, span_h), (len(bi),), generator=g)
             left = torch.randint(0, max(1, span_w), (len(bi),), generator=g)
-            ys = (top[:, None] + torch.arange(h)[None]).clamp(max=VIGNETTE_CANVAS - 1).to(dev)
-            xs = (left[:, None] + torch.arange(w)[None]).clamp(max=VIGNETTE_CANVAS - 1).to(dev)
+            ys = (top[:, None] + torch.arange(h)[None]).clamp(max=side - 1).to(dev)
+            xs = (left[:, None] + torch.arange(w)[None]).clamp(max=side - 1).to(dev)
             mask = f[ys][:, None, :, None] * f[xs][:, None, None, :]  # (n, 1, h, w)
             a = alpha_t[rows]
             out[rows] = rb * mask * (1 - a / 2) + a * tb
@@ -316,7 +323,8 @@ class Refool(Attack):
         return self.reflect(images, which, g)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
-        g = self.generator(7)
+        # seeded by the batch's content: each chunk of the test set gets its own draws
+        g = torch.Generator().manual_seed(self.ctx.seed * 1000 + 7 + int(images[:, 0, 0, :8].sum()))
         which = torch.randint(0, len(self.pool), (len(images),), generator=g)
         return self.reflect(images, which, g)
 

@@ -86,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attacks": {"cl": {"ref_epochs": 8},
                     "trojan": {"ref_epochs": 8},  # one clean reference model serves CL and Trojan
                     "dynamic": {"mask_epochs": 5, "epochs": 10, "width": 8},
-                    "refool": {"select_epochs": 4}},
+                    "refool": {"select_rounds": 3, "select_epochs": 4}},
         # per-attack training settings (every defense cell of the attack): none measured yet
         "attack_train": {},
         "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,

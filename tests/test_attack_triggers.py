@@ -92,8 +92,10 @@ def test_trojan_picks_the_best_connected_neuron_and_saturates_what_feeds_it():
     before = atk.pattern(3, 32, 32)
     pattern = atk.optimise(model, make_set(64), 3, 32, 32)
     assert atk.optimisation["neurons"] == [2]
-    assert (pattern[2, 27:, 27:] == 255).all()
-    assert torch.equal(pattern[:2], before[:2])  # no gradient reaches the other channels
+    assert (pattern[2, 27:, 27:] >= 240).all()  # driven toward saturation (tanh: asymptotically)
+    assert (pattern[2, 27:, 27:].float().mean() > before[2, 27:, 27:].float().mean() + 50)
+    # no gradient reaches the other channels (up to the tanh start's clamp to [0.01, 0.99])
+    assert (pattern[:2].int() - before[:2].int()).abs().max() <= 3
 
 
 def test_trojan_optimised_trigger_is_cached_and_reused(tmp_path):
@@ -182,7 +184,8 @@ def test_adaptive_patch_equal_shares_each_trigger_at_its_own_opacity():
         k = min(fits, key=lambda j: int(masks[j].sum()))
         expected = to_uint8((1 - alphas[k] * masks[k]) * train.images[i].float() / 255
                             + alphas[k] * masks[k] * patterns[k].float() / 255)
-        assert torch.equal(ps.images[i], expected)  # blended at its own opacity, nowhere else
+        # blended at its own opacity, nowhere else (to within float32 rounding)
+        assert (ps.images[i].int() - expected.int()).abs().max() <= 1
         which.append(k)
     counts = torch.bincount(torch.tensor(which), minlength=4)
     assert counts.min() > 0 and counts.max() - counts.min() <= 1  # equal shares
@@ -190,28 +193,33 @@ def test_adaptive_patch_equal_shares_each_trigger_at_its_own_opacity():
 
 
 def test_adaptive_patch_trigger_geometry_and_two_trigger_test():
+    """The geometry of the original's trigger images, and its test pair."""
     atk = make_attack("adaptive_patch")
-    masks, patterns = atk.bank(list(atk.params.triggers), 3, 32, 32)
-    logo, large, corners, square = (m[0].bool() for m in masks)
-    assert logo[:10, :10].any() and not logo[10:].any() and not logo[:, 10:].any()  # top-left logo
-    assert large[16:, :16].any() and not large[:16].any() and not large[:, 16:].any()  # bottom-left
-    assert int(large.sum()) > int(logo.sum())
-    assert int(square.sum()) == 64 and square[24:, 24:].all()  # 8x8, bottom right
+    kinds = ["corner_logo", "large_logo", "four_corner", "square", "corner_logo2"]
+    masks, patterns = atk.bank(kinds, 3, 32, 32)
+    logo, large, corners, square, logo2 = (m[0].bool() for m in masks)
+    assert logo[27:, 27:].all() and int(logo.sum()) == 25  # 5x5, bottom right
+    assert large[1:14, 18:31].any() and not large[14:].any() and not large[:, :18].any()
+    assert not large[0].any() and not large[:, 31].any() and 120 < int(large.sum()) < 169  # a disc
     assert int(corners.sum()) == 36 and corners[:3, :3].all() and corners[29:, 29:].all()
-    for k in range(4):
-        region = masks[k, 0].bool()
-        assert set(patterns[k][:, region].unique().tolist()) <= {0, 255}
-        assert (patterns[k][:, ~region] == 0).all()
-    # test: the corner logo and the four-corner pattern at full strength, nothing else
+    assert int(square.sum()) == 64 and square[21:29, 21:29].all()  # 8x8, 3 px from the corner
+    assert int(logo2.sum()) == 50 and logo2[27:, :5].all() and logo2[27:, 27:].all()
+    assert torch.equal(patterns[4][:, 27:, 27:], patterns[0][:, 27:, 27:])  # one logo, two places
+    blue_white = patterns[0][:, 27:, 27:].flatten(1).T.tolist()
+    assert {tuple(v) for v in blue_white} <= {(255, 255, 255), (0, 0, 255)}
+    for k in range(5):
+        assert (patterns[k][:, ~masks[k, 0].bool()] == 0).all()
+    # test: the logo in both bottom corners, then the four-corner pattern, full strength
     out = atk.apply_trigger(flat(50))
-    test_region = logo | corners
     assert torch.equal(out[0][:, corners], patterns[2][:, corners])
-    assert torch.equal(out[0][:, logo & ~corners], patterns[0][:, logo & ~corners])
-    assert (out[:, :, ~test_region] == 50).all()
+    assert torch.equal(out[0][:, logo2 & ~corners], patterns[4][:, logo2 & ~corners])
+    assert (out[:, :, ~(logo2 | corners)] == 50).all()
     big, _ = atk.bank(["square"], 3, 224, 224)
     assert int(big.sum()) == 56 * 56  # scaled with the image
     with pytest.raises(UsageError, match="valid"):
         make_attack("adaptive_patch", test_triggers=["phoenix"])
+    with pytest.raises(UsageError, match="valid"):
+        make_attack("adaptive_patch", triggers=["corner_logo2"], train_alphas=[0.5])
     with pytest.raises(UsageError, match="train_alphas"):
         make_attack("adaptive_patch", train_alphas=[0.5])
 
@@ -268,7 +276,7 @@ def test_refool_ghost_is_the_reflection_plus_a_shifted_copy():
 def test_refool_blur_vignette_and_exposure_follow_the_original():
     from attacks.refool import blur, vignette_factor
 
-    f = vignette_factor()
+    f = vignette_factor(560)
     assert len(f) == 560 and abs(float(f.max()) - 1) < 1e-6
     assert abs(float(f[0]) - math.exp(-3 ** 2 / 4)) < 0.005  # sqrt of a Gaussian at 3 sigma
     assert torch.allclose(f, f.flip(0), atol=1e-5)
@@ -284,9 +292,11 @@ def test_refool_blur_vignette_and_exposure_follow_the_original():
     out = atk.reflect(flat(0, 8), torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0))
     top = round(255 * (0.7 * (200 / 255) ** 2.2) ** (1 / 2.2))
     assert out.max() <= top + 1
+    # the vignette covers the whole 32-px image (backdoor-toolbox's max_image_size 32): bright
+    # centre, dark corners, the same shape on every image
     o = out.float()
-    assert (o[..., 1:] - o[..., :-1]).abs().max() <= 2  # the vignette is a smooth gradient ...
-    assert o.mean((1, 2, 3)).std() > 1  # ... over a random window per image
+    assert (o[:, :, 14:18, 14:18].mean() > 3 * o[:, :, :2, :2].mean())
+    assert torch.allclose(o / o.amax((1, 2, 3), keepdim=True), o[:1] / o[:1].max(), atol=0.05)
 
 
 def test_refool_selection_keeps_the_most_effective_reflections(monkeypatch):
