@@ -23,6 +23,21 @@ def frame(recs):
     return records.frame(recs)
 
 
+def test_a_record_of_another_method_version_is_its_own_row(monkeypatch):
+    """A record made before an attack's version bump must not merge with (or be averaged as)
+    the current version: its row says which version made it."""
+    from attacks import ATTACKS
+
+    old = record("wanet", "no_defense", 0, ca=79.4, asr=12.8)
+    monkeypatch.setattr(ATTACKS.get("wanet"), "version", ATTACKS.get("wanet").version + 1)
+    new = record("wanet", "no_defense", 0, ca=80.0, asr=95.0)
+    df = frame([old, new])
+    labels = sorted(df["attack_label"])
+    assert labels == ["wanet", f"wanet (v{old['config'].get('attack_version', 1)})"]
+    t = tables.table1(df)
+    assert t.mean.at[("cifar10", "wanet"), "no_defense ASR"] == pytest.approx(95.0)
+
+
 def test_table1_means_seeds_keeps_variants_apart_and_sets_the_paper_beside():
     recs = [record("blended", "pipd", 0, ca=80, asr=1), record("blended", "pipd", 1, ca=82, asr=3),
             record("blended", "no_defense", 0, ca=81, asr=100),

@@ -54,6 +54,19 @@ def _num(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and x is not None else math.nan
 
 
+def _stale_version(kind: str, name: str, config: dict[str, Any]) -> str:
+    """" (vN)" when a record was made by another version of the method than the registered one
+    (its row must not merge with the current version's); "" otherwise."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    registry = ATTACKS if kind == "attack" else DEFENSES
+    made = config.get(f"{kind}_version", 1)
+    if name in registry and made != registry.get(name).version:
+        return f" (v{made})"
+    return ""
+
+
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
     upstream, own = overrides(c)
@@ -64,9 +77,12 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
         "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
-        "attack": c["attack"], "attack_label": " ".join(filter(None, [c["attack"], label(upstream)])),
+        "attack": c["attack"],
+        "attack_label": " ".join(filter(None, [c["attack"], label(upstream)]))
+        + _stale_version("attack", c["attack"], c),
         "defense": c["defense"],
-        "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else ""),
+        "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
+        + _stale_version("defense", c["defense"], c),
         "defense_overrides": own,
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
         "detector": _is_detector(c["defense"]),
