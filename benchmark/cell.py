@@ -126,16 +126,13 @@ def load_cell_dataset(config: dict[str, Any], rt: Runtime) -> Dataset:
     root, opts = data_source_args(config, rt)
     subset = {k: v for k, v in config["data"].items() if k in SUBSET_KEYS}
     packed = SHIPPED.get(data_key(config, rt))
-    if packed is not None and rt.ship_data == "always":
-        return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed),
-                            **subset)
-    try:
-        return load_dataset(config["dataset"], root, rt.cache_dir, **subset, **opts)
-    except DataNotFoundError:
-        if packed is None:
-            raise
-        return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed),
-                            **subset)
+    if packed is None or rt.ship_data != "always":
+        try:
+            return load_dataset(config["dataset"], root, rt.cache_dir, **subset, **opts)
+        except DataNotFoundError:
+            if packed is None:
+                raise
+    return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed), **subset)
 
 
 def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: int,

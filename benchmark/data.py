@@ -357,8 +357,7 @@ def load_dataset(name: str, data_root: Path, cache_dir: Path, *, train_size: int
     """Load (from the cache when possible) and subsample a registered dataset; ``splits``:
     already decoded splits (e.g. shipped from a Ray driver) instead of reading ``data_root``."""
     _, mean, std = DATASETS.get(name)
-    full, source = splits or load_splits(name, data_root, cache_dir, **options)
-    splits = full
+    splits, source = splits or load_splits(name, data_root, cache_dir, **options)
     train, test, held_out = splits["train"], splits["test"], None
     for size, which in ((train_size, "train"), (test_size, "test")):
         idx = stratified_subset(splits[which].labels, size, subset_seed)
