@@ -317,16 +317,17 @@ class Refool(Attack):
             out[rows] = rb * mask * (1 - a / 2) + a * tb
         return to_uint8(out.clamp(0, 1) ** (1 / gamma))
 
+    def reflect_any(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Each image with a reflection drawn from the whole pool."""
+        return self.reflect(images, torch.randint(0, len(self.pool), (len(images),), generator=g), g)
+
     def poison_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        g = self.generator(6 + int(index[0]))  # seeded by the chunk's first row
-        which = torch.randint(0, len(self.pool), (len(images),), generator=g)
-        return self.reflect(images, which, g)
+        return self.reflect_any(images, self.generator(6 + int(index[0])))  # seeded by the chunk's first row
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         # seeded by the batch's content: each chunk of the test set gets its own draws
-        g = torch.Generator().manual_seed(self.ctx.seed * 1000 + 7 + int(images[:, 0, 0, :8].sum()))
-        which = torch.randint(0, len(self.pool), (len(images),), generator=g)
-        return self.reflect(images, which, g)
+        seed = self.ctx.seed * 1000 + 7 + int(images[:, 0, 0, :8].sum())
+        return self.reflect_any(images, torch.Generator().manual_seed(seed))
 
     def describe(self) -> dict:
         info = {**super().describe(), "reflection_source": self.reflection_source,

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.train import Trainer
+from benchmark.registry import UsageError
+from benchmark.train import CROP_MODES, Trainer
 
 
 @dataclass
@@ -42,6 +43,11 @@ class SemiSupervisedOptions:
     mixmatch_t: float = 0.5
     mixmatch_alpha: float = 0.75
     lambda_u: float = 15.0
+    crop_mode: str = "reflect"  # weak augmentation's crop padding: both references reflect
+
+    def check_semi_options(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise UsageError(f"unknown crop_mode {self.crop_mode!r}; valid choices: {', '.join(CROP_MODES)}")
 
     def mixmatch(self, rampup: float) -> MixMatchParams:
         return MixMatchParams(self.mixmatch_k, self.mixmatch_t, self.mixmatch_alpha, self.lambda_u,
@@ -77,10 +83,10 @@ class MixMatch:
 
     def __init__(self, trainer: Trainer, images: torch.Tensor, num_classes: int,
                  params: MixMatchParams, steps_per_epoch: int, epoch_offset: float = 0.0,
-                 crop_padding: int = 4) -> None:
+                 crop_padding: int = 4, crop_mode: str = "zeros") -> None:
         self.trainer, self.images, self.num_classes = trainer, images, num_classes
         self.p, self.steps_per_epoch, self.offset = params, steps_per_epoch, epoch_offset
-        self.crop_padding = crop_padding
+        self.crop_padding, self.crop_mode = crop_padding, crop_mode
         self.done = 0  # steps taken, for the ramp
         self.set_unlabelled(torch.zeros(0, dtype=torch.long))
 
@@ -103,7 +109,7 @@ class MixMatch:
         tr = self.trainer
 
         def weak(im: torch.Tensor) -> torch.Tensor:
-            return tr.normalize(tr.augment(im, self.crop_padding, gen))
+            return tr.normalize(tr.augment(im, self.crop_padding, gen, self.crop_mode))
 
         xl = weak(x)
         targets_x = F.one_hot(y, self.num_classes).float()

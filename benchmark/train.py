@@ -45,6 +45,7 @@ EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
+CROP_MODES = ("zeros", "reflect")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -61,10 +62,14 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     milestones: list[int] = field(default_factory=list)  # epochs, for schedule "step"
+    # cosine: the schedule runs as if training lasted this many times ``epochs`` and stops early
+    # (DBD's SimCLR: the reference's cosine spans 1000 epochs and it fine-tunes from epoch 100)
+    schedule_span: float = field(default=1.0, metadata=OMIT_AT_DEFAULT)
     gamma: float = 0.1
     warmup: float = 0.0  # fraction of the steps spent warming up linearly (onecycle: the peak)
-    augment: bool = True  # random crop (zero padding) + horizontal flip
+    augment: bool = True  # random crop + horizontal flip
     crop_padding: int = 4
+    crop_mode: str = field(default="zeros", metadata=OMIT_AT_DEFAULT)  # padding: zeros or reflect
     label_smoothing: float = 0.0
     # training-step precision: auto = bf16 on CUDA, fp32 on the CPU (see resolve_precision)
     precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
@@ -77,9 +82,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
                                    ("schedule", self.schedule, SCHEDULES),
-                                   ("precision", self.precision, PRECISIONS)):
+                                   ("precision", self.precision, PRECISIONS),
+                                   ("crop_mode", self.crop_mode, CROP_MODES)):
             if value not in valid:
                 raise UsageError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+        if self.schedule_span < 1:
+            raise UsageError(f"schedule_span must be at least 1, got {self.schedule_span}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -155,6 +163,12 @@ def onednn_crash_prone(model: nn.Module) -> bool:
                and 1 < m.in_channels < 8 for m in model.modules())
 
 
+def reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices outside [0, n) mirrored back without repeating the edge (numpy's ``reflect``)."""
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at optimisation step ``step`` of ``total``."""
     t = step / max(total, 1)
@@ -165,6 +179,7 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     if warm > 0 and t < warm:
         return t / warm
     if cfg.schedule == "cosine":
+        t = t / cfg.schedule_span
         return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1 - warm, 1e-8)))
     if cfg.schedule == "step":
         epoch = step // max(steps_per_epoch, 1)
@@ -211,16 +226,19 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @staticmethod
-    def augment(x: torch.Tensor, padding: int, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        """Batched random crop with zero padding plus horizontal flip, on uint8 images."""
+    def augment(x: torch.Tensor, padding: int, generator: torch.Generator | None = None,
+                mode: str = "zeros") -> torch.Tensor:
+        """Batched random crop (zero or reflect padding) plus horizontal flip, on uint8 images."""
         b, c, h, w = x.shape
         dev = x.device
         if padding > 0:
-            padded = F.pad(x, (padding,) * 4)
             shift = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device="cpu").to(dev)
             rows = (torch.arange(h, device=dev)[None, :] + shift[0][:, None])  # (B, H)
             cols = (torch.arange(w, device=dev)[None, :] + shift[1][:, None])  # (B, W)
+            if mode == "reflect":  # index the image itself, mirrored at the border (no padding copy)
+                padded, rows, cols = x, reflect_index(rows - padding, h), reflect_index(cols - padding, w)
+            else:
+                padded = F.pad(x, (padding,) * 4)
             x = padded[torch.arange(b, device=dev)[:, None, None, None],
                        torch.arange(c, device=dev)[None, :, None, None],
                        rows[:, None, :, None], cols[:, None, None, :]]
@@ -298,7 +316,7 @@ class Trainer:
 
         def supervised(forward, x, y, idx, g):  # noqa: ANN001, ANN202 - the default StepFn
             if cfg.augment:
-                x = self.augment(x, cfg.crop_padding, g)
+                x = self.augment(x, cfg.crop_padding, g, cfg.crop_mode)
             logits = forward(self.normalize(x))
             return loss_fn(logits.float(), y, idx), logits
 

@@ -9,7 +9,9 @@ the labelled set is a clean pool re-drawn before every epoch by the current mode
 2. the ``epsilon`` (50%) lowest-SCE samples overall;
 3. meta split: a copy of the model trains its last two stages and head for one epoch on all
    data (Adam lr 0.015, cross-entropy); the pool is the 50% of samples whose SCE fell least.
-The isolation is the samples outside the final pool.
+The isolation is the samples outside the final pool; its scores are what that split ranked (the
+SCE, or in stage 3 the loss reduction). Crops pad by reflection, as the reference's config, and
+every virtual update draws a fresh shuffle.
 
 Trusted seed samples: drawn from training images outside the cell's subset when there are any
 (appended to ASD's training data), else, as the reference does, from the ground-truth-clean
@@ -49,6 +51,7 @@ class ASDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     meta_layers: list[str] = field(default_factory=lambda: ["layer3", "layer4", "linear", "fc"])
 
     def __post_init__(self) -> None:
+        self.check_semi_options()
         if not 0 <= self.stage1 <= self.stage2 <= 1:
             raise UsageError(f"asd stages must satisfy 0 <= stage1 <= stage2 <= 1, got "
                              f"{self.stage1}, {self.stage2}")
@@ -71,6 +74,9 @@ class ASD(Defense):
     name = "asd"
     title = "ASD (adaptive splitting + MixMatch)"
     Params = ASDParams
+    # 2: a fresh shuffle for every virtual update, reflect-padded crops, scores = what the last
+    # split ranked (AUROC of its own rule)
+    version = 2
 
     @classmethod
     def trusted_per_class(cls, params: DefenseParams) -> int:
@@ -91,29 +97,36 @@ class ASD(Defense):
         def sce(model: nn.Module) -> torch.Tensor:
             return sce_per_sample(tr.logits(model, images), labels.cpu(), p.sce_alpha, p.sce_beta)
 
-        def meta_split(model: nn.Module) -> torch.Tensor:
+        def meta_split(model: nn.Module, epoch: int) -> torch.Tensor:
             before = sce(model)
             virtual = copy.deepcopy(model)
             for name, param in virtual.named_parameters():
                 param.requires_grad_(name.split(".")[0] in p.meta_layers)
             cfg = ctx.train_cfg.replace(epochs=p.meta_epochs, optimizer="adam", lr=p.meta_lr,
                                         weight_decay=0.0, schedule="constant", warmup=0.0,
-                                        steps_per_epoch=None)
-            tr.fit(virtual, images, labels, cfg, seed=ctx.seed + 7, desc="ASD virtual update")
-            return label_lowest(before - sce(virtual), p.epsilon)
+                                        steps_per_epoch=None, crop_mode=p.crop_mode)
+            # the reference's loader reshuffles for every virtual update: a seed per epoch
+            tr.fit(virtual, images, labels, cfg, seed=ctx.seed + 7 + 1000 * epoch,
+                   desc="ASD virtual update")
+            scores[:] = before - sce(virtual)  # the loss reduction: the largest are isolated
+            return label_lowest(scores, p.epsilon)
 
         pool = trusted.clone()
+        scores = torch.zeros(len(labels))  # what the last split ranked (higher: less trusted)
         stages = []
-        mix = MixMatch(tr, images, k, p.mixmatch(rampup=p.epochs), steps_per_epoch=p.iterations)
+        mix = MixMatch(tr, images, k, p.mixmatch(rampup=p.epochs), steps_per_epoch=p.iterations,
+                       crop_mode=p.crop_mode)
 
         def resplit(epoch: int, model: nn.Module) -> torch.Tensor:
             if epoch < e1:
                 grown = p.grow * (epoch // p.grow_every)
-                pool[:] = class_aware_pool(sce(model), labels.cpu(), trusted, grown, k)
+                scores[:] = sce(model)
+                pool[:] = class_aware_pool(scores, labels.cpu(), trusted, grown, k)
             elif epoch < e2:
-                pool[:] = label_lowest(sce(model), p.epsilon)
+                scores[:] = sce(model)
+                pool[:] = label_lowest(scores, p.epsilon)
             else:
-                pool[:] = meta_split(model)
+                pool[:] = meta_split(model, epoch)
             stages.append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
                            "pool": int(pool.sum())})
             mix.set_unlabelled((~pool).nonzero().flatten())
@@ -129,7 +142,7 @@ class ASD(Defense):
         for point, stage in zip(curve, stages, strict=True):
             point.update(stage=stage["stage"], pool=stage["pool"])
         return DefenseResult(
-            model=tr.prepare_model(model), isolated=~pool[:n], scores=sce(model)[:n],  # final SCE
+            model=tr.prepare_model(model), isolated=~pool[:n], scores=scores[:n].clone(),
             curves={"mixmatch": curve}, excluded=trusted[:n] if extra is None else None,
             info={"trusted": ctx.trusted_source, "n_trusted": int(trusted.sum()),
                   "n_isolated": int((~pool[:n]).sum())})

@@ -2,19 +2,24 @@
 
 1. Self-supervised: SimCLR on the training images without labels (two strong views, NT-Xent
    at temperature 0.5, projection head f-f-f/4 with BatchNorm and ReLU, f the backbone's feature
-   width: 512-512-128 at width 64). It depends on the images only, so it is cached per
-   (data, attack, model, seed, SimCLR settings) and shared by reruns and sweeps.
+   width: 512-512-128 at width 64; SGD lr 0.4, momentum 0.9, a cosine spanning 10x the epochs:
+   the reference anneals over 1000 epochs and fine-tunes from its epoch-100 checkpoint). It
+   depends on the images only, so it is cached per (data, attack, model, seed, SimCLR
+   settings) and shared by reruns and sweeps.
 2. The backbone frozen, the linear head trained with symmetric cross-entropy (alpha 0.1,
    beta 1; Adam lr 0.002, 10 epochs); the backbone's features under no_grad in train mode as
    the reference (its BatchNorm statistics still move).
 3. Every epoch: the current model's SCE on every sample (eval mode); the ``epsilon`` (50%)
    lowest are labelled, the rest unlabelled; MixMatch fine-tunes the whole network (Adam lr
-   0.002, ``semi_iterations`` steps of ``semi_batch``). Isolation: the last epoch's unlabelled
-   half (FPR near 50% by construction).
+   0.002, ``semi_iterations`` steps of ``semi_batch``; lambda_u ramps from ``ramp_start``, the
+   reference's 10 head epochs of 190). Isolation: the last epoch's unlabelled half (FPR near 50%
+   by construction). Crops pad by reflection, as the reference's configs.
 
 Reference code (SCLBD/DBD) differences, noted: its SimCLR loss anchors only the first views
 (``simclr_symmetric=false``), it blurs views with p 0.5 (sigma 0.1-2), and it ranks the SCE with
 crop/flip augmentation on; here the paper's symmetric NT-Xent, no blur, and unaugmented losses.
+It also keeps the head's Adam state into MixMatch (here a fresh Adam) and steps its cosine per
+epoch (here per step).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult,
 @dataclass
 class DBDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch options
     # 1. SimCLR
-    simclr_epochs: int = 100  # the reference fine-tunes from its epoch-100 checkpoint
+    simclr_epochs: int = 100  # the reference fine-tunes from its epoch-100 checkpoint ...
+    simclr_schedule_span: float = 10.0  # ... of a cosine over 1000 epochs (lr still ~0.39 there)
     simclr_batch: int = 512
     simclr_lr: float = 0.4
     simclr_weight_decay: float = 1e-4
@@ -50,10 +56,20 @@ class DBDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     semi_batch: int = 64
     semi_lr: float = 0.002
     epsilon: float = 0.5  # labelled share: the lowest-SCE samples
+    # where lambda_u's linear ramp starts, as a share of the MixMatch epochs: the reference counts
+    # its 10 head epochs into a ramp of 190 (10/190), so the weight is full at epoch 180 of 190
+    ramp_start: float = 10 / 190
+
+    def ramp_offset(self) -> float:
+        """Epochs of lambda_u's ramp already behind MixMatch's first step (reference: 10 of 190)."""
+        return self.ramp_start * self.semi_epochs
 
     def __post_init__(self) -> None:
+        self.check_semi_options()
         if not 0 < self.epsilon < 1:
             raise UsageError(f"dbd epsilon must be in (0, 1), got {self.epsilon}")
+        if self.ramp_start < 0:
+            raise UsageError(f"dbd ramp_start must be at least 0, got {self.ramp_start}")
 
 
 def projection_head(dim: int) -> nn.Module:
@@ -88,12 +104,16 @@ class DBD(Defense):
     name = "dbd"
     title = "DBD (decoupled training: SimCLR + SCE head + MixMatch)"
     Params = DBDParams
+    # 2: the reference's SimCLR schedule (cosine over 10x the epochs, no Nesterov), lambda_u's
+    # ramp start scaled with the epochs, reflect-padded crops
+    version = 2
 
     def self_supervised(self, ctx: DefenseContext) -> tuple[nn.Module, list[dict], bool]:
         p: DBDParams = self.params
         cfg = ctx.train_cfg.replace(epochs=p.simclr_epochs, batch_size=p.simclr_batch, lr=p.simclr_lr,
                                     weight_decay=p.simclr_weight_decay, schedule="cosine",
-                                    warmup=0.0, optimizer="sgd")
+                                    schedule_span=p.simclr_schedule_span, warmup=0.0,
+                                    optimizer="sgd", nesterov=False)
         # the images decide it, not the labels or the training recipe
         key = {k: v for k, v in ctx.cache_key.items() if k not in ("train", "defense_version")}
         key = {**key, "phase": "simclr", "cfg": cfg.key(), "temperature": p.temperature,
@@ -118,7 +138,7 @@ class DBD(Defense):
 
         def head_step(forward, x, y, rows, gen):  # noqa: ANN001, ANN202 - a StepFn
             with torch.no_grad():
-                feats = embed(model, tr.normalize(tr.augment(x, 4, gen)))
+                feats = embed(model, tr.normalize(tr.augment(x, 4, gen, p.crop_mode)))
             logits = forward(feats).float()
             return sce_loss(p.sce_alpha, p.sce_beta)(logits, y, rows), logits
 
@@ -130,9 +150,9 @@ class DBD(Defense):
         # 3. MixMatch on the re-split data every epoch
         labelled = torch.zeros(len(ctx.train), dtype=torch.bool)
         split_losses = torch.zeros(len(ctx.train))  # the SCE the last split was drawn from
-        mix = MixMatch(tr, ctx.train.images, ctx.num_classes,
-                       p.mixmatch(rampup=p.semi_epochs),
-                       steps_per_epoch=p.semi_iterations, epoch_offset=p.head_epochs)
+        mix = MixMatch(tr, ctx.train.images, ctx.num_classes, p.mixmatch(rampup=p.semi_epochs),
+                       steps_per_epoch=p.semi_iterations, epoch_offset=p.ramp_offset(),
+                       crop_mode=p.crop_mode)
 
         def resplit(_epoch: int, m: nn.Module) -> torch.Tensor:
             split_losses[:] = sce_of(ctx, m, p.sce_alpha, p.sce_beta)

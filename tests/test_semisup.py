@@ -100,6 +100,23 @@ def test_dbd_labels_exactly_the_lower_half_and_leaves_the_poisoned_unlabelled(tm
     assert again.info["self_supervised_model"] == "reused from cache"
 
 
+def test_dbd_lambda_u_ramp_starts_where_the_reference_does_at_every_scale():
+    from benchmark.semisup import MixMatch
+    from benchmark.train import Trainer
+    from defenses.dbd import DBDParams
+
+    tr = Trainer((0.5,), (0.5,), device="cpu")
+    for semi_epochs in (190, 10):  # the reference's, the quick preset's
+        p = DBDParams(semi_epochs=semi_epochs)
+        mix = MixMatch(tr, torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 2,
+                       p.mixmatch(rampup=p.semi_epochs), steps_per_epoch=19, epoch_offset=p.ramp_offset())
+        assert mix.weight() == pytest.approx(15 * 10 / 190)  # the reference's first step: 10/190
+        mix.done = 19 * semi_epochs * 180 // 190  # fine-tuning epoch 180 of 190, scaled
+        assert mix.weight() == pytest.approx(15.0)
+        mix.done -= 19
+        assert mix.weight() < 15.0  # still ramping one epoch earlier
+
+
 def test_asd_pool_follows_its_schedule_and_keeps_the_trusted_seed(tmp_path):
     from defenses.asd import class_aware_pool
 
@@ -136,6 +153,8 @@ def test_asd_stages_pool_sizes_and_excluded_trusted_rows(tmp_path):
     # stage 1 forces the trusted seed into the pool (see the unit test above); stages 2 and 3
     # rank every sample, as the reference; the trusted rows never count in TPR/FPR
     assert res.excluded.sum() == 20 and res.excluded[ctx.trusted_rows].all()
+    # the scores are what the last (meta) split ranked: the isolated half holds the top scores
+    assert res.scores[res.isolated].min() >= res.scores[~res.isolated].max()
 
 
 def test_asd_leaves_the_poisoned_outside_the_loss_guided_pool(tmp_path):

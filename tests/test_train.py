@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,10 +24,29 @@ def test_augment_crops_are_shifted_windows_and_flips_mirror():
         assert torch.equal(no_crop[i], x[i]) or torch.equal(no_crop[i], x[i].flip(2))
 
 
+def test_reflect_padded_crops_mirror_the_border_without_repeating_it():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    gen = torch.Generator().manual_seed(1)
+    out = Trainer.augment(x, padding=2, generator=gen, mode="reflect")
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)  # torch's own reflect
+    for i in range(2):
+        windows = [padded[i, :, r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+    ones_up = (x[:1] + 1).expand(64, 1, 6, 6)  # no zero pixel anywhere
+    assert Trainer.augment(ones_up, 2, torch.Generator().manual_seed(2), "reflect").min() >= 1
+    assert Trainer.augment(ones_up, 2, torch.Generator().manual_seed(2)).min() == 0  # zero padding
+    with pytest.raises(UsageError, match="valid choices: zeros, reflect"):
+        TrainConfig(crop_mode="wrap")
+
+
 def test_lr_schedules():
     cos = TrainConfig(epochs=10, schedule="cosine")
     assert lr_factor(cos, 0, 100, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 50, 100, 10) == pytest.approx(0.5)
+    span = TrainConfig(epochs=10, schedule="cosine", schedule_span=10.0)  # DBD's SimCLR
+    assert lr_factor(span, 100, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+    assert lr_factor(span, 100, 100, 10) == pytest.approx(0.976, abs=1e-3)  # the reference's 0.39 / 0.4
     step = TrainConfig(schedule="step", milestones=[4, 8], gamma=0.1)
     assert [lr_factor(step, s, 100, 10) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
     one = TrainConfig(schedule="onecycle", warmup=0.2)
