@@ -35,7 +35,9 @@ def scaled_prediction_consistency(predict, images: torch.Tensor, scales: list[in
     for s in range(0, len(images), chunk):
         x = images[s:s + chunk]
         base = predict(x)
-        same = [predict((x.to(torch.int32) * h).clamp(0, 255).to(torch.uint8)) == base
+        # h = 1 is the image itself: consistent by definition, no forward pass
+        same = [torch.ones_like(base, dtype=torch.bool) if h == 1 else
+                predict((x.to(torch.int32) * h).clamp(0, 255).to(torch.uint8)) == base
                 for h in scales]
         out.append(torch.stack(same).float().mean(0))
     return torch.cat(out) if out else torch.empty(0)
