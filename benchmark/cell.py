@@ -234,11 +234,33 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     return art["train"], art["test"], attack
 
 
+def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, float]:
+    """Where a defense's time went, from its curves: each phase's training epochs, its per-epoch
+    re-splits (``<phase>_split_s``) and curve evaluations (``curves_s``); ``other_s`` is the rest
+    (isolation statistics, loss rankings outside a training loop). A phase taken from the cache
+    shows as ``<phase>_cached_s``, what it cost when it was computed, outside the sum."""
+    out: dict[str, float] = {}
+    cached: dict[str, float] = {}
+    for name, curve in curves.items():
+        rows = [p for p in curve if isinstance(p, dict) and "seconds" in p]
+        if rows and all(p.get("from_cache") for p in rows):
+            cached[f"{name}_cached_s"] = sum(p["seconds"] for p in rows)
+            continue
+        if not rows:
+            continue
+        out[f"{name}_s"] = sum(p["seconds"] for p in rows)
+        if any("split_s" in p for p in rows):
+            out[f"{name}_split_s"] = sum(p.get("split_s", 0.0) for p in rows)
+        out["curves_s"] = out.get("curves_s", 0.0) + sum(p.get("callback_s", 0.0) for p in rows)
+    out["other_s"] = max(0.0, defense_s - sum(out.values()))
+    return {**out, **cached}
+
+
 def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     """Run one cell and return its record (raises on failure; see ``run_cell_safe``)."""
     from defenses import DEFENSES, DefenseContext
 
-    times: dict[str, float] = {}
+    times: dict[str, Any] = {}  # seconds; defense_phases a dict of them
     t0 = time.perf_counter()
     seed = config["seed"]
     seed_everything(seed)
@@ -278,6 +300,7 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     seed_everything(seed)
     result = defense_cls(params).run(ctx)
     times["defense_s"] = time.perf_counter() - t
+    times["defense_phases"] = phase_seconds(result.curves, times["defense_s"])
 
     t = time.perf_counter()
     pred_clean = trainer.predict(result.model, test.images)

@@ -44,7 +44,7 @@ RECORD_KEYS: dict[str, str] = {
     "defense_info": "what the defense reports about itself (title, reuse of artifacts, ...)",
     "attack_info": "rate_of, clean_label, poisoned and cover counts",
     "data_source": "which copy of the dataset the cell read",
-    "timings": "seconds per stage and in total",
+    "timings": "seconds per stage and in total; defense_phases: the defense's time by phase",
     "versions": "python, torch and package versions",
     "hardware": "device, threads, precision the training steps ran in",
     "finished_at": "UTC time the record was written",

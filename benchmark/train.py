@@ -329,9 +329,11 @@ class Trainer:
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
+            t_split = time.perf_counter()
             if resplit is not None:
                 rows = resplit(epoch, model).cpu()
             t0 = time.perf_counter()
+            split_s = t0 - t_split
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = scored = 0
@@ -353,8 +355,12 @@ class Trainer:
                      "train_acc": float(correct) / scored if scored else float("nan"),
                      "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                      "img_per_s": seen / (time.perf_counter() - t0)}
+            if resplit is not None:
+                stats["split_s"] = split_s  # choosing this epoch's rows (DBD, ASD: a loss ranking)
             if callback is not None:
+                t_cb = time.perf_counter()
                 stats.update(callback(epoch + 1, model) or {})
+                stats["callback_s"] = time.perf_counter() - t_cb
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
         return curve
@@ -379,7 +385,8 @@ class Trainer:
         art = cache.get_or_create(kind, key, train)
         model = make_model()
         model.load_state_dict(art["state"])
-        return self.prepare_model(model), art["curve"], reused
+        curve = [{**point, "from_cache": True} for point in art["curve"]] if reused else art["curve"]
+        return self.prepare_model(model), curve, reused
 
     def _optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer == "adam":

@@ -223,6 +223,17 @@ def test_dbd_and_asd_run_with_trusted_samples_from_outside_the_subset(args, tmp_
     assert by["dbd"]["isolation"]["isolated"]["n_isolated"] == 100  # the unlabelled half of 200
     assert set(by["dbd"]["curves"]) == {"simclr", "head", "mixmatch"}
     assert [c["stage"] for c in by["asd"]["curves"]["mixmatch"]] == [1, 1, 2, 3]
+    # where the time went: each phase, the per-epoch re-splits, the rest; they add up
+    phases = by["dbd"]["timings"]["defense_phases"]
+    assert {"simclr_s", "head_s", "mixmatch_s", "mixmatch_split_s", "curves_s", "other_s"} <= set(phases)
+    assert sum(phases.values()) == pytest.approx(by["dbd"]["timings"]["defense_s"], rel=0.01)
+    assert by["asd"]["timings"]["defense_phases"]["mixmatch_split_s"] > 0
+    # again: SimCLR comes from the cache and shows apart, with what it cost when computed
+    assert main([*args, "--defenses", "dbd", *tiny, "--set", "dbd.head_epochs=2"]) == 0
+    again = next(r for r in records(tmp_path).values()
+                 if r["config"]["defense"] == "dbd" and r["id"] != by["dbd"]["id"])
+    assert again["timings"]["defense_phases"]["simclr_cached_s"] == pytest.approx(phases["simclr_s"])
+    assert "simclr_s" not in again["timings"]["defense_phases"]
 
 
 def test_asd_without_held_out_images_trusts_clean_rows_and_leaves_them_out(args, tmp_path):
