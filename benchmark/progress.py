@@ -27,7 +27,7 @@ _sink: Sink | None = None
 # metric keys whose values are fractions (printed as percent)
 PERCENT = {"train_acc": "acc", "ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR",
            "clean_acc": "clean acc", "poison_acc": "poison acc"}
-HIDDEN = {"epoch", "lr", "seconds", "img_per_s"}
+HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "from_cache"}
 
 
 def set_sink(sink: Sink | None) -> Sink | None:
