@@ -11,6 +11,7 @@ import platform
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,18 +137,29 @@ def load_cell_dataset(config: dict[str, Any], rt: Runtime) -> Dataset:
 
 
 def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: int,
-                 size: int, every: int):
-    """Per-epoch CA/ASR on fixed test subsets (cheap enough to run every epoch)."""
+                 size: int, every: int, split: dict[str, float] | None = None):
+    """Per-epoch CA/ASR on fixed test subsets (cheap enough to run every epoch), plus the
+    TPR/FPR of the split a defense last showed the harness (``split``, see ``split_prober``)."""
     gen = torch.Generator().manual_seed(1234)
     clean = test.subset(torch.randperm(len(test), generator=gen)[:size])
     trig = triggered.subset(torch.randperm(len(triggered), generator=gen)[:size])
 
     def monitor(epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        out = dict(split or {})
         if every <= 0 or epoch % every:
-            return {}
-        return {"ca": accuracy(trainer.predict(model, clean.images), clean.labels),
+            return out
+        return {**out, "ca": accuracy(trainer.predict(model, clean.images), clean.labels),
                 "asr": attack_success_rate(trainer.predict(model, trig.images), target)}
     return monitor
+
+
+def split_prober(truth: torch.Tensor, into: dict[str, float]) -> Callable[[torch.Tensor], None]:
+    """A ``DefenseContext.split_probe``: the left-out rows' TPR/FPR against the poison mask,
+    kept in ``into`` for the next curve point."""
+    def probe(left_out: torch.Tensor) -> None:
+        rates = isolation_rates(left_out, truth)
+        into.update(split_tpr=rates["tpr"], split_fpr=rates["fpr"])
+    return probe
 
 
 def split_validation(test: ImageSet, triggered: ImageSet, target: int, fraction: float, seed: int
@@ -288,11 +300,13 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     upstream = {k: ident[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
                                       "model", "model_params", "train", "seed", "defense_version")
                 if k in ident}
+    split: dict[str, float] = {}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
         cache_key=upstream, trusted=validation,
-        monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"]))
+        monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"], split),
+        split_probe=split_prober(poisoned.poison_mask.cpu(), split))
     if defense_cls.needs_ground_truth(params):
         ctx.ground_truth = poisoned.poison_mask.clone()
     if defense_cls.trusted_per_class(params) > 0:

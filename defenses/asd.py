@@ -130,6 +130,7 @@ class ASD(Defense):
             stages.append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
                            "pool": int(pool.sum())})
             mix.set_unlabelled((~pool).nonzero().flatten())
+            ctx.note_split(~pool[:n])
             return pool.nonzero().flatten()
 
         torch.manual_seed(ctx.seed)

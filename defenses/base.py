@@ -47,10 +47,19 @@ class DefenseContext:
     # the poison mask, given only to analyses that declare needs_ground_truth (PIPD's Table 3
     # fault-ratio study); None in every defense run
     ground_truth: torch.Tensor | None = None
+    # the harness's reading of a split the defense re-draws every epoch (DBD, ASD): it takes the
+    # rows the defense currently leaves out and puts their TPR/FPR in the epoch's curve point;
+    # nothing comes back to the defense
+    split_probe: Callable[[torch.Tensor], None] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
+
+    def note_split(self, left_out: torch.Tensor) -> None:
+        """Show the harness this epoch's split (bool (N,), True: not trusted); see split_probe."""
+        if self.split_probe is not None:
+            self.split_probe(left_out.cpu())
 
     # ---------------------------------------------------------- models shared across defenses
     def backdoored_model(self) -> tuple[nn.Module, list[dict], bool]:

@@ -223,6 +223,11 @@ def test_dbd_and_asd_run_with_trusted_samples_from_outside_the_subset(args, tmp_
     assert by["dbd"]["isolation"]["isolated"]["n_isolated"] == 100  # the unlabelled half of 200
     assert set(by["dbd"]["curves"]) == {"simclr", "head", "mixmatch"}
     assert [c["stage"] for c in by["asd"]["curves"]["mixmatch"]] == [1, 1, 2, 3]
+    # each epoch's split, read by the harness: DBD's unlabelled half, ASD's rows outside the pool
+    assert all(0 <= p["split_tpr"] <= 1 for p in by["asd"]["curves"]["mixmatch"])
+    assert by["asd"]["curves"]["mixmatch"][-1]["split_tpr"] == pytest.approx(by["asd"]["metrics"]["tpr"])
+    assert all("split_fpr" in p for p in by["dbd"]["curves"]["mixmatch"])
+    assert by["dbd"]["curves"]["mixmatch"][-1]["split_fpr"] == pytest.approx(by["dbd"]["metrics"]["fpr"])
     # where the time went: each phase, the per-epoch re-splits, the rest; they add up
     phases = by["dbd"]["timings"]["defense_phases"]
     assert {"simclr_s", "head_s", "mixmatch_s", "mixmatch_split_s", "curves_s", "other_s"} <= set(phases)
