@@ -27,6 +27,7 @@ from torch import nn
 
 from attacks.base import Attack, AttackParams, register_attack
 from benchmark.data import ImageSet
+from benchmark.progress import Phase
 from benchmark.validate import at_least
 
 
@@ -168,9 +169,11 @@ class Dynamic(Attack):
         # 1. the mask network alone: diverse masks of the given density
         opt_m = torch.optim.Adam(mask_net.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
         sched_m = step_schedule(opt_m, p.milestones_m, p.mask_epochs)
+        phase = Phase("Dynamic mask network", p.mask_epochs, n // bs)
         for epoch in range(p.mask_epochs):
             mask_net.train()
-            for x1, _y, x2 in batches():
+            for i, (x1, _y, x2) in enumerate(batches(), 1):
+                phase.step(epoch + 1, i)
                 m1 = threshold(mask_net(tr.normalize(x1 * 255)))
                 m2 = threshold(mask_net(tr.normalize(x2 * 255)))
                 # per-pixel hinge, as the original: every mask pixel above the density costs;
@@ -182,6 +185,7 @@ class Dynamic(Attack):
                 opt_m.step()
             sched_m.step()
             curve.append({"phase": "mask", "epoch": epoch + 1, "mask_density": float(m1.detach().mean())})
+            phase.epoch_done(epoch + 1, {"mask_density": curve[-1]["mask_density"]})
         mask_net.eval()
         for q in mask_net.parameters():
             q.requires_grad_(False)
@@ -193,11 +197,13 @@ class Dynamic(Attack):
         sched_c = step_schedule(opt_c, p.milestones_c, p.epochs)
         sched_g = step_schedule(opt_g, p.milestones_g, p.epochs)
         n_bd, n_cross = round(p.train_attack_ratio * bs), round(p.train_cross_ratio * bs)
+        phase = Phase("Dynamic generator + classifier", p.epochs, n // bs)
         for epoch in range(p.epochs):
             clf.train()
             gen.train()
             correct = bd_hit = seen = 0
-            for x1, y1, x2 in batches():
+            for i, (x1, y1, x2) in enumerate(batches(), 1):
+                phase.step(epoch + 1, i)
                 # G and M only on the samples that get a trigger, as the original
                 bd_x, cross_x, cross_src = x1[:n_bd], x1[n_bd:n_bd + n_cross], x2[n_bd:n_bd + n_cross]
                 g1, g2 = gen(tr.normalize(bd_x * 255)), gen(tr.normalize(cross_src * 255))
@@ -225,6 +231,7 @@ class Dynamic(Attack):
             curve.append({"phase": "joint", "epoch": epoch + 1,
                           "clean_acc": correct / max(1, seen - seen * n_bd // bs),
                           "backdoor_acc": bd_hit / max(1, seen * n_bd // bs)})
+            phase.epoch_done(epoch + 1, {k: curve[-1][k] for k in ("clean_acc", "backdoor_acc")})
         return {"gen": {k: v.cpu() for k, v in gen.state_dict().items()},
                 "mask": {k: v.cpu() for k, v in mask_net.state_dict().items()}, "curve": curve}
 

@@ -26,7 +26,8 @@ _sink: Sink | None = None
 
 # metric keys whose values are fractions (printed as percent)
 PERCENT = {"train_acc": "acc", "ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR",
-           "clean_acc": "clean acc", "poison_acc": "poison acc",
+           "clean_acc": "clean acc", "poison_acc": "poison acc", "backdoor_acc": "backdoor acc",
+           "mask_density": "mask density",
            "split_tpr": "split TPR", "split_fpr": "split FPR"}
 HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "from_cache"}
 
