@@ -255,10 +255,10 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
     cached: dict[str, float] = {}
     for name, curve in curves.items():
         rows = [p for p in curve if isinstance(p, dict) and "seconds" in p]
-        if rows and all(p.get("from_cache") for p in rows):
-            cached[f"{name}_cached_s"] = sum(p["seconds"] for p in rows)
-            continue
         if not rows:
+            continue
+        if all(p.get("from_cache") for p in rows):
+            cached[f"{name}_cached_s"] = sum(p["seconds"] for p in rows)
             continue
         out[f"{name}_s"] = sum(p["seconds"] for p in rows)
         if any("split_s" in p for p in rows):

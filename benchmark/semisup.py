@@ -14,14 +14,14 @@ BatchNorm statistics also cover both (the documented equivalent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import UsageError
 from benchmark.train import CROP_MODES, Trainer
+from benchmark.validate import one_of
 
 
 @dataclass
@@ -43,11 +43,8 @@ class SemiSupervisedOptions:
     mixmatch_t: float = 0.5
     mixmatch_alpha: float = 0.75
     lambda_u: float = 15.0
-    crop_mode: str = "reflect"  # weak augmentation's crop padding: both references reflect
-
-    def check_semi_options(self) -> None:
-        if self.crop_mode not in CROP_MODES:
-            raise UsageError(f"unknown crop_mode {self.crop_mode!r}; valid choices: {', '.join(CROP_MODES)}")
+    # weak augmentation's crop padding: both references reflect
+    crop_mode: str = field(default="reflect", metadata=one_of(*CROP_MODES))
 
     def mixmatch(self, rampup: float) -> MixMatchParams:
         return MixMatchParams(self.mixmatch_k, self.mixmatch_t, self.mixmatch_alpha, self.lambda_u,

@@ -51,7 +51,6 @@ class ASDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     meta_layers: list[str] = field(default_factory=lambda: ["layer3", "layer4", "linear", "fc"])
 
     def __post_init__(self) -> None:
-        self.check_semi_options()
         if not 0 <= self.stage1 <= self.stage2 <= 1:
             raise UsageError(f"asd stages must satisfy 0 <= stage1 <= stage2 <= 1, got "
                              f"{self.stage1}, {self.stage2}")
@@ -118,12 +117,12 @@ class ASD(Defense):
                        crop_mode=p.crop_mode)
 
         def resplit(epoch: int, model: nn.Module) -> torch.Tensor:
+            if epoch < e2:  # stages 1 and 2 rank the SCE (stage 3 its own score)
+                scores[:] = sce(model)
             if epoch < e1:
                 grown = p.grow * (epoch // p.grow_every)
-                scores[:] = sce(model)
                 pool[:] = class_aware_pool(scores, labels.cpu(), trusted, grown, k)
             elif epoch < e2:
-                scores[:] = sce(model)
                 pool[:] = label_lowest(scores, p.epsilon)
             else:
                 pool[:] = meta_split(model, epoch)

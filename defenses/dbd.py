@@ -24,7 +24,7 @@ epoch (here per step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from benchmark.losses import nt_xent, sce_loss, sce_per_sample
 from benchmark.models import Backbone, classifier_head, embed
 from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
+from benchmark.validate import at_least
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
 
@@ -58,18 +59,15 @@ class DBDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     epsilon: float = 0.5  # labelled share: the lowest-SCE samples
     # where lambda_u's linear ramp starts, as a share of the MixMatch epochs: the reference counts
     # its 10 head epochs into a ramp of 190 (10/190), so the weight is full at epoch 180 of 190
-    ramp_start: float = 10 / 190
+    ramp_start: float = field(default=10 / 190, metadata=at_least(0))
 
     def ramp_offset(self) -> float:
         """Epochs of lambda_u's ramp already behind MixMatch's first step (reference: 10 of 190)."""
         return self.ramp_start * self.semi_epochs
 
     def __post_init__(self) -> None:
-        self.check_semi_options()
         if not 0 < self.epsilon < 1:
             raise UsageError(f"dbd epsilon must be in (0, 1), got {self.epsilon}")
-        if self.ramp_start < 0:
-            raise UsageError(f"dbd ramp_start must be at least 0, got {self.ramp_start}")
 
 
 def projection_head(dim: int) -> nn.Module:

@@ -33,6 +33,7 @@ BAD = [
     (["--set", "badnets.target=10"], "target class 10 outside 0..9"),
     (["--set", "pipd.rounds=0"], "pipd.rounds: must be >= 1"),
     (["--set", "pipd.jenks_method=foo"], "valid choices: exact, jenkspy"),
+    (["--defenses", "dbd", "--set", "dbd.crop_mode=wrap"], "valid choices: zeros, reflect"),
     (["--set", "pipd.layers=foo"], "pipd.layers: expected a list of str or null"),
     (["--set", "pipd.top_k=abc"], "pipd.top_k: expected int or null"),
     (["--set", "data.train_size=abc"], "data.train_size: expected int"),
