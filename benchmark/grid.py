@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.cell import Runtime, run_cell_safe
-from benchmark.config import PRESETS, cell_id, label, overrides, resolve_cell, validate_sets
+from benchmark.config import PRESETS, cell_id, label, lineage, overrides, resolve_cell, validate_sets
 from benchmark.progress import Console, GridClock, RayReporter, duration, set_sink
 from benchmark.registry import UsageError
 from benchmark.store import ResultStore, problem
@@ -38,8 +38,10 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     attacks = ATTACKS.select(attacks if attacks is not None else spec.get("grid_attacks"))
     defenses = DEFENSES.select(defenses if defenses is not None else spec.get("grid_defenses"))
     combos = [list(c) for c in itertools.product(*[[(k, v) for v in vals] for k, vals in sweeps])]
+    notes: dict[str, None] = {}
     for combo in combos:
         validate_sets([*sets, *combo], attacks, defenses)
+        notes.update(dict.fromkeys(unused_sets(preset, [*sets, *combo], attacks, defenses)))
     datasets: list[str | None] = [None]
     if imagenet and preset == "full":
         datasets.append("imagefolder")
@@ -54,7 +56,33 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
                         cell = resolve_cell(preset, attack, defense, seed, [*sets, *combo],
                                             dataset=dataset)
                         cells.setdefault(cell_id(cell), cell)
+    for note in notes:  # once everything is valid, so that an error stays one line
+        print(note, file=sys.stderr)
     return list(cells.values())
+
+
+def unused_sets(preset: str, sets: list[tuple[str, Any]], attacks: list[str],
+                defenses: list[str]) -> list[str]:
+    """A ``--set`` for an attack or defense outside the grid changes no cell: its value is still
+    checked (a bad one is the same one-line error as inside the grid); returns a note for each."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    used_attacks = {n for a in attacks for n in lineage(ATTACKS.get(a))}
+    used_defenses = {n for d in defenses for n in lineage(DEFENSES.get(d))}
+    notes = []
+    for key, value in sets:
+        ns = key.partition(".")[0]
+        if ns in ATTACKS and ns not in used_attacks:
+            resolve_cell(preset, ns, defenses[0], 0, [(key, value)])
+            where = f"attacks: {', '.join(attacks)}"
+        elif ns in DEFENSES and ns not in used_defenses:
+            resolve_cell(preset, attacks[0], ns, 0, [(key, value)])
+            where = f"defenses: {', '.join(defenses)}"
+        else:
+            continue
+        notes.append(f"note: --set {key}={value} applies to no cell of this grid ({where})")
+    return notes
 
 
 def describe(config: dict[str, Any]) -> str:

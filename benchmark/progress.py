@@ -133,11 +133,12 @@ class RayReporter:
 class Phase:
     """The progress of one training phase (or any long loop): ``step`` emits a step event at
     most every ``beat`` seconds, ``epoch_done`` an epoch event; both carry the phase's ETA from
-    the time its steps have taken so far."""
+    the time its steps have taken so far. An epoch event without ``seconds`` gets the time since
+    the previous one."""
 
     def __init__(self, name: str, epochs: int, steps: int, beat: float = 1.0) -> None:
         self.name, self.epochs, self.steps, self.beat = name, epochs, max(steps, 1), beat
-        self.t0 = self._last = time.perf_counter()
+        self.t0 = self._last = self._epoch_t0 = time.perf_counter()
 
     def eta(self, epoch: int, step: int) -> float:
         """Seconds left after ``step`` steps of 1-based ``epoch``."""
@@ -152,6 +153,9 @@ class Phase:
                   "step": step, "steps": self.steps, "eta_s": self.eta(epoch, step)})
 
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        metrics = {**metrics, "seconds": metrics.get("seconds", now - self._epoch_t0)}
+        self._epoch_t0 = now
         emit({"kind": "epoch", "phase": self.name, "epoch": epoch, "epochs": self.epochs,
               "metrics": metrics, "eta_s": self.eta(epoch + 1, 0)})
 

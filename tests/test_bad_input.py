@@ -34,6 +34,9 @@ BAD = [
     (["--set", "pipd.rounds=0"], "pipd.rounds: must be >= 1"),
     (["--set", "pipd.jenks_method=foo"], "valid choices: exact, jenkspy"),
     (["--defenses", "dbd", "--set", "dbd.crop_mode=wrap"], "valid choices: zeros, reflect"),
+    # a defense (attack) outside the grid: its value is still checked
+    (["--set", "dbd.crop_mode=wrap"], "valid choices: zeros, reflect"),
+    (["--set", "refool.ghost_rate=2"], "refool.ghost_rate: must be"),
     (["--set", "pipd.layers=foo"], "pipd.layers: expected a list of str or null"),
     (["--set", "pipd.top_k=abc"], "pipd.top_k: expected int or null"),
     (["--set", "data.train_size=abc"], "data.train_size: expected int"),
@@ -74,6 +77,16 @@ def test_unusable_folders_and_archives_are_refused(tiny_cifar, tmp_path, capsys,
         assert not (tmp_path / "res").exists()
         assert not [d for d in tmp_path.glob("cache/datasets/*") if d.is_dir()]  # none half-decoded
         faults["bad inputs refused"] += 1
+
+
+def test_a_set_outside_the_grid_is_noted(tiny_cifar, tmp_path, capsys):
+    args = grid(tiny_cifar, tmp_path, "--set", "dbd.crop_mode=reflect", "--set", "pipd.rounds=2",
+                "--dry-run")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("note: --set dbd.crop_mode=reflect applies to no cell of this grid "
+            "(defenses: no_defense, pipd)") in err
+    assert "pipd.rounds" not in err  # inside the grid: no note
 
 
 def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):

@@ -78,3 +78,17 @@ def test_trainer_emits_one_epoch_event_per_epoch():
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[0]["phase"] == "probe"
     assert epochs[0]["eta_s"] > 0 and epochs[-1]["eta_s"] == 0
     assert 0.0 <= epochs[-1]["metrics"]["train_acc"] <= 1.0
+
+
+def test_a_phase_without_seconds_times_its_epochs():
+    events = []
+    previous = progress.set_sink(events.append)
+    try:
+        phase = progress.Phase("Dynamic mask network", 2, 10)
+        phase.epoch_done(1, {"mask_density": 0.05})
+        phase.epoch_done(2, {"mask_density": 0.03, "seconds": 7.0})
+    finally:
+        progress.set_sink(previous)
+    first, second = (e["metrics"]["seconds"] for e in events)
+    assert 0 <= first < 5 and second == 7.0  # measured when missing, kept when given
+    assert "?" not in event_line(events[0]) and "mask density 5.0%" in event_line(events[0])
