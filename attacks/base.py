@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from benchmark.cache import ArtifactCache, safe_artifact
+from benchmark.cache import OMIT_AT_DEFAULT, ArtifactCache, safe_artifact
 from benchmark.data import ImageSet
 from benchmark.registry import Registry, UsageError
 
@@ -24,6 +24,11 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 class AttackParams:
     target: int = 0
     rate: float = 0.05  # fraction of the whole training set (see each attack's ``rate_of``)
+    # training-time control, the threat model of WaNet's and Input-aware's original code: every
+    # epoch trains on a fresh draw of poisoned and cover samples (same trigger, new rows, new
+    # per-sample noise) instead of one fixed poisoned set. Only a defense that trains plainly on
+    # what it gets can run it (No Defense: ``Defense.accepts_repoisoning``)
+    repoison_every_epoch: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
@@ -86,6 +91,7 @@ class Attack:
     # attack's cached artifacts and cells (see benchmark.config.method_versions)
     version: ClassVar[int] = 1
     chunk: ClassVar[int] = 512  # images per batch when triggering (bounds memory at 224x224)
+    draw: int = 0  # which draw of poisoned rows and per-sample randomness (the epoch, when re-poisoning)
 
     def __init__(self, params: AttackParams, ctx: AttackContext) -> None:
         if not 0 <= params.target < ctx.num_classes:
@@ -140,8 +146,14 @@ class Attack:
                              f"but the training set has {n} {kind} images")
 
     def generator(self, stream: int) -> torch.Generator:
-        """A generator seeded by the cell seed; ``stream`` separates independent draws."""
+        """A generator seeded by the cell seed; ``stream`` separates independent draws. For
+        what defines the trigger (the same in every draw)."""
         return torch.Generator().manual_seed(self.ctx.seed * 1000 + stream)
+
+    def draw_generator(self, stream: int) -> torch.Generator:
+        """As ``generator``, for what a re-poisoning epoch draws afresh: which rows are poisoned
+        or cover, per-sample noise and pairings (``draw`` 0: the fixed poisoned set)."""
+        return torch.Generator().manual_seed(self.ctx.seed * 1000 + stream + 1_000_003 * self.draw)
 
     def select_poison(self, train: ImageSet) -> torch.Tensor:
         """Seeded choice of the samples to poison (sorted row indices)."""
@@ -149,7 +161,7 @@ class Attack:
         k = self.poison_count(train)
         if k > len(candidates):
             raise UsageError(f"{self.name}: {k} samples to poison but only {len(candidates)} eligible")
-        return candidates[torch.randperm(len(candidates), generator=self.generator(0))[:k]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=self.draw_generator(0))[:k]].sort().values
 
     def select_cover(self, train: ImageSet, poisoned: torch.Tensor) -> torch.Tensor:
         """Seeded choice of cover samples among the rest (any class, labels kept)."""
@@ -161,7 +173,7 @@ class Attack:
         candidates = free.nonzero().flatten()
         if k > len(candidates):
             raise UsageError(f"{self.name}: {k} cover samples but only {len(candidates)} left")
-        return candidates[torch.randperm(len(candidates), generator=self.generator(1))[:k]].sort().values
+        return candidates[torch.randperm(len(candidates), generator=self.draw_generator(1))[:k]].sort().values
 
     def _chunked(self, fn, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         out = []
@@ -192,6 +204,16 @@ class Attack:
         keep = (test.labels != self.params.target).nonzero().flatten()
         return ImageSet(self._chunked(self.apply_trigger, test.images[keep]), test.labels[keep],
                         test.classes)
+
+    def repoisoned(self, train: ImageSet, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of re-poisoning epoch ``epoch`` (0-based; 0 is the fixed set),
+        for ``repoison_every_epoch``; ``prepare`` must have run (its artifacts are cached)."""
+        self.draw = epoch
+        try:
+            fresh = self.poison_train(train)
+        finally:
+            self.draw = 0
+        return fresh.images, fresh.labels
 
     def describe(self) -> dict[str, Any]:
         return {"rate_of": self.rate_of, "clean_label": self.is_clean_label,

@@ -259,7 +259,7 @@ class Dynamic(Attack):
     def cover_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # each cross sample takes the trigger of a random other training image
         donors = torch.randint(0, len(self.train_images), (len(images),),
-                               generator=self.generator(9 + int(index[0])))
+                               generator=self.draw_generator(9 + int(index[0])))
         return self.triggered(images, self.train_images[donors])
 
     def describe(self) -> dict:

@@ -322,7 +322,8 @@ class Refool(Attack):
         return self.reflect(images, torch.randint(0, len(self.pool), (len(images),), generator=g), g)
 
     def poison_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.reflect_any(images, self.generator(6 + int(index[0])))  # seeded by the chunk's first row
+        # seeded by the chunk's first row
+        return self.reflect_any(images, self.draw_generator(6 + int(index[0])))
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         # seeded by the batch's content: each chunk of the test set gets its own draws

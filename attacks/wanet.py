@@ -70,6 +70,6 @@ class WaNet(Attack):
     def cover_images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
         # seeded by the chunk's first row: the same config gives the same cross samples
-        noise = torch.rand((n, h, w, 2), generator=self.generator(3 + int(index[0])))
+        noise = torch.rand((n, h, w, 2), generator=self.draw_generator(3 + int(index[0])))
         grid = (self.grid(h, w) + (noise * 2 - 1) / h).clamp(-1, 1)
         return to_uint8(F.grid_sample(to_float(images), grid.to(images.device), align_corners=True))

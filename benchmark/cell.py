@@ -221,6 +221,9 @@ def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
         fields += ["model", "model_params"]
     ident = identity(config)
     key = {k: ident[k] for k in fields if k in ident}  # a version is absent while it is 1
+    # re-poisoning changes how training uses the poisoned set, not the set nor the trigger: the
+    # fixed-set cells' artifacts (generator, selection, epoch-0 set) serve it too
+    key["attack_params"] = {k: v for k, v in key["attack_params"].items() if k != "repoison_every_epoch"}
     device = trainer.device if trainer is not None else torch.device("cpu")
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
@@ -246,11 +249,36 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
     return art["train"], art["test"], attack
 
 
+def repoisoning(attack, train: ImageSet, fixed) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    """Each epoch's training set for an attack that re-poisons every epoch: epoch 0 is the
+    fixed poisoned set (the record's ground truth), later ones fresh draws of rows and noise."""
+    prepared = False
+
+    def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal prepared
+        if epoch == 0:
+            return fixed.images, fixed.labels
+        if not prepared:  # the poisoned set may have come from the cache: its artifacts too
+            attack.prepare(train)
+            prepared = True
+        return attack.repoisoned(train, epoch)
+
+    return epoch_data
+
+
+def repoison_info(attack) -> dict[str, str]:  # noqa: ANN001
+    if not attack.params.repoison_every_epoch:
+        return {}
+    return {"threat_model": "training-time control: fresh poisoned and cover rows every epoch "
+                            "(the poison mask here is epoch 1's)"}
+
+
 def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, float]:
     """Where a defense's time went, from its curves: each phase's training epochs, its per-epoch
-    re-splits (``<phase>_split_s``) and curve evaluations (``curves_s``); ``other_s`` is the rest
-    (isolation statistics, loss rankings outside a training loop). A phase taken from the cache
-    shows as ``<phase>_cached_s``, what it cost when it was computed, outside the sum."""
+    re-splits (``<phase>_split_s``) or re-poisoned sets (``<phase>_data_s``), its curve
+    evaluations (``curves_s``); ``other_s`` is the rest (isolation statistics, loss rankings
+    outside a training loop). A phase taken from the cache shows as ``<phase>_cached_s``, what
+    it cost when it was computed, outside the sum."""
     out: dict[str, float] = {}
     cached: dict[str, float] = {}
     for name, curve in curves.items():
@@ -261,8 +289,9 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
             cached[f"{name}_cached_s"] = sum(p["seconds"] for p in rows)
             continue
         out[f"{name}_s"] = sum(p["seconds"] for p in rows)
-        if any("split_s" in p for p in rows):
-            out[f"{name}_split_s"] = sum(p.get("split_s", 0.0) for p in rows)
+        for part in ("split", "data"):  # per-epoch re-splits, re-poisoned data
+            if any(f"{part}_s" in p for p in rows):
+                out[f"{name}_{part}_s"] = sum(p.get(f"{part}_s", 0.0) for p in rows)
         out["curves_s"] = out.get("curves_s", 0.0) + sum(p.get("callback_s", 0.0) for p in rows)
     out["other_s"] = max(0.0, defense_s - sum(out.values()))
     return {**out, **cached}
@@ -307,6 +336,8 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
         cache_key=upstream, trusted=validation,
         monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"], split),
         split_probe=split_prober(poisoned.poison_mask.cpu(), split))
+    if attack.params.repoison_every_epoch:  # resolve_cell admits only defenses that accept it
+        ctx.epoch_data = repoisoning(attack, dataset.train, poisoned)
     if defense_cls.needs_ground_truth(params):
         ctx.ground_truth = poisoned.poison_mask.clone()
     if defense_cls.trusted_per_class(params) > 0:
@@ -357,7 +388,7 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
         "id": cell_id(config), "status": "ok", "config": config, "metrics": metrics, **record,
         "isolation": isolation, "curves": result.curves,
         "defense_info": {"title": defense_cls.title or defense_cls.name, **result.info},
-        "attack_info": {**poisoned.info, "n_train": len(poisoned),
+        "attack_info": {**poisoned.info, **repoison_info(attack), "n_train": len(poisoned),
                         "n_poisoned": int(poisoned.poison_mask.sum()),
                         "n_cover": int(poisoned.cover_mask.sum()), "n_triggered_test": len(triggered)},
         "data_source": dataset.source, "timings": times, "versions": versions(),

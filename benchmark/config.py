@@ -260,6 +260,10 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
     TrainConfig.from_dict(train)
     attack_cls.Params(**attack_params)
     defense_cls.Params(**defense_params)
+    if attack_params.get("repoison_every_epoch") and not defense_cls.accepts_repoisoning:
+        plain = ", ".join(n for n in DEFENSES if DEFENSES.get(n).accepts_repoisoning)
+        raise UsageError(f"attack.repoison_every_epoch=true is training-time control (a fresh "
+                         f"poisoned set every epoch); {defense} cannot run it; valid: {plain}")
     return {
         "preset": preset, "dataset": dataset, "model": model, "attack": attack,
         "defense": defense, "seed": seed, "data": data, "model_params": model_params,

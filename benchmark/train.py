@@ -42,6 +42,8 @@ StepFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.T
                    torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
 # callback(epoch, model) -> metrics to append to the per-epoch curve (or None)
 EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
+# epoch_data(epoch) -> that epoch's (images, labels): a training set re-drawn every epoch
+EpochData = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -283,8 +285,8 @@ class Trainer:
             cfg: TrainConfig, *, indices: torch.Tensor | None = None,
             loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
             seed: int = 0, desc: str = "train", step: StepFn | None = None,
-            resplit: Callable[[int, nn.Module], torch.Tensor] | None = None
-            ) -> list[dict[str, float]]:
+            resplit: Callable[[int, nn.Module], torch.Tensor] | None = None,
+            epoch_data: EpochData | None = None) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
@@ -294,6 +296,8 @@ class Trainer:
         stay this one. ``resplit(epoch, model)`` (0-based epoch) returns the rows each epoch
         trains on, for schemes that re-split their data every epoch (DBD, ASD); it needs
         ``cfg.steps_per_epoch``, so the schedule does not depend on the split.
+        ``epoch_data(epoch)`` (0-based) gives each epoch's images and labels, same shape as
+        ``images``/``labels``: an attacker controlling training re-poisons every epoch.
         """
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
@@ -329,6 +333,10 @@ class Trainer:
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
+            if epoch_data is not None:
+                t_data = time.perf_counter()
+                x_all, y_all = (self.to_device(t) for t in epoch_data(epoch))
+                data_s = time.perf_counter() - t_data
             t_split = time.perf_counter()
             if resplit is not None:
                 rows = resplit(epoch, model).cpu()
@@ -355,6 +363,8 @@ class Trainer:
                      "train_acc": float(correct) / scored if scored else float("nan"),
                      "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                      "img_per_s": seen / (time.perf_counter() - t0)}
+            if epoch_data is not None:
+                stats["data_s"] = data_s  # drawing this epoch's poisoned set
             if resplit is not None:
                 stats["split_s"] = split_s  # choosing this epoch's rows (DBD, ASD: a loss ranking)
             if callback is not None:
@@ -368,8 +378,8 @@ class Trainer:
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
                    images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, seed: int,
                    loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-                   desc: str = "train", step: StepFn | None = None
-                   ) -> tuple[nn.Module, list[dict], bool]:
+                   desc: str = "train", step: StepFn | None = None,
+                   epoch_data: EpochData | None = None) -> tuple[nn.Module, list[dict], bool]:
         """A model trained from scratch once per ``key`` and kept in ``cache`` (an
         ``ArtifactCache``) as its state dict and curve: (prepared model, curve, whether it came
         from the cache). The initialisation is seeded here, so whichever cell asks first
@@ -378,7 +388,7 @@ class Trainer:
             torch.manual_seed(seed)
             model = make_model()
             curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, callback=callback,
-                             seed=seed, desc=desc, step=step)
+                             seed=seed, desc=desc, step=step, epoch_data=epoch_data)
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
 
         reused = cache.exists(kind, key)

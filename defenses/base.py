@@ -18,7 +18,7 @@ from torch import nn
 from benchmark.cache import ArtifactCache
 from benchmark.data import ImageSet
 from benchmark.registry import Registry
-from benchmark.train import LossFn, TrainConfig, Trainer
+from benchmark.train import EpochData, LossFn, TrainConfig, Trainer
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
@@ -51,6 +51,9 @@ class DefenseContext:
     # rows the defense currently leaves out and puts their TPR/FPR in the epoch's curve point;
     # nothing comes back to the defense
     split_probe: Callable[[torch.Tensor], None] | None = None
+    # an attack that controls training (``attack.repoison_every_epoch``): each epoch's images and
+    # labels for the backdoored model; only defenses with ``accepts_repoisoning`` get one
+    epoch_data: EpochData | None = None
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +72,7 @@ class DefenseContext:
         curve, whether it came from the cache)."""
         key = {k: v for k, v in self.cache_key.items() if k != "defense_version"}
         return self._trained_once("backdoored", {**key, "phase": "backdoored"}, self.train_cfg,
-                                  None, "train")
+                                  None, "train", epoch_data=self.epoch_data)
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
                   ) -> tuple[nn.Module, list[dict], bool]:
@@ -84,10 +87,11 @@ class DefenseContext:
         return self._trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 
     def _trained_once(self, kind: str, key: dict, cfg: TrainConfig, loss_fn: LossFn | None,
-                      desc: str) -> tuple[nn.Module, list[dict], bool]:
+                      desc: str, epoch_data: EpochData | None = None
+                      ) -> tuple[nn.Module, list[dict], bool]:
         return self.trainer.fit_cached(self.cache, kind, key, self.make_model, self.train.images,
                                        self.train.labels, cfg, seed=self.seed, loss_fn=loss_fn,
-                                       callback=self.monitor, desc=desc)
+                                       callback=self.monitor, desc=desc, epoch_data=epoch_data)
 
 
 @dataclass
@@ -110,6 +114,9 @@ class Defense:
     Params: ClassVar[type[DefenseParams]] = DefenseParams
     is_detector: ClassVar[bool] = False  # isolation only (SCALE-UP, DBALFA); no defended model
     version: ClassVar[int] = 1  # bump when results change for the same params (re-keys cells)
+    # runs against an attack that re-poisons every epoch (training-time control): only a defense
+    # that trains plainly on what it gets; others are refused with that setting
+    accepts_repoisoning: ClassVar[bool] = False
 
     def __init__(self, params: DefenseParams) -> None:
         self.params = params

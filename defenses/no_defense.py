@@ -9,6 +9,7 @@ from defenses.base import Defense, DefenseContext, DefenseResult, register_defen
 class NoDefense(Defense):
     name = "no_defense"
     title = "No Defense (standard training; the baseline)"
+    accepts_repoisoning = True
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         model, curve, reused = ctx.backdoored_model()  # kept for the detectors and NONE

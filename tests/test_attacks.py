@@ -80,3 +80,23 @@ def test_clean_baseline_poisons_nothing_and_its_trigger_is_the_identity():
     test = make_set(50, seed=3)
     trig = atk.trigger_test(test)
     assert torch.equal(trig.images, test.images[test.labels != 0])
+
+
+@pytest.mark.parametrize("name", ["wanet", "badnets", "dynamic"])
+def test_a_repoisoning_epoch_draws_new_rows_with_the_same_trigger(name):
+    train = make_set(400)
+    atk, fixed = poisoned(name, train, repoison_every_epoch=True)
+    images0, labels0 = atk.repoisoned(train, 0)
+    assert torch.equal(images0, fixed.images) and torch.equal(labels0, fixed.labels)  # epoch 0
+    images1, labels1 = atk.repoisoned(train, 1)
+    assert atk.draw == 0  # the attack object is left on the fixed set
+    now = (labels1 == 0) & (train.labels != 0)  # relabelled rows of epoch 1
+    assert int(now.sum()) == int(fixed.poison_mask.sum())
+    assert not torch.equal(now, fixed.poison_mask)  # other rows ...
+    both = now & fixed.poison_mask
+    if name != "dynamic":  # ... the same trigger: a row poisoned in both draws is the same image
+        assert both.any() and torch.equal(images1[both], fixed.images[both])
+    untouched = (images1 == train.images).flatten(1).all(1)
+    assert int((~untouched).sum()) >= int(now.sum())  # poisoned (and cover) rows carry it
+    again, _ = atk.repoisoned(train, 1)
+    assert torch.equal(again, images1)  # seeded by (cell seed, epoch)

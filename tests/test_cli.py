@@ -132,6 +132,22 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     assert len(list((cache / "backdoored").glob("*.pt"))) == 10  # each attack's No Defense model
 
 
+def test_repoisoning_every_epoch_runs_no_defense_on_the_fixed_sets_artifacts(args, tmp_path):
+    run = [*args, "--attacks", "wanet", "--defenses", "no_defense", "--set", "train.epochs=2"]
+    assert main(run) == 0
+    assert main([*run, "--set", "attack.repoison_every_epoch=true"]) == 0
+    recs = sorted(records(tmp_path).values(), key=lambda r: "threat_model" in r["attack_info"])
+    fixed, fresh = recs
+    assert fresh["status"] == "ok" and "training-time control" in fresh["attack_info"]["threat_model"]
+    assert all("data_s" in p for p in fresh["curves"]["train"])
+    assert not any("data_s" in p for p in fixed["curves"]["train"])
+    assert "train_data_s" in fresh["timings"]["defense_phases"]
+    cache = tmp_path / "res" / "cache"
+    assert len(list((cache / "poisoned").glob("*.pt"))) == 1  # the epoch-0 set: shared
+    assert len(list((cache / "backdoored").glob("*.pt"))) == 2  # two trainings
+    assert main([*args, "--attacks", "wanet", "--set", "attack.repoison_every_epoch=true"]) == 2
+
+
 def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "gallery"
     code = main(["triggers", "--out", str(out), "--attacks", "badnets,sig,wanet,clean", "--n", "2",

@@ -95,3 +95,12 @@ def test_unknown_names_are_usage_errors():
         resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["model=vgg"]))
     with pytest.raises(UsageError, match="key=value"):
         parse_sets(["train.epochs"])
+
+
+def test_repoisoning_is_for_plain_training_only_and_keeps_the_fixed_cells_ids():
+    base = resolve_cell("smoke", "wanet", "no_defense", 0, [])
+    on = resolve_cell("smoke", "wanet", "no_defense", 0, parse_sets(["attack.repoison_every_epoch=true"]))
+    off = resolve_cell("smoke", "wanet", "no_defense", 0, parse_sets(["attack.repoison_every_epoch=false"]))
+    assert cell_id(off) == cell_id(base) != cell_id(on)
+    with pytest.raises(UsageError, match="training-time control.*pipd cannot run it; valid: no_defense"):
+        resolve_cell("smoke", "wanet", "pipd", 0, parse_sets(["wanet.repoison_every_epoch=true"]))

@@ -89,6 +89,29 @@ def test_fit_trains_only_on_given_indices_and_passes_them_to_the_loss():
     assert torch.equal(per_epoch, rows.repeat(2).sort().values)
 
 
+def test_fit_trains_each_epoch_on_that_epochs_data():
+    x, y = synthetic_images(4, 8, seed=2)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    asked, seen = [], []
+
+    def epoch_data(epoch):
+        asked.append(epoch)
+        return x, (y + epoch) % 10  # each epoch's labels shifted by the epoch
+
+    def loss(logits, target, idx):
+        seen.append((len(asked) - 1, target.cpu(), idx.clone()))
+        return F.cross_entropy(logits, target)
+
+    curve = trainer.fit(build_model("resnet18", 10, width=4), x, y,
+                        TrainConfig(epochs=3, batch_size=16, augment=False), loss_fn=loss,
+                        epoch_data=epoch_data)
+    assert asked == [0, 1, 2] and all("data_s" in point for point in curve)
+    assert {e for e, _, _ in seen} == {0, 1, 2}
+    for epoch, target, idx in seen:
+        assert torch.equal(target, (y[idx] + epoch) % 10)
+
+
 def test_per_sample_loss_matches_eval_mode_cross_entropy():
     x, y = synthetic_images(2, 16, seed=2)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
