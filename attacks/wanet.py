@@ -9,7 +9,9 @@ per-image noise and keep their true labels: they are the cover samples.
 Threat model: the original controls training and warps a fresh ``pc`` share of every batch
 (10% backdoor + 20% noise-mode cross, new noise each batch). This suite benchmarks data
 poisoning, so the poisoned set is fixed once (5% + 10% cross by default); the original's rates
-are ``--set wanet.rate=0.1`` (the cross samples follow at ``cross_ratio`` x the poisoned).
+are ``--set wanet.rate=0.1`` (the cross samples follow at ``cross_ratio`` x the poisoned), and
+``--set attack.repoison_every_epoch=true`` re-draws the warped rows and the noise every epoch
+(training-time control at epoch granularity; No Defense only).
 """
 
 from __future__ import annotations
