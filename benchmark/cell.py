@@ -245,23 +245,21 @@ def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Train
         attack.prepare(dataset.train)
         return {"train": attack.poison_train(dataset.train), "test": attack.trigger_test(dataset.test)}
 
+    reused = rt.artifacts.exists("poisoned", attack.ctx.cache_key)
     art = rt.artifacts.get_or_create("poisoned", attack.ctx.cache_key, compute)
+    if attack.params.repoison_every_epoch and reused:
+        # each epoch re-poisons with the attack's artifacts: load (or rebuild) them here, in the
+        # attack's time and before training seeds anything, not inside the training loop
+        attack.prepare(dataset.train)
     return art["train"], art["test"], attack
 
 
 def repoisoning(attack, train: ImageSet, fixed) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-    """Each epoch's training set for an attack that re-poisons every epoch: epoch 0 is the
-    fixed poisoned set (the record's ground truth), later ones fresh draws of rows and noise."""
-    prepared = False
-
+    """Each epoch's training set for an attack that re-poisons every epoch (prepared by
+    ``poison``): epoch 0 is the fixed poisoned set (the record's ground truth), later ones fresh
+    draws of rows and noise."""
     def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal prepared
-        if epoch == 0:
-            return fixed.images, fixed.labels
-        if not prepared:  # the poisoned set may have come from the cache: its artifacts too
-            attack.prepare(train)
-            prepared = True
-        return attack.repoisoned(train, epoch)
+        return (fixed.images, fixed.labels) if epoch == 0 else attack.repoisoned(train, epoch)
 
     return epoch_data
 

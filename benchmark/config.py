@@ -300,15 +300,7 @@ def overrides(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def label(values: dict[str, Any]) -> str:
-    """``key=value`` pairs for a row or a cell line; floats to 6 significant digits (display
-    only: the record keeps the exact values)."""
-    def short(v: Any) -> Any:
-        if isinstance(v, float):
-            return float(f"{v:.6g}")
-        return [short(x) for x in v] if isinstance(v, list) else v
-
-    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(short(v))}"
-                    for k, v in values.items())
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items())
 
 
 def validate_sets(sets: list[tuple[str, Any]], attacks: list[str], defenses: list[str]) -> None:

@@ -70,18 +70,21 @@ def unused_sets(preset: str, sets: list[tuple[str, Any]], attacks: list[str],
 
     used_attacks = {n for a in attacks for n in lineage(ATTACKS.get(a))}
     used_defenses = {n for d in defenses for n in lineage(DEFENSES.get(d))}
-    notes = []
+    outside: dict[str, list[tuple[str, Any]]] = {}  # namespace -> its sets, checked together
     for key, value in sets:
         ns = key.partition(".")[0]
-        if ns in ATTACKS and ns not in used_attacks:
-            resolve_cell(preset, ns, defenses[0], 0, [(key, value)])
+        if (ns in ATTACKS and ns not in used_attacks) or (ns in DEFENSES and ns not in used_defenses):
+            outside.setdefault(ns, []).append((key, value))
+    plain = next(n for n in DEFENSES if DEFENSES.get(n).accepts_repoisoning)
+    notes = []
+    for ns, group in outside.items():
+        if ns in ATTACKS:  # with a defense that takes any attack option (re-poisoning too)
+            resolve_cell(preset, ns, plain, 0, group)
             where = f"attacks: {', '.join(attacks)}"
-        elif ns in DEFENSES and ns not in used_defenses:
-            resolve_cell(preset, attacks[0], ns, 0, [(key, value)])
-            where = f"defenses: {', '.join(defenses)}"
         else:
-            continue
-        notes.append(f"note: --set {key}={value} applies to no cell of this grid ({where})")
+            resolve_cell(preset, attacks[0], ns, 0, group)
+            where = f"defenses: {', '.join(defenses)}"
+        notes += [f"note: --set {k}={v} applies to no cell of this grid ({where})" for k, v in group]
     return notes
 
 

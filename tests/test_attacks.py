@@ -85,7 +85,7 @@ def test_clean_baseline_poisons_nothing_and_its_trigger_is_the_identity():
 @pytest.mark.parametrize("name", ["wanet", "badnets", "dynamic"])
 def test_a_repoisoning_epoch_draws_new_rows_with_the_same_trigger(name):
     train = make_set(400)
-    atk, fixed = poisoned(name, train, repoison_every_epoch=True)
+    atk, fixed = poisoned(name, train, rate=0.25, repoison_every_epoch=True)  # rows shared by draws
     images0, labels0 = atk.repoisoned(train, 0)
     assert torch.equal(images0, fixed.images) and torch.equal(labels0, fixed.labels)  # epoch 0
     images1, labels1 = atk.repoisoned(train, 1)
@@ -98,5 +98,10 @@ def test_a_repoisoning_epoch_draws_new_rows_with_the_same_trigger(name):
         assert both.any() and torch.equal(images1[both], fixed.images[both])
     untouched = (images1 == train.images).flatten(1).all(1)
     assert int((~untouched).sum()) >= int(now.sum())  # poisoned (and cover) rows carry it
+    if fixed.cover_mask.any():  # cover rows of both draws: fresh per-sample noise / donors
+        cover1 = ~untouched & (labels1 == train.labels)
+        shared = cover1 & fixed.cover_mask
+        differs = (images1[shared] != fixed.images[shared]).flatten(1).any(1)
+        assert shared.any() and differs.float().mean() > 0.5
     again, _ = atk.repoisoned(train, 1)
     assert torch.equal(again, images1)  # seeded by (cell seed, epoch)

@@ -87,6 +87,11 @@ def test_a_set_outside_the_grid_is_noted(tiny_cifar, tmp_path, capsys):
     assert ("note: --set dbd.crop_mode=reflect applies to no cell of this grid "
             "(defenses: no_defense, pipd)") in err
     assert "pipd.rounds" not in err  # inside the grid: no note
+    # an outside component's keys are checked together, and re-poisoning with a defense that can
+    args = grid(tiny_cifar, tmp_path, "--set", "refool.n_reflections=2000", "--set",
+                "refool.n_candidates=3000", "--set", "wanet.repoison_every_epoch=true", "--dry-run")
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("applies to no cell of this grid (attacks: badnets)") == 3
 
 
 def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):

@@ -105,11 +105,3 @@ def test_repoisoning_is_for_plain_training_only_and_keeps_the_fixed_cells_ids():
     with pytest.raises(UsageError, match="training-time control.*pipd cannot run it; valid: no_defense"):
         resolve_cell("smoke", "wanet", "pipd", 0, parse_sets(["wanet.repoison_every_epoch=true"]))
 
-
-def test_labels_show_floats_short_and_everything_else_as_json():
-    from benchmark.config import label
-
-    assert label({"dynamic.milestones_c": [1 / 6, 0.5], "wanet.rate": 0.1, "pipd.layers": None,
-                  "train.optimizer": "adam", "x.flag": True}) == (
-        "dynamic.milestones_c=[0.166667, 0.5] wanet.rate=0.1 pipd.layers=null "
-        "train.optimizer=adam x.flag=true")

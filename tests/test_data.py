@@ -141,3 +141,35 @@ def _without_local_data(load):
             raise DataNotFoundError("no data on this node")
         return load(*args, splits=splits, **kwargs)
     return wrapped
+
+
+def test_repoisoning_after_a_cached_poisoned_set_keeps_the_attacks_own_trigger(tiny_cifar, tmp_path):
+    """The fixed set comes from the cache (no ``prepare`` ran for it): ``poison`` still loads
+    the attack's artifacts, so a re-poisoning epoch stamps Trojan's optimised trigger, not the
+    seeded fallback pattern."""
+    from benchmark import cell
+    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.models import build_model
+    from benchmark.train import Trainer
+
+    sets = ["data.train_size=100", "data.test_size=50", "model.width=4", "trojan.ref_epochs=1",
+            "trojan.optimize_steps=3", "attack.rate=0.2"]
+    rt = cell.Runtime(results=tmp_path / "r", data_root=tiny_cifar, cache_dir=tmp_path / "c",
+                      download=False)
+    fixed_cfg = resolve_cell("smoke", "trojan", "no_defense", 0, parse_sets(sets))
+    config = resolve_cell("smoke", "trojan", "no_defense", 0,
+                          parse_sets([*sets, "attack.repoison_every_epoch=true"]))
+    data = cell.load_cell_dataset(config, rt)
+    trainer = Trainer(data.mean, data.std, device="cpu", threads=1)
+
+    def make_model():
+        return build_model("resnet18", data.num_classes, width=4)
+
+    fixed, _, _ = cell.poison(fixed_cfg, data, rt, trainer, make_model)  # computes and caches
+    again, _, attack = cell.poison(config, data, rt, trainer, make_model)  # the same set, cached
+    assert torch.equal(again.images, fixed.images)
+    images1, labels1 = cell.repoisoning(attack, data.train, again)(1)
+    now = (labels1 == 0) & (data.train.labels != 0)
+    both = now & again.poison_mask
+    assert both.any() and not torch.equal(now, again.poison_mask)
+    assert torch.equal(images1[both], again.images[both])  # the optimised trigger, as in epoch 0
