@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import Attack, AttackParams, register_attack
+from benchmark import devrun
 from benchmark.data import ImageSet
 from benchmark.progress import Phase
 from benchmark.validate import at_least
@@ -160,8 +161,14 @@ class Dynamic(Attack):
             loaders: the trigger is generated from the augmented image."""
             perm = torch.randperm(n, generator=g)
             other = torch.randperm(n, generator=g)
-            for s in range(0, n - bs + 1, bs):
-                i, j = tr.to_device(perm[s:s + bs]), tr.to_device(other[s:s + bs])
+            dev = devrun.active()
+            # a development run: its first batches, each cut to the backdoor and cross rows of a
+            # full batch and a few clean ones
+            cut = bs if dev is None else min(bs, round(p.train_attack_ratio * bs)
+                                             + round(p.train_cross_ratio * bs) + dev.batch_size)
+            for b in devrun.indices(n // bs)[:dev.batches] if dev else range(n // bs):
+                s = b * bs
+                i, j = tr.to_device(perm[s:s + cut]), tr.to_device(other[s:s + cut])
                 x1 = tr.augment(x_all[i], p.augment_padding, g).float() / 255
                 x2 = tr.augment(x_all[j], p.augment_padding, g).float() / 255
                 yield x1, y_all[i], x2
@@ -170,7 +177,9 @@ class Dynamic(Attack):
         opt_m = torch.optim.Adam(mask_net.parameters(), lr=p.lr_g, betas=(0.5, 0.9))
         sched_m = step_schedule(opt_m, p.milestones_m, p.mask_epochs)
         phase = Phase("Dynamic mask network", p.mask_epochs, n // bs)
-        for epoch in range(p.mask_epochs):
+        tr.note_work("Dynamic mask network", p.mask_epochs, n // bs * bs, n // bs, bs)
+        for epoch in devrun.epochs(p.mask_epochs):
+            devrun.catch_up(sched_m, epoch)
             mask_net.train()
             for i, (x1, _y, x2) in enumerate(batches(), 1):
                 phase.step(epoch + 1, i)
@@ -198,7 +207,10 @@ class Dynamic(Attack):
         sched_g = step_schedule(opt_g, p.milestones_g, p.epochs)
         n_bd, n_cross = round(p.train_attack_ratio * bs), round(p.train_cross_ratio * bs)
         phase = Phase("Dynamic generator + classifier", p.epochs, n // bs)
-        for epoch in range(p.epochs):
+        tr.note_work("Dynamic generator + classifier", p.epochs, n // bs * bs, n // bs, bs)
+        for epoch in devrun.epochs(p.epochs):
+            devrun.catch_up(sched_c, epoch)
+            devrun.catch_up(sched_g, epoch)
             clf.train()
             gen.train()
             correct = bd_hit = seen = 0

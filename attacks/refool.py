@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.triggers import load_image, to_float, to_uint8
+from benchmark import devrun
 from benchmark.data import IMAGE_SUFFIXES, ImageSet
 from benchmark.registry import UsageError
 from benchmark.validate import at_least, within
@@ -223,7 +224,7 @@ class Refool(Attack):
         probes = self.probe_images(train, g)
         cfg = TrainConfig(epochs=p.select_epochs, lr=0.1, schedule="onecycle", warmup=0.2)
         curve = []
-        for rnd in range(p.select_rounds):
+        for rnd in devrun.indices(p.select_rounds):
             top = top_m()
             self.use_pool(cands, top)
             poisoned = self.poison_train(train)
@@ -231,8 +232,8 @@ class Refool(Attack):
             tr.fit(model, poisoned.images, poisoned.labels, cfg, seed=self.ctx.seed + rnd,
                    desc=f"refool selection {rnd + 1}/{p.select_rounds}")
             model.eval()
-            scores = torch.empty(len(top))
-            for j in range(len(top)):  # one batch per reflection: probes x that reflection
+            scores = torch.zeros(len(top))  # a development run scores a few (the rest: 0)
+            for j in devrun.indices(len(top)):  # one batch per reflection: probes x that reflection
                 which = torch.full((len(probes),), j, dtype=torch.long)
                 hit = tr.predict(model, self.reflect(probes, which, g)) == p.target
                 scores[j] = hit.float().mean()

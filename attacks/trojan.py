@@ -28,6 +28,7 @@ from torch import nn
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.reference import reference_model
 from attacks.triggers import blend, scaled, seeded_pattern, watermark_mask
+from benchmark import devrun
 from benchmark.data import ImageSet
 from benchmark.registry import UsageError
 from benchmark.validate import at_least
@@ -142,8 +143,10 @@ class Trojan(Attack):
             return feats[0][:, neurons.to(feats[0].device)]
 
         first = last = 0.0
+        tr.note_work("Trojan trigger optimisation", 1, len(x) * p.optimize_steps, p.optimize_steps, len(x))
         try:
-            for step in range(p.optimize_steps):
+            for step in devrun.indices(p.optimize_steps):
+                devrun.catch_up(sched, step)
                 act = activation()
                 if step == 0:
                     first = float(act.detach().mean())

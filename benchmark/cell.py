@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark import devrun
 from benchmark.cache import ArtifactCache, atomic_write, config_hash
 from benchmark.config import cell_id, identity
 from benchmark.data import (
@@ -215,7 +216,7 @@ def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
-    fields = ["dataset", "data", "attack", "attack_params", "attack_version", "seed"]
+    fields = ["dataset", "data", "attack", "attack_params", "attack_version", "seed", "fast_dev_run"]
     # reference models and generators: the architecture is part of the artifact's identity
     if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
         fields += ["model", "model_params"]
@@ -296,7 +297,14 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
 
 
 def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    """Run one cell and return its record (raises on failure; see ``run_cell_safe``)."""
+    """Run one cell and return its record (raises on failure; see ``run_cell_safe``); a cell
+    marked ``fast_dev_run`` runs as a development run (``benchmark.devrun``)."""
+    dev = config.get("fast_dev_run")
+    with devrun.enabled(devrun.DevRun(**dev) if dev else None, config["preset"]):
+        return _run_cell(config, rt)
+
+
+def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     from defenses import DEFENSES, DefenseContext
 
     times: dict[str, Any] = {}  # seconds; defense_phases a dict of them
@@ -314,6 +322,7 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     t = time.perf_counter()
     poisoned, triggered, attack = poison(config, dataset, rt, trainer, make_model)
     times["attack_s"] = time.perf_counter() - t
+    attack_work = len(trainer.work)  # the work entries of the attack's phases come first
     target = attack.params.target
 
     t = time.perf_counter()
@@ -325,7 +334,8 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     # everything the defense's artifacts depend on, its own version included
     ident = identity(config)
     upstream = {k: ident[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
-                                      "model", "model_params", "train", "seed", "defense_version")
+                                      "model", "model_params", "train", "seed", "defense_version",
+                                      "fast_dev_run")
                 if k in ident}
     split: dict[str, float] = {}
     ctx = DefenseContext(
@@ -378,6 +388,9 @@ def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     if validation is not None:
         record["eval_note"] = (f"CA/ASR on the test set minus the defense's validation split "
                                f"({len(validation)} clean test images, seeded)")
+    if "fast_dev_run" in config:
+        record["fast_dev_run"] = {**config["fast_dev_run"], "work": trainer.work,
+                                  "attack_entries": attack_work}
     if rt.save_models:
         record["model_path"] = str(save_model(result.model, config, dataset.num_classes,
                                               rt.results / "models" / f"{cell_id(config)}.pt"))

@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the grid once per value, e.g. defense.rounds=[1,2,3,4,5] (repeatable: "
                         "every combination)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="--dry-run: estimate for the device of this calibration file (img/s per "
+                        "model, e.g. docs/results/perf/calibration-*.json) instead of measuring here")
+    p.add_argument("--fast-dev-run", action="store_true",
+                   help="a development run: every cell at its configuration (width, data, every "
+                        "phase) with each loop cut to a few small batches (first and last epoch); "
+                        "records and artifacts apart, under <results>/fast-dev-run, never in tables")
     p.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
                    help="after the grid, write the report of the results folder (tables, figures, "
                         "HTML leaderboard) to DIR (default <results>/report)")
@@ -147,7 +154,11 @@ def _main(argv: list[str]) -> int:
                         split_csv(args.defenses, "--defenses"), parse_seeds(args.seeds),
                         sets, imagenet=args.imagenet_root is not None,
                         sweeps=parse_sweeps(args.sweeps))
-    rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
+    if args.fast_dev_run:
+        from benchmark.devrun import mark
+
+        cells = [mark(c) for c in cells]
+    rt = Runtime(results=results_folder(args), data_root=Path(args.data_root or default_data_root()),
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
                  download=not args.no_download,
@@ -160,8 +171,8 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         from benchmark.plans import print_plan, save_plan
 
-        plan = [(cell_id(c), f"{c['model']} {describe(c)}") for c in cells]
-        print_plan(plan, rt.results)
+        plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c)) for c in cells]
+        print_plan(plan, rt.results, *([] if args.fast_dev_run else estimate_speeds(args, rt, cells)))
         save_plan(argv, plan)
         return 0
 
@@ -192,6 +203,41 @@ def _main(argv: list[str]) -> int:
         index, _ = write_report([rt.results], out, args.grid)
         print(f"report: {index}")
     return 1 if failed else 0
+
+
+def dev_twin(config: dict) -> tuple[str, str]:
+    """(the id of the cell's development run, its speed key): what its estimate reads."""
+    from benchmark.config import cell_id
+    from benchmark.cost import speed_key
+    from benchmark.devrun import mark
+
+    return cell_id(mark(config)), speed_key(config)
+
+
+def estimate_speeds(args: argparse.Namespace, rt, cells: list[dict]) -> tuple[dict[str, float], str]:
+    """(img/s by speed key, the device's name) for the dry-run's estimates: the calibration
+    file's, or measured here for each model of a cell with a development run (once, cached)."""
+    from benchmark.config import cell_id
+    from benchmark.cost import Throughputs, speed_key
+    from benchmark.devrun import FOLDER, mark
+    from benchmark.store import ResultStore
+
+    speeds = Throughputs(rt.cache_dir, Path(args.calibration) if args.calibration else None,
+                         args.device)
+    dev = ResultStore(rt.results / FOLDER)
+    for c in cells:
+        if speed_key(c) not in speeds.known and dev.status(cell_id(mark(c))) == "ok":
+            print(f"measuring the training throughput of {speed_key(c)} on {speeds.kind} ...",
+                  file=sys.stderr, flush=True)
+            speeds.get(c)
+    return dict(speeds.known), speeds.kind
+
+
+def results_folder(args: argparse.Namespace) -> Path:
+    """Where the grid's records go: ``--results``, or its development-run folder."""
+    from benchmark.devrun import FOLDER
+
+    return Path(args.results) / FOLDER if args.fast_dev_run else Path(args.results)
 
 
 def _check_data(rt, cells: list[dict]) -> None:

@@ -92,8 +92,9 @@ def describe(config: dict[str, Any]) -> str:
     """``dataset/attack/defense seed N`` plus what the cell overrides (sweeps show here)."""
     upstream, defense = overrides(config)
     extra = label({**upstream, **{f"{config['defense']}.{k}": v for k, v in defense.items()}})
+    dev = " (fast-dev-run)" if "fast_dev_run" in config else ""
     return (f"{config['dataset']}/{config['attack']}/{config['defense']} seed {config['seed']}"
-            + (f" [{extra}]" if extra else ""))
+            + (f" [{extra}]" if extra else "") + dev)
 
 
 def _line(record: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from benchmark import devrun
 from benchmark.models import collect_features, conv_feature_layers
 from benchmark.train import Trainer
 
@@ -29,6 +30,7 @@ def layer_features(model: nn.Module, trainer: Trainer, images: torch.Tensor,
             raise ValueError(f"unknown feature layers {sorted(missing)}; valid: {list(found)}")
         found = {k: v for k, v in found.items() if k in layers}
     feats = collect_features(model, found, trainer.eval_batches(images))
+    feats = {name: devrun.fill(f, len(images)) for name, f in feats.items()}
     slices, start = [], 0
     for name in found:
         slices.append(slice(start, start + feats[name].shape[1]))

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("attacks", "defenses", "benchmark")
 # options that do not change which cells a grid has or what they are
 NOT_PLANNING = {"--results", "--data-root", "--cache-dir", "--executor", "--address",
-                "--gpus-per-trial", "--cpus-per-trial", "--device", "--report", "--ship-data"}
+                "--gpus-per-trial", "--cpus-per-trial", "--device", "--report", "--ship-data",
+                "--calibration"}
 FLAGS = {"--dry-run", "--no-download", "--save-models"}
 
 
@@ -70,8 +71,9 @@ def usable(argv: list[str]) -> bool:
         and not any(a.split("=", 1)[0] == "--plugin" for a in argv)
 
 
-def save_plan(argv: list[str], cells: list[tuple[str, str]]) -> None:
-    """Store a finished plan: (cell id, the text after its status) per cell."""
+def save_plan(argv: list[str], cells: list[tuple[str, ...]]) -> None:
+    """Store a finished plan: (cell id, the text after its status, its development run's id,
+    its speed key) per cell."""
     if usable(argv):
         try:
             atomic_write_bytes(plan_path(argv), json.dumps({"cells": cells}).encode())
@@ -79,16 +81,54 @@ def save_plan(argv: list[str], cells: list[tuple[str, str]]) -> None:
             pass
 
 
-def print_plan(cells: list[tuple[str, str]], results: Path) -> None:
+def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, float] | None = None,
+               device: str = "") -> None:
+    """Each cell's status, and with ``speeds`` (img/s by speed key) the estimated time of each
+    cell to run from its development run's work (``benchmark.cost``), and the total."""
+    from benchmark.cost import units
+    from benchmark.devrun import FOLDER
+    from benchmark.progress import duration
     from benchmark.store import ResultStore
 
-    store = ResultStore(results)
-    todo = 0
-    for cid, text in cells:
+    store, dev = ResultStore(results), ResultStore(results / FOLDER)
+    todo, total, unknown = 0, 0.0, 0
+    for cid, text, *extra in cells:
         status = store.status(cid)
         todo += status != "ok"
-        print(f"{cid}  {status:6}  {text}")
+        est = ""
+        if speeds is not None and extra and status != "ok":
+            rec = dev.read(extra[0])
+            speed = speeds.get(extra[1])
+            if rec is not None and rec.get("status") == "ok" and speed:
+                seconds = units(rec["fast_dev_run"]["work"]) / speed
+                total += seconds
+                est = f"  ~{duration(seconds)}"
+            else:
+                unknown += 1
+                est = "  ~?"
+        print(f"{cid}  {status:6}  {text}{est}")
     print(f"{len(cells)} cell(s): {len(cells) - todo} done, {todo} to run")
+    if speeds is not None and todo:
+        hours = total / 3600
+        print(f"estimated time to run on {device}: {duration(total)} ({hours:.2f} device-hours)"
+              + (f"; {unknown} cell(s) without an estimate (~?: run the same grid with "
+                 f"--fast-dev-run first, seconds a cell)" if unknown else ""))
+
+
+def cached_speeds(argv: list[str]) -> tuple[dict[str, float], str] | None:
+    """(img/s by speed key, the device's name) from ``--calibration`` or the throughputs measured
+    here before; None when this machine has none measured yet (measuring needs torch)."""
+    calibration = option(argv, "--calibration")
+    try:
+        if calibration:
+            data = json.loads(Path(calibration).read_text())
+            return data["img_per_s"], data["device_kind"]
+        every = json.loads((Path(option(argv, "--cache-dir") or default_cache_dir()).expanduser()
+                            / "throughput.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    kinds = list(every)
+    return (every[kinds[0]], kinds[0]) if len(kinds) == 1 else None
 
 
 def cached_dry_run(argv: list[str]) -> int | None:
@@ -99,5 +139,15 @@ def cached_dry_run(argv: list[str]) -> int | None:
         cells = json.loads(plan_path(argv).read_text())["cells"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    print_plan([(str(c), str(t)) for c, t in cells], Path(option(argv, "--results") or "results"))
+    results = Path(option(argv, "--results") or "results")
+    if "--fast-dev-run" in argv:
+        from benchmark.devrun import FOLDER
+
+        results = results / FOLDER
+    speeds = cached_speeds(argv)
+    if "--fast-dev-run" in argv:
+        speeds = None
+    elif speeds is None or any(len(c) > 3 and c[3] not in speeds[0] for c in cells):
+        return None  # a throughput to measure first: the full path does
+    print_plan([tuple(str(v) for v in c) for c in cells], results, *(speeds or (None,)))
     return 0

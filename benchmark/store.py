@@ -48,6 +48,7 @@ RECORD_KEYS: dict[str, str] = {
     "versions": "python, torch and package versions",
     "hardware": "device, threads, precision the training steps ran in",
     "finished_at": "UTC time the record was written",
+    "fast_dev_run": "only in development-run records: its settings and each phase's planned work",
 }
 REQUIRED = {"ok": ("id", "status", "config", "metrics", "timings"),
             "failed": ("id", "status", "config", "error")}

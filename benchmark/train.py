@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark import devrun
 from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
 from benchmark.progress import Phase
 from benchmark.registry import UsageError
@@ -200,6 +201,10 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.channels_last = channels_last
         self.precisions_used: set[str] = set()  # what the training steps ran in (for records)
+        # what the phases would process at their configured size (each fit's epochs x steps x
+        # batch, each pass over a set): the cost model's inputs, read by a development run
+        self.work: list[dict[str, object]] = []
+        self.step_index = 0  # the global optimisation step of the current fit (0-based)
         self.eval_batch_size = eval_batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
@@ -272,6 +277,27 @@ class Trainer:
             yield perm[pos:pos + cfg.batch_size]
             pos += cfg.batch_size
 
+    def note_work(self, phase: str, epochs: int, images_per_epoch: int, steps_per_epoch: int,
+                  batch_size: int) -> None:
+        """Add a training phase at its configured size to ``work`` (``benchmark.cost`` reads it)."""
+        self.work.append({"phase": phase, "epochs": epochs, "images_per_epoch": images_per_epoch,
+                          "steps_per_epoch": steps_per_epoch, "batch_size": batch_size})
+
+    def numbered_batches(self, rows: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
+                         epoch: int, dev: devrun.DevRun | None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(1-based position in the epoch, batch rows): the whole epoch, or in a development run
+        the first batches of the first epoch and the last of the last, each cut to a few images."""
+        if dev is None:
+            yield from enumerate(self.epoch_batches(rows, cfg, gen), 1)
+            return
+        batches = list(self.epoch_batches(rows, cfg, gen))
+        n, b = len(batches), dev.batches
+        keep = set(range(min(b, n))) if epoch < cfg.epochs - 1 or epoch == 0 else set()
+        if epoch == cfg.epochs - 1:  # the schedule's last steps
+            keep |= set(range(max(0, n - b), n))
+        for i in sorted(keep):
+            yield i + 1, batches[i][:max(2, dev.batch_size)]
+
     def batches(self, n: int, batch_size: int, perm: torch.Tensor | None = None
                 ) -> Iterator[torch.Tensor]:
         order = perm if perm is not None else torch.arange(n)
@@ -286,7 +312,8 @@ class Trainer:
             loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
             seed: int = 0, desc: str = "train", step: StepFn | None = None,
             resplit: Callable[[int, nn.Module], torch.Tensor] | None = None,
-            epoch_data: EpochData | None = None) -> list[dict[str, float]]:
+            epoch_data: EpochData | None = None, boundaries: tuple[int, ...] = ()
+            ) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
@@ -298,6 +325,8 @@ class Trainer:
         ``cfg.steps_per_epoch``, so the schedule does not depend on the split.
         ``epoch_data(epoch)`` (0-based) gives each epoch's images and labels, same shape as
         ``images``/``labels``: an attacker controlling training re-poisons every epoch.
+        ``boundaries``: 0-based epochs where the phase changes behaviour (ASD's stages), which a
+        development run (``benchmark.devrun``) also runs besides the first and the last.
         """
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
@@ -314,6 +343,9 @@ class Trainer:
         total = steps_per_epoch * cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
+        dev = devrun.active()
+        self.note_work(desc, cfg.epochs, len(rows) if cfg.steps_per_epoch is None
+                       else steps_per_epoch * cfg.batch_size, steps_per_epoch, cfg.batch_size)
         gen = torch.Generator().manual_seed(seed)
         loss_fn = loss_fn or (lambda logits, y, _idx: F.cross_entropy(
             logits, y, label_smoothing=cfg.label_smoothing))
@@ -327,7 +359,7 @@ class Trainer:
         step = step or supervised
         curve = []
         phase = Phase(desc, cfg.epochs, steps_per_epoch)
-        for epoch in range(cfg.epochs):
+        for epoch in devrun.epochs(cfg.epochs, boundaries):
             model.train()
             if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
                 for m in model.modules():
@@ -345,15 +377,21 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = scored = 0
-            for i, idx in enumerate(self.epoch_batches(rows, cfg, gen), 1):
+            for i, idx in self.numbered_batches(rows, cfg, gen, epoch, dev):
                 phase.step(epoch + 1, i)
+                self.step_index = epoch * steps_per_epoch + i - 1
+                if dev is not None:  # the learning rate where a full run would be at this step
+                    for group in opt.param_groups:
+                        group["lr"] = group["initial_lr"] * lr_factor(cfg, self.step_index, total,
+                                                                      steps_per_epoch)
                 dev_idx = self.to_device(idx)
                 with self.autocast(precision):
                     loss, logits = step(forward, x_all[dev_idx], y_all[dev_idx], idx, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sched.step()
+                if dev is None:
+                    sched.step()
                 loss_sum += loss.detach() * len(idx)
                 seen += len(idx)
                 if logits is not None:  # steps without class logits (SimCLR) report no accuracy
@@ -407,7 +445,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def eval_batches(self, images: torch.Tensor) -> Callable[[], Iterator[torch.Tensor]]:
-        """A re-iterable source of normalised device batches (eval order, no augmentation)."""
+        """A re-iterable source of normalised device batches (eval order, no augmentation); in a
+        development run of the first rows only (``devrun.fill`` repeats what they give)."""
+        self.work.append({"phase": "eval", "images": len(images)})
+        images = images[:devrun.rows(len(images))]
+
         def gen() -> Iterator[torch.Tensor]:
             for start in range(0, len(images), self.eval_batch_size):
                 yield self.normalize(self.to_device(images[start:start + self.eval_batch_size]))
@@ -424,7 +466,7 @@ class Trainer:
         for x in self.eval_batches(images)():
             out.append(model(x).float().cpu())
         model.train(was_training)
-        return torch.cat(out) if out else torch.empty(0)
+        return devrun.fill(torch.cat(out), len(images)) if out else torch.empty(0)
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.logits(model, images).argmax(1)

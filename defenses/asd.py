@@ -138,7 +138,7 @@ class ASD(Defense):
                                     schedule="constant", warmup=0.0, batch_size=p.batch,
                                     steps_per_epoch=p.iterations)
         curve = tr.fit(model, images, labels, cfg, step=mix, resplit=resplit, callback=ctx.monitor,
-                       seed=ctx.seed, desc="ASD MixMatch")
+                       seed=ctx.seed, desc="ASD MixMatch", boundaries=(e1 - 1, e1, e2 - 1, e2))
         for point, stage in zip(curve, stages, strict=True):
             point.update(stage=stage["stage"], pool=stage["pool"])
         return DefenseResult(

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark import devrun
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
 
@@ -79,7 +80,7 @@ def centroids(model: nn.Module, trainer, images: torch.Tensor, groups: torch.Ten
             s.index_add_(0, g, f)
     g_all = torch.cat(preds) if groups is None else groups
     counts = torch.bincount(g_all, minlength=num_classes).clamp(min=1).float()[:, None]
-    return [s / counts for s in sums], torch.cat(preds)
+    return [s / counts for s in sums], devrun.fill(torch.cat(preds), len(images))
 
 
 def similarities(model: nn.Module, trainer, images: torch.Tensor, cents: list[torch.Tensor],
@@ -93,7 +94,7 @@ def similarities(model: nn.Module, trainer, images: torch.Tensor, cents: list[to
         sims.append(torch.stack([F.cosine_similarity(f, c[g], dim=1) for f, c in zip(feats, cents,
                                                                                      strict=True)], 1))
         preds.append(pred)
-    return torch.cat(sims), torch.cat(preds)
+    return devrun.fill(torch.cat(sims), len(images)), devrun.fill(torch.cat(preds), len(images))
 
 
 def critical_weights(sims: torch.Tensor, preds: torch.Tensor, num_classes: int, n_layers: int

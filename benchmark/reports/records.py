@@ -24,17 +24,24 @@ METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
 
 def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
     """Every record under ``folders`` (a results folder or a folder of record files), newest
-    copy of an id last; unusable files (not JSON, missing keys) are skipped with a warning."""
+    copy of an id last; unusable files (not JSON, missing keys) are skipped with a warning, and
+    development-run records (``--fast-dev-run``: numbers of a few batches) with a count."""
     by_id: dict[str, dict[str, Any]] = {}
+    dev = 0
     for folder in folders:
         folder = Path(folder)
         root = folder / "records" if (folder / "records").is_dir() else folder
         for path in sorted(root.glob("*.json")):
             rec, why = read_record(path)
-            if why is None:
-                by_id[rec["id"]] = rec
-            else:
+            if why is not None:
                 print(f"warning: skipped record {path} ({why})", file=sys.stderr)
+            elif "fast_dev_run" in rec.get("config", {}):
+                dev += 1
+            else:
+                by_id[rec["id"]] = rec
+    if dev:
+        print(f"note: left out {dev} development-run record(s) (--fast-dev-run): never in tables",
+              file=sys.stderr)
     return list(by_id.values())
 
 

@@ -1,0 +1,208 @@
+"""What a grid costs before it runs: the images each phase processes over a measured throughput.
+
+The images come from the cell's development run (``--fast-dev-run``): the trainer notes every
+phase at its configured size (epochs x images per epoch, ``Trainer.work``) and every pass over a
+set, so the counts follow the code and cannot drift from it; a phase another cell computed
+first (a shared, cached artifact) is counted once, where the grid computes it. The time of an
+image depends on what a step does with it, in units of one supervised training image
+(forward + backward):
+- a phase's ``PASSES`` (SimCLR trains two views of each image; MixMatch trains a labelled image,
+  two views of an unlabelled one and guesses labels with two forward passes; DBD's head runs the
+  frozen backbone forward only);
+- an evaluation image: one forward pass, ``EVAL`` of a training image.
+The throughput is the trainer's supervised img/s for the cell's model, width, image size and
+training precision on the device: measured here once (a few batches) and cached, or read from a
+calibration file (``--calibration``, what ``python -m benchmark.gpucheck`` writes on a GPU).
+Not counted: decoding the data, stamping triggers, start-up (seconds a cell).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+# training-image equivalents per image of a phase, by the phase's name (default 1)
+PASSES = {
+    "DBD SimCLR": 2.0,  # two augmented views, both trained
+    "DBD linear head": 0.4,  # the frozen backbone's forward (1/3) + the head
+    "DBD MixMatch": 3 + 2 / 3,  # labelled + 2 unlabelled views trained, 2 guessing forwards
+    "ASD MixMatch": 3 + 2 / 3,
+    "ASD virtual update": 0.7,  # backward through the last two stages only
+    "Trojan trigger optimisation": 1.0,  # forward + backward to the input
+    "CL PGD": 1.0,
+    "Dynamic mask network": 0.3,  # two forwards + backward of a width-8 encoder-decoder
+    "Dynamic generator + classifier": 1.6,  # the classifier step + the generators' passes
+}
+EVAL = 1 / 3  # an evaluation image against a training image
+
+
+def units(work: list[dict[str, Any]]) -> float:
+    """Training-image equivalents of a development-run work ledger."""
+    total = 0.0
+    for entry in work:
+        if entry["phase"] == "eval":
+            total += EVAL * entry["images"]
+        else:
+            name = entry["phase"]
+            passes = next((v for k, v in PASSES.items() if name.startswith(k)), 1.0)
+            total += passes * entry["epochs"] * entry["images_per_epoch"]
+    return total
+
+
+def speed_key(config: dict[str, Any]) -> str:
+    """What the throughput of a cell depends on besides the device: model, its parameters, the
+    image size and the training precision asked for."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(config["model_params"].items()))
+    size = config["data"].get("image_size", 32)
+    return f"{config['model']}({params}) {size}px {config['train'].get('precision', 'auto')}"
+
+
+def device_kind(device: str | None = None) -> str:
+    """A name of this machine's device as calibrations are keyed: the GPU, or the CPU's vector
+    extensions, bf16 support and thread count."""
+    import torch
+
+    from benchmark.train import cpu_native_bf16, default_device
+
+    dev = torch.device(device) if device else default_device()
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return (f"cpu {torch.backends.cpu.get_cpu_capability()} "
+            f"{'bf16' if cpu_native_bf16() else 'no-bf16'} {torch.get_num_threads()} threads")
+
+
+def measure(config: dict[str, Any], device: str | None = None, batches: int = 3,
+            batch_size: int = 32) -> float:
+    """Supervised training img/s of ``config``'s model on the device (a warm-up batch, then
+    ``batches`` timed ones of random images)."""
+    import torch
+
+    from benchmark.data import CIFAR10_MEAN, CIFAR10_STD
+    from benchmark.models import build_model
+    from benchmark.train import TrainConfig, Trainer
+
+    size = config["data"].get("image_size", 32)
+    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device=device)
+    model = build_model(config["model"], 10, **config["model_params"])
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, ((batches + 1) * batch_size, 3, size, size), dtype=torch.uint8,
+                           generator=g)
+    labels = torch.randint(0, 10, (len(images),), generator=g)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, precision=config["train"].get("precision", "auto"))
+    trainer.fit(model, images[:batch_size], labels[:batch_size], cfg)  # warm-up
+    if trainer.cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.fit(model, images[batch_size:], labels[batch_size:], cfg)
+    if trainer.cuda:
+        torch.cuda.synchronize()
+    return batches * batch_size / (time.perf_counter() - t0)
+
+
+class Throughputs:
+    """img/s per speed key for one device kind: a calibration file's, else measured here once
+    and kept in ``<cache dir>/throughput.json``."""
+
+    def __init__(self, cache_dir: Path, calibration: Path | None = None, device: str | None = None):
+        self.device = device
+        self.path = Path(cache_dir) / "throughput.json"
+        if calibration is not None:
+            data = json.loads(Path(calibration).read_text())
+            self.kind, self.known, self.measured_here = data["device_kind"], data["img_per_s"], False
+        else:
+            self.kind, self.measured_here = device_kind(device), True
+            try:
+                self.known = json.loads(self.path.read_text()).get(self.kind, {})
+            except (OSError, ValueError):
+                self.known = {}
+
+    def get(self, config: dict[str, Any]) -> float | None:
+        key = speed_key(config)
+        if key not in self.known and self.measured_here:
+            self.known[key] = measure(config, self.device)
+            self._save()
+        return self.known.get(key)
+
+    def _save(self) -> None:
+        from benchmark.cache import atomic_write_bytes
+
+        try:
+            every = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            every = {}
+        every[self.kind] = self.known
+        try:
+            atomic_write_bytes(self.path, json.dumps(every, indent=1).encode())
+        except OSError:  # an unwritable cache costs the next dry-run a measurement
+            pass
+
+
+def estimate(config: dict[str, Any], work: list[dict[str, Any]] | None, speeds: Throughputs
+             ) -> float | None:
+    """Seconds the cell should take on the device, or None without its development run (or a
+    throughput for its model)."""
+    if work is None:
+        return None
+    speed = speeds.get(config)
+    return units(work) / speed if speed else None
+
+
+def check(records_dir: Path, calibration: Path, cache_dir: Path) -> list[dict[str, Any]]:
+    """Estimate against measurement: for every record of ``records_dir`` made on the calibration's
+    kind of device that computed all its phases itself (nothing taken from the cache), its
+    development run in a fresh folder (so every phase is counted) and the estimate of it."""
+    import tempfile
+
+    from benchmark.cell import Runtime, run_cell
+    from benchmark.devrun import mark
+    from benchmark.progress import set_sink
+
+    speeds = Throughputs(cache_dir, calibration)
+    native = "bf16" in speeds.kind.split()
+    rows = []
+    set_sink(None)
+    for path in sorted(Path(records_dir).glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status") != "ok" or rec["hardware"].get("cpu_native_bf16") != native:
+            continue
+        if any("reused" in str(v) for v in rec.get("defense_info", {}).values()):
+            continue  # a shared model came from the cache: the record's time lacks it
+        with tempfile.TemporaryDirectory() as tmp:
+            dev = run_cell(mark(rec["config"]), Runtime(results=Path(tmp), cache_dir=cache_dir))
+        work = dev["fast_dev_run"]["work"]
+        if rec["timings"].get("attack_s", 0) < 5:  # the attack's artifacts were cached then
+            work = work[dev["fast_dev_run"]["attack_entries"]:]
+        est = estimate(rec["config"], work, speeds)
+        rows.append({"id": rec["id"], "cell": f"{rec['config']['attack']}/{rec['config']['defense']}",
+                     "measured_s": rec["timings"]["total_s"], "estimated_s": est,
+                     "ratio": est / rec["timings"]["total_s"] if est else None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmark.data import default_cache_dir
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.cost",
+                                description="check: the dry-run's estimates against measured records")
+    p.add_argument("what", choices=["check"])
+    p.add_argument("--results", required=True, help="a folder of records (e.g. docs/results/quick)")
+    p.add_argument("--calibration", required=True, help="the calibration of the records' device")
+    p.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    rows = check(Path(args.results), Path(args.calibration), Path(args.cache_dir or default_cache_dir()))
+    for r in rows:
+        print(f"{r['id']}  {r['cell']:28s} measured {r['measured_s']:7.0f} s  estimated "
+              f"{r['estimated_s']:7.0f} s  ratio {r['ratio']:.2f}")
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    if ratios:
+        within = sum(abs(x - 1) <= 0.25 for x in ratios)
+        print(f"{len(ratios)} cell(s): {within} within 25%; ratio range {min(ratios):.2f}-{max(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

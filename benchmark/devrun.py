@@ -1,0 +1,123 @@
+"""The development run (``--fast-dev-run``, after PyTorch Lightning's): every cell as configured,
+every loop cut to a few small batches.
+
+A cell keeps its real configuration: model width and resolution, the whole dataset (so splits,
+pools and per-class counts see the real sample counts), every phase, caches, metrics and the
+record. What is cut:
+- a training phase runs its first epoch and its last by their real indices (plus any boundary
+  epochs the phase names, e.g. ASD's stage changes), and in each only ``batches`` batches of
+  ``batch_size`` images: the first ones of the first epoch, the last ones of the last epoch, at
+  the global step a full run would be at (learning-rate schedules, milestones and ramp-ups are
+  evaluated at their ends);
+- a pass over a set of images (evaluation, loss rankings, feature extraction, scaled passes)
+  computes ``eval_images`` rows and repeats them to the set's length, so what follows gets
+  tensors of the real shape;
+- an attack's or defense's own loops (Trojan's optimisation, CL's PGD, Dynamic's generator,
+  Refool's selection rounds) run their first and last iterations.
+
+The settings are process-wide while a cell runs (``enabled``), so no signature changes for it;
+outside a development run every helper here is the identity. Its records and artifacts are
+kept apart (``<results>/fast-dev-run/``, a ``fast_dev_run`` key in the cell config: other cell
+ids and artifact keys) and never enter tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where used: the artifact cache reads this module too
+    import torch
+
+FOLDER = "fast-dev-run"  # under --results: the development run's records and artifacts
+
+
+@dataclass(frozen=True)
+class DevRun:
+    batches: int = 2  # training batches run at each end of a phase
+    batch_size: int = 8  # images in each (at least 2: BatchNorm trains on a batch)
+    eval_images: int = 16  # rows computed per pass over a set; the rest repeat them
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ArtifactCollision(RuntimeError):
+    """A development run asked for an artifact that a cell of another preset made: its cache
+    key misses what tells the two apart (a real run would load the wrong artifact)."""
+
+
+_ACTIVE: DevRun | None = None
+_OWNER = ""  # the preset of the cell running, which tags the artifacts it makes
+
+
+def active() -> DevRun | None:
+    """The development run in force, or None (a real run)."""
+    return _ACTIVE
+
+
+def owner() -> str:
+    """The tag of the artifacts made now ("" outside a development run)."""
+    return _OWNER if _ACTIVE is not None else ""
+
+
+@contextlib.contextmanager
+def enabled(dev: DevRun | None, preset: str = "") -> Iterator[None]:
+    """Make ``dev`` the process-wide setting while the block runs (None: leave things be);
+    ``preset`` tags the artifacts made meanwhile (``ArtifactCollision``)."""
+    global _ACTIVE, _OWNER
+    previous = _ACTIVE, _OWNER
+    if dev is not None:
+        _ACTIVE, _OWNER = dev, preset
+    try:
+        yield
+    finally:
+        _ACTIVE, _OWNER = previous
+
+
+def mark(config: dict) -> dict:
+    """A resolved cell config as a development-run cell: the settings join its identity, so its
+    id and every artifact key differ from the real cell's."""
+    return {**config, "fast_dev_run": DevRun().as_dict()}
+
+
+def indices(n: int, keep: Iterable[int] = ()) -> list[int]:
+    """Which of ``n`` iterations (epochs, rounds, optimisation steps) to run: all of them, or in a
+    development run the first ``batches`` and the last ``batches`` plus ``keep`` (in range)."""
+    if _ACTIVE is None:
+        return list(range(n))
+    b = _ACTIVE.batches
+    return sorted({*range(min(b, n)), *range(max(0, n - b), n), *(k for k in keep if 0 <= k < n)})
+
+
+def epochs(n: int, keep: Iterable[int] = ()) -> list[int]:
+    """The epochs of an ``n``-epoch phase to run: all, or its first and last (plus ``keep``)."""
+    if _ACTIVE is None:
+        return list(range(n))
+    return sorted({0, n - 1, *(k for k in keep if 0 <= k < n)}) if n > 0 else []
+
+
+def rows(n: int) -> int:
+    """How many of ``n`` rows a pass over a set computes."""
+    return n if _ACTIVE is None else min(n, _ACTIVE.eval_images)
+
+
+def fill(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` (the first rows of a pass) repeated to ``n`` rows; ``t`` itself when it has them."""
+    if len(t) >= n or len(t) == 0:
+        return t
+    import torch
+
+    return t[torch.arange(n) % len(t)]
+
+
+def catch_up(sched: torch.optim.lr_scheduler.LRScheduler, target: int) -> None:
+    """Step ``sched`` until it stands where ``target`` steps put it (the skipped epochs or steps
+    of a development run), through its own ``step`` so any scheduler is exact."""
+    with warnings.catch_warnings():  # stepping ahead of optimizer.step() is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        while sched.last_epoch < target:
+            sched.step()
