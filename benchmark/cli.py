@@ -172,7 +172,10 @@ def _main(argv: list[str]) -> int:
         from benchmark.plans import print_plan, save_plan
 
         plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c)) for c in cells]
-        print_plan(plan, rt.results, *([] if args.fast_dev_run else estimate_speeds(args, rt, cells)))
+        from benchmark.plans import has_dev_runs
+
+        estimates = not args.fast_dev_run and has_dev_runs(plan, rt.results)
+        print_plan(plan, rt.results, *(estimate_speeds(args, rt, cells) if estimates else ()))
         save_plan(argv, plan)
         return 0
 

@@ -159,8 +159,11 @@ def dev_run(scale: dict, data_root: str | None, work: Path) -> dict[str, Any]:
     extra = ["--data-root", data_root] if data_root else []
     run_cells(["--fast-dev-run", "--grid", scale["grid"], "--defenses", "no_defense",
                *scale["sets"], *extra], work / "dev")
+    from defenses import DEFENSES
+
+    builtin = [n for n in DEFENSES.names() if DEFENSES.get(n).__module__.startswith("defenses.")]
     recs = run_cells(["--fast-dev-run", "--grid", scale["grid"], "--attacks", "badnets",
-                      *scale["sets"], *extra], work / "dev")
+                      "--defenses", ",".join(builtin), *scale["sets"], *extra], work / "dev")
     return {"cells": len(recs), "failed": {f"{r['config']['attack']}/{r['config']['defense']}": r["error"]
                                            for r in recs if r["status"] != "ok"},
             "precision": sorted({r["hardware"]["precision"] for r in recs if r["status"] == "ok"})}

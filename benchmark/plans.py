@@ -115,6 +115,15 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
                  f"--fast-dev-run first, seconds a cell)" if unknown else ""))
 
 
+def has_dev_runs(cells: list, results: Path) -> bool:
+    """Whether any cell of a plan has a finished development run (then estimates are shown)."""
+    from benchmark.devrun import FOLDER
+    from benchmark.store import ResultStore
+
+    dev = ResultStore(results / FOLDER)
+    return any(len(c) > 2 and dev.status(c[2]) == "ok" for c in cells)
+
+
 def cached_speeds(argv: list[str]) -> tuple[dict[str, float], str] | None:
     """(img/s by speed key, the device's name) from ``--calibration`` or the throughputs measured
     here before; None when this machine has none measured yet (measuring needs torch)."""
@@ -144,10 +153,10 @@ def cached_dry_run(argv: list[str]) -> int | None:
         from benchmark.devrun import FOLDER
 
         results = results / FOLDER
-    speeds = cached_speeds(argv)
-    if "--fast-dev-run" in argv:
-        speeds = None
-    elif speeds is None or any(len(c) > 3 and c[3] not in speeds[0] for c in cells):
-        return None  # a throughput to measure first: the full path does
+    speeds = None
+    if "--fast-dev-run" not in argv and has_dev_runs(cells, results):
+        speeds = cached_speeds(argv)
+        if speeds is None or any(len(c) > 3 and c[3] not in speeds[0] for c in cells):
+            return None  # a throughput to measure first: the full path does
     print_plan([tuple(str(v) for v in c) for c in cells], results, *(speeds or (None,)))
     return 0
