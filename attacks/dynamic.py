@@ -166,7 +166,7 @@ class Dynamic(Attack):
             # full batch and a few clean ones
             cut = bs if dev is None else min(bs, round(p.train_attack_ratio * bs)
                                              + round(p.train_cross_ratio * bs) + dev.batch_size)
-            for b in devrun.indices(n // bs)[:dev.batches] if dev else range(n // bs):
+            for b in range(n // bs if dev is None else min(dev.batches, n // bs)):
                 s = b * bs
                 i, j = tr.to_device(perm[s:s + cut]), tr.to_device(other[s:s + cut])
                 x1 = tr.augment(x_all[i], p.augment_padding, g).float() / 255

@@ -19,7 +19,6 @@ Not counted: decoding the data, stamping triggers, start-up (seconds a cell).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +80,17 @@ def measure(config: dict[str, Any], device: str | None = None, batches: int = 3,
 
     from benchmark.data import CIFAR10_MEAN, CIFAR10_STD
     from benchmark.models import build_model
-    from benchmark.train import TrainConfig, Trainer
+    from benchmark.perf import bench_trainer
+    from benchmark.train import Trainer
 
     size = config["data"].get("image_size", 32)
-    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device=device)
-    model = build_model(config["model"], 10, **config["model_params"])
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, ((batches + 1) * batch_size, 3, size, size), dtype=torch.uint8,
-                           generator=g)
+    images = torch.randint(0, 256, (batches * batch_size, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (len(images),), generator=g)
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, precision=config["train"].get("precision", "auto"))
-    trainer.fit(model, images[:batch_size], labels[:batch_size], cfg)  # warm-up
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    trainer.fit(model, images[batch_size:], labels[batch_size:], cfg)
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    return batches * batch_size / (time.perf_counter() - t0)
+    model = build_model(config["model"], 10, **config["model_params"])
+    return bench_trainer(Trainer(CIFAR10_MEAN, CIFAR10_STD, device=device), 0, images, labels,
+                         batch_size, config["train"].get("precision", "auto"), False, model=model,
+                         warmup_batches=1)[0]
 
 
 class Throughputs:

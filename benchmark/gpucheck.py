@@ -112,7 +112,7 @@ def phases(scale: dict, data_root: str | None) -> dict[str, float]:
     from benchmark.data import CIFAR10_MEAN, CIFAR10_STD
     from benchmark.isolation import layer_features
     from benchmark.models import Backbone, build_model, classifier_head
-    from benchmark.perf import load_images
+    from benchmark.perf import load_images, sync
     from benchmark.semisup import MixMatch, MixMatchParams
     from benchmark.train import TrainConfig, Trainer
     from defenses.dbd import projection_head, simclr_step
@@ -123,12 +123,10 @@ def phases(scale: dict, data_root: str | None) -> dict[str, float]:
 
     def per_step(cfg: TrainConfig, model: torch.nn.Module, step=None) -> float:  # noqa: ANN001
         trainer.fit(model, images, labels, cfg.replace(steps_per_epoch=2), step=step)  # warm-up
-        if trainer.cuda:
-            torch.cuda.synchronize()
+        sync(trainer.device)
         t0 = time.perf_counter()
         trainer.fit(model, images, labels, cfg.replace(steps_per_epoch=steps), step=step)
-        if trainer.cuda:
-            torch.cuda.synchronize()
+        sync(trainer.device)
         return (time.perf_counter() - t0) / steps
 
     w = scale["width"]
@@ -157,11 +155,12 @@ def phases(scale: dict, data_root: str | None) -> dict[str, float]:
 def dev_run(scale: dict, data_root: str | None, work: Path) -> dict[str, Any]:
     """The covering subset as a development run on this device."""
     extra = ["--data-root", data_root] if data_root else []
-    run_cells(["--fast-dev-run", "--grid", scale["grid"], "--defenses", "no_defense",
-               *scale["sets"], *extra], work / "dev")
-    from defenses import DEFENSES
+    from benchmark.catalog import catalog
 
-    builtin = [n for n in DEFENSES.names() if DEFENSES.get(n).__module__.startswith("defenses.")]
+    own = catalog()  # the suite's own methods (no plugin)
+    run_cells(["--fast-dev-run", "--grid", scale["grid"], "--attacks", ",".join(own["attacks"]),
+               "--defenses", "no_defense", *scale["sets"], *extra], work / "dev")
+    builtin = list(own["defenses"])
     recs = run_cells(["--fast-dev-run", "--grid", scale["grid"], "--attacks", "badnets",
                       "--defenses", ",".join(builtin), *scale["sets"], *extra], work / "dev")
     return {"cells": len(recs), "failed": {f"{r['config']['attack']}/{r['config']['defense']}": r["error"]

@@ -46,23 +46,25 @@ def load_images(n: int, data_root: str | None) -> tuple[torch.Tensor, torch.Tens
                 torch.randint(0, 10, (n,), generator=g), "random")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def bench_trainer(trainer: Trainer, width: int, images: torch.Tensor, labels: torch.Tensor,
-                  batch: int, precision: str, compile: bool) -> tuple[float, float]:
-    """(img/s of a timed epoch, seconds of the 5-batch warm-up epoch before it: compiling)."""
-    model = build_model("resnet18", 10, width=width)
+                  batch: int, precision: str, compile: bool, model: torch.nn.Module | None = None,
+                  warmup_batches: int = 5) -> tuple[float, float]:
+    """(img/s of a timed epoch, seconds of the warm-up epoch before it: compiling); ``model``
+    defaults to ResNet-18 at ``width``."""
+    model = model if model is not None else build_model("resnet18", 10, width=width)
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.05, precision=precision, compile=compile)
     t0 = time.perf_counter()
-    trainer.fit(model, images[: batch * 5], labels[: batch * 5], cfg)  # warm-up
-    _sync(trainer.device)
+    trainer.fit(model, images[: batch * warmup_batches], labels[: batch * warmup_batches], cfg)  # warm-up
+    sync(trainer.device)
     warmup = time.perf_counter() - t0
     t0 = time.perf_counter()
     trainer.fit(model, images, labels, cfg)
-    _sync(trainer.device)
+    sync(trainer.device)
     return len(images) / (time.perf_counter() - t0), warmup
 
 
@@ -84,11 +86,11 @@ def bench_compute(trainer: Trainer, width: int, images: torch.Tensor, labels: to
 
     for x, y in batches[:5]:
         step(x, y)
-    _sync(trainer.device)
+    sync(trainer.device)
     t0 = time.perf_counter()
     for x, y in batches:
         step(x, y)
-    _sync(trainer.device)
+    sync(trainer.device)
     return len(images) / (time.perf_counter() - t0)
 
 
@@ -135,10 +137,10 @@ def bench_peer_loop(device: torch.device, width: int, images: torch.Tensor, labe
         return seen
 
     epoch(limit=5)  # warm-up (also starts the workers)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     seen = epoch()
-    _sync(device)
+    sync(device)
     return seen / (time.perf_counter() - t0)
 
 

@@ -119,16 +119,17 @@ def failures(records: list[dict]) -> list[str]:
 def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     """Every attack once (No Defense) and every defense and detector once (BadNets), at the full
     preset: width 64, all 50,000 images, every phase from its first to its last epoch."""
-    from attacks import ATTACKS
-    from defenses import DEFENSES
+    from benchmark.catalog import catalog
 
-    builtin = [n for n in DEFENSES.names() if DEFENSES.get(n).__module__.startswith("defenses.")]
-    code, recs = dev_grid(tmp_path, "--grid", "full", "--defenses", "no_defense")
+    # the suite's own methods, not the plugins other tests registered in this process
+    attacks, builtin = catalog()["attacks"], list(catalog()["defenses"])
+    code, recs = dev_grid(tmp_path, "--grid", "full", "--attacks", ",".join(attacks),
+                          "--defenses", "no_defense")
     assert code == 0, failures(recs)
     code, more = dev_grid(tmp_path, "--grid", "full", "--attacks", "badnets", "--defenses", ",".join(builtin))
     assert code == 0, failures(more)
     by_cell = {(r["config"]["attack"], r["config"]["defense"]): r for r in recs + more}
-    assert {a for a, d in by_cell if d == "no_defense"} == set(ATTACKS.names())
+    assert {a for a, d in by_cell if d == "no_defense"} == set(attacks) and len(attacks) == 10
     assert {d for a, d in by_cell if a == "badnets"} == set(builtin) and len(builtin) == 9
     plain = by_cell["badnets", "no_defense"]
     assert plain["config"]["model_params"]["width"] == 64 and plain["attack_info"]["n_train"] == 50_000
