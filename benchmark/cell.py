@@ -154,12 +154,18 @@ def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: 
     return monitor
 
 
-def split_prober(truth: torch.Tensor, into: dict[str, float]) -> Callable[[torch.Tensor], None]:
+def split_prober(truth: torch.Tensor, into: dict[str, float]
+                 ) -> Callable[[torch.Tensor, torch.Tensor | None], None]:
     """A ``DefenseContext.split_probe``: the left-out rows' TPR/FPR against the poison mask,
-    kept in ``into`` for the next curve point."""
-    def probe(left_out: torch.Tensor) -> None:
+    and with the split's scores their AUROC and mean over the poisoned and the benign rows
+    (what separates the two groups, epoch by epoch), kept in ``into`` for the next curve point."""
+    def probe(left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         rates = isolation_rates(left_out, truth)
         into.update(split_tpr=rates["tpr"], split_fpr=rates["fpr"])
+        if scores is not None and truth.any() and (~truth).any():
+            s = scores.double()
+            into.update(split_auroc=auroc(s, truth), split_score_poisoned=float(s[truth].mean()),
+                        split_score_benign=float(s[~truth].mean()))
     return probe
 
 

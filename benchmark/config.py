@@ -48,13 +48,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "defenses": {"pipd": {"pre_epochs": 3, "pre_augment": False, "rounds": 2,
                               "selective_epochs": 2, "selective_lr": 0.02},
                      # ABL's LGA settings equal PIPD's: one LGA model serves both
-                     "abl": {"isolation_epochs": 3, "isolation_lr": 0.05, "finetune_epochs": 2,
+                     "abl": {"isolation_epochs": 3, "isolation_lr": 0.05, "isolation_schedule": None,
+                             "weight_decay": None, "finetune_epochs": 2,
                              "finetune_lr": 0.02, "finetune_schedule": "onecycle",
                              "finetune_milestones": [], "unlearn_epochs": 2},
                      "none": {"retrain_epochs": 1},
                      "dbd": {"simclr_epochs": 1, "simclr_batch": 128, "head_epochs": 1,
                              "semi_epochs": 2, "semi_iterations": 4, "semi_batch": 32},
-                     "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every": 1}},
+                     "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every_iterations": 4}},
     },
     # the README's first run: the paper's point (No Defense learns the backdoor, PIPD isolates
     # it and trains it away) on 2 CPU cores in minutes; its own attacks and defenses by default.
@@ -98,16 +99,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attack_train": {"adaptive_patch": {"epochs": 40}},
         "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
                               "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05},
-                     # ABL's LGA settings equal PIPD's (one LGA model serves both); training on
+                     # ABL's LGA settings equal PIPD's (one LGA model serves both: the preset's
+                     # schedule and weight decay, not ABL's constant lr and 1e-4); training on
                      # the rest gets PIPD's selective budget
-                     "abl": {"isolation_epochs": 8, "isolation_lr": 0.05, "finetune_epochs": 12,
+                     "abl": {"isolation_epochs": 8, "isolation_lr": 0.05, "isolation_schedule": None,
+                             "weight_decay": None, "finetune_epochs": 12,
                              "finetune_lr": 0.05, "finetune_schedule": "onecycle",
                              "finetune_milestones": []},
                      "none": {"retrain_epochs": 10},
                      # DBD and ASD at quick: epochs and MixMatch iterations cut to ~40 min a cell
                      "dbd": {"simclr_epochs": 8, "simclr_batch": 256, "head_epochs": 5,
                              "semi_epochs": 10, "semi_iterations": 160},
-                     "asd": {"epochs": 12, "iterations": 160, "grow_every": 1}},
+                     # ASD's stage-1 growth keeps the reference's rate per iteration (10 a class
+                     # every 5,120): none within quick's 960 stage-1 iterations
+                     "asd": {"epochs": 12, "iterations": 160}},
     },
     # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
     "full": {

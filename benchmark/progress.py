@@ -28,8 +28,9 @@ _sink: Sink | None = None
 PERCENT = {"train_acc": "acc", "ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR",
            "clean_acc": "clean acc", "poison_acc": "poison acc", "backdoor_acc": "backdoor acc",
            "mask_density": "mask density",
-           "split_tpr": "split TPR", "split_fpr": "split FPR"}
-HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "data_s", "from_cache"}
+           "split_tpr": "split TPR", "split_fpr": "split FPR", "split_auroc": "split AUROC"}
+HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "data_s", "from_cache",
+          "split_score_poisoned", "split_score_benign"}
 
 
 def set_sink(sink: Sink | None) -> Sink | None:

@@ -40,7 +40,8 @@ RECORD_KEYS: dict[str, str] = {
     "config": "the resolved cell config: dataset, model, attack, defense, seed and every option",
     "metrics": "ca, asr, tpr, fpr (fractions in [0, 1]), r_acc, auroc, best-threshold rates",
     "isolation": "per isolation step: masks.<name> with TPR, FPR, precision and counts",
-    "curves": "per-phase lists of per-epoch training stats (loss, accuracy, CA/ASR, split_tpr/fpr)",
+    "curves": ("per-phase lists of per-epoch training stats (loss, accuracy, CA/ASR; where a "
+               "defense re-splits: split_tpr/fpr/auroc, split_score_poisoned/benign)"),
     "defense_info": "what the defense reports about itself (title, reuse of artifacts, ...)",
     "attack_info": "rate_of, clean_label, poisoned and cover counts",
     "data_source": "which copy of the dataset the cell read",

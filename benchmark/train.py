@@ -427,10 +427,13 @@ class Trainer:
             model = make_model()
             curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, callback=callback,
                              seed=seed, desc=desc, step=step, epoch_data=epoch_data)
-            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve}
+            return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve,
+                    "precision": self.training_precision(cfg)}
 
         reused = cache.exists(kind, key)
         art = cache.get_or_create(kind, key, train)
+        if reused and art.get("precision"):  # a reused model's precision is the cell's too
+            self.precisions_used.add(art["precision"])
         model = make_model()
         model.load_state_dict(art["state"])
         curve = [{**point, "from_cache": True} for point in art["curve"]] if reused else art["curve"]

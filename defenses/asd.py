@@ -5,7 +5,10 @@ the labelled set is a clean pool re-drawn before every epoch by the current mode
 (alpha 0.1, beta 1, eval mode), in three stages whose boundaries scale with ``epochs``
 (reference 60 / 90 of 120):
 1. class-aware: the trusted seed (``seed_per_class`` clean samples per class) plus, per observed
-   class, its ``grow * (epoch // grow_every)`` lowest-SCE samples;
+   class, its ``grow * (iterations so far // grow_every_iterations)`` lowest-SCE samples: the
+   reference adds 10 a class every 5 epochs of 1024 iterations, and a preset that cuts the
+   iterations per epoch keeps that rate per iteration (at ``quick``'s 160 iterations an epoch,
+   stage 1's 960 iterations end before the first growth: its pool is the trusted seed);
 2. the ``epsilon`` (50%) lowest-SCE samples overall;
 3. meta split: a copy of the model trains its last two stages and head for one epoch on all
    data (Adam lr 0.015, cross-entropy); the pool is the 50% of samples whose SCE fell least.
@@ -44,18 +47,27 @@ class ASDParams(SemiSupervisedOptions, DefenseParams):  # + SCE and MixMatch opt
     lr: float = 0.002
     seed_per_class: int = 10
     grow: int = 10  # stage 1: samples added per class ...
-    grow_every: int = 5  # ... every this many epochs
+    grow_every_iterations: int = 5120  # ... every this many MixMatch iterations (5 x 1024)
     epsilon: float = 0.5
     meta_lr: float = 0.015
     meta_epochs: int = 1
     meta_layers: list[str] = field(default_factory=lambda: ["layer3", "layer4", "linear", "fc"])
 
     def __post_init__(self) -> None:
+        if self.grow_every_iterations < 1:
+            raise UsageError(f"asd grow_every_iterations must be at least 1, got "
+                             f"{self.grow_every_iterations}")
         if not 0 <= self.stage1 <= self.stage2 <= 1:
             raise UsageError(f"asd stages must satisfy 0 <= stage1 <= stage2 <= 1, got "
                              f"{self.stage1}, {self.stage2}")
         if not 0 < self.epsilon < 1:
             raise UsageError(f"asd epsilon must be in (0, 1), got {self.epsilon}")
+
+
+def stage1_growth(epoch: int, p: ASDParams) -> int:
+    """Stage 1's samples per class beyond the seed at ``epoch`` (0-based): ``grow`` for every
+    ``grow_every_iterations`` MixMatch iterations done (the reference: 10 every 5 x 1024)."""
+    return p.grow * (epoch * p.iterations // p.grow_every_iterations)
 
 
 def class_aware_pool(losses: torch.Tensor, labels: torch.Tensor, trusted: torch.Tensor, n: int,
@@ -74,8 +86,8 @@ class ASD(Defense):
     title = "ASD (adaptive splitting + MixMatch)"
     Params = ASDParams
     # 2: a fresh shuffle for every virtual update, reflect-padded crops, scores = what the last
-    # split ranked (AUROC of its own rule)
-    version = 2
+    # split ranked (AUROC of its own rule); 3: stage 1 grows per iteration, not per epoch
+    version = 3
 
     @classmethod
     def trusted_per_class(cls, params: DefenseParams) -> int:
@@ -120,8 +132,7 @@ class ASD(Defense):
             if epoch < e2:  # stages 1 and 2 rank the SCE (stage 3 its own score)
                 scores[:] = sce(model)
             if epoch < e1:
-                grown = p.grow * (epoch // p.grow_every)
-                pool[:] = class_aware_pool(scores, labels.cpu(), trusted, grown, k)
+                pool[:] = class_aware_pool(scores, labels.cpu(), trusted, stage1_growth(epoch, p), k)
             elif epoch < e2:
                 pool[:] = label_lowest(scores, p.epsilon)
             else:
@@ -129,7 +140,7 @@ class ASD(Defense):
             stages.append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
                            "pool": int(pool.sum())})
             mix.set_unlabelled((~pool).nonzero().flatten())
-            ctx.note_split(~pool[:n])
+            ctx.note_split(~pool[:n], scores[:n])
             return pool.nonzero().flatten()
 
         torch.manual_seed(ctx.seed)

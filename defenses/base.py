@@ -50,7 +50,7 @@ class DefenseContext:
     # the harness's reading of a split the defense re-draws every epoch (DBD, ASD): it takes the
     # rows the defense currently leaves out and puts their TPR/FPR in the epoch's curve point;
     # nothing comes back to the defense
-    split_probe: Callable[[torch.Tensor], None] | None = None
+    split_probe: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
     # an attack that controls training (``attack.repoison_every_epoch``): each epoch's images and
     # labels for the backdoored model; only defenses with ``accepts_repoisoning`` get one
     epoch_data: EpochData | None = None
@@ -59,10 +59,11 @@ class DefenseContext:
     def num_classes(self) -> int:
         return len(self.train.classes)
 
-    def note_split(self, left_out: torch.Tensor) -> None:
-        """Show the harness this epoch's split (bool (N,), True: not trusted); see split_probe."""
+    def note_split(self, left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
+        """Show the harness this epoch's split (bool (N,), True: not trusted) and, if it ranked
+        one, the score it split by (higher: less trusted); see split_probe."""
         if self.split_probe is not None:
-            self.split_probe(left_out.cpu())
+            self.split_probe(left_out.cpu(), None if scores is None else scores.cpu())
 
     # ---------------------------------------------------------- models shared across defenses
     def backdoored_model(self) -> tuple[nn.Module, list[dict], bool]:
@@ -141,6 +142,19 @@ class Defense:
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError
+
+
+def own_recipe(cfg: TrainConfig, schedule: str | None = None, weight_decay: float | None = None
+               ) -> TrainConfig:
+    """``cfg`` with a method's own schedule (fixed: no warm-up) and weight decay where it sets
+    them; None keeps the base recipe's. ABL's and PIPD's LGA phases go through here, so equal
+    settings give equal configs and one cached LGA model."""
+    changes: dict[str, Any] = {}
+    if schedule is not None:
+        changes.update(schedule=schedule, warmup=0.0)
+    if weight_decay is not None:
+        changes["weight_decay"] = weight_decay
+    return cfg.replace(**changes)
 
 
 def isolate_lowest_loss(ctx: DefenseContext, model: nn.Module, ratio: float

@@ -4,26 +4,35 @@ nothing and inspects the backdoored model (shared with No Defense).
 Layers: the stem's activation, every residual block's output and the logits, flattened. On a
 benign validation set (``validation`` of the clean test set, seeded; CA/ASR are then measured
 on the rest, and the record says so):
-1. per predicted class c, the mean cosine similarity of its samples to the class centroid at
-   every layer; the critical layer is the one after the largest increase of that similarity in
-   the second half of the network, and the score uses it and the two layers before it, each
-   weighted by the increase into it;
-2. per true class, centroids and the benign scores' mean and std;
+1. per predicted class c, the mean cosine similarity m_l of its samples to the class centroid
+   at every layer l, and the gains d_l = m_{l+1} - m_l; the critical layer j is the one the
+   largest gain of the second half of the network goes into, and the score uses j and the two
+   layers before it, layer l weighted by the gain out of it, d_l (``gain="out"``, the notebook;
+   the logits, with no layer after them, weigh 0). ``gain="into"`` weights l by d_{l-1}, the
+   gain into it (v1 of this defense);
+2. per true class, centroids and the benign scores' mean and population std;
 3. a training sample predicted as c is flagged when its score (weighted cosine similarity to
    c's centroids) is below mean_c - tau * std_c (tau 2.5, the reference's recommendation).
-The reference notebook weights every class by the last class's increases (a loop variable
-left over); here each class uses its own.
+
+Reference: najeebjebreel/DBALFA, ``notebooks/Ours_CIFAR10-ResNet18.ipynb``. Departures: the
+notebook weights every class by the last class's gains (a loop variable left over); here each
+class uses its own. The notebook scores test images only, against statistics of ~100 benign
+test images per class drawn from the same test set; the suite scores the training set (Table
+2's task), which the model has fitted, against statistics of held-out test images. Fitted images
+sit closer to their class centroids than unseen ones, so the benign bound is looser than the
+training distribution's and fewer samples fall below it (see docs/methods.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark import devrun
+from benchmark.validate import one_of
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
 
@@ -32,6 +41,7 @@ class DBALFAParams(DefenseParams):
     validation: float = 0.1  # share of the clean test set used as benign validation data
     tau: float = 2.5
     n_layers: int = 3  # the critical layer and the layers just before it
+    gain: str = field(default="out", metadata=one_of("out", "into"))  # which gain weights a layer
 
 
 def feature_layers(model: nn.Module) -> list[nn.Module]:
@@ -97,24 +107,30 @@ def similarities(model: nn.Module, trainer, images: torch.Tensor, cents: list[to
     return devrun.fill(torch.cat(sims), len(images)), devrun.fill(torch.cat(preds), len(images))
 
 
-def critical_weights(sims: torch.Tensor, preds: torch.Tensor, num_classes: int, n_layers: int
-                     ) -> torch.Tensor:
-    """(classes, layers) weights: for each class, the increase of mean similarity into each of
-    the critical layer and the ``n_layers - 1`` before it (second half of the network), 0
-    elsewhere."""
+def critical_weights(sims: torch.Tensor, preds: torch.Tensor, num_classes: int, n_layers: int,
+                     gain: str = "out") -> tuple[torch.Tensor, list[list[int]]]:
+    """(classes, layers) weights and each class's layers: the critical layer (the one the
+    largest gain of mean similarity in the second half of the network goes into) and the
+    ``n_layers - 1`` before it, each weighted by the gain out of it (``out``; 0 for the last
+    layer) or into it (``into``); 0 elsewhere."""
     n_l = sims.shape[1]
     weights = torch.zeros(num_classes, n_l)
+    chosen: list[list[int]] = [[] for _ in range(num_classes)]
     for c in range(num_classes):
         rows = preds == c
         if not rows.any():
             continue
         mean = sims[rows].mean(0)
-        rise = mean[1:] - mean[:-1]  # rise[l - 1]: the increase into layer l
+        rise = mean[1:] - mean[:-1]  # rise[l]: the gain from layer l to layer l + 1
         h = n_l // 2
         crit = h + int(rise[h:].argmax()) + 1
-        for layer in range(max(1, crit - n_layers + 1), crit + 1):
-            weights[c, layer] = rise[layer - 1]
-    return weights
+        chosen[c] = list(range(max(1, crit - n_layers + 1), crit + 1))
+        for layer in chosen[c]:
+            if gain == "into":
+                weights[c, layer] = rise[layer - 1]
+            elif layer < n_l - 1:
+                weights[c, layer] = rise[layer]
+    return weights, chosen
 
 
 @register_defense
@@ -123,6 +139,7 @@ class DBALFA(Defense):
     title = "DBALFA (layer-wise feature analysis detector)"
     Params = DBALFAParams
     is_detector = True
+    version = 2  # 2: a layer is weighted by the gain out of it, as the notebook (was: into it)
 
     @classmethod
     def validation_fraction(cls, params: DefenseParams) -> float:
@@ -137,7 +154,7 @@ class DBALFA(Defense):
         # 1. critical layers from the validation samples grouped by prediction
         cents_pred, _ = centroids(model, ctx.trainer, val.images, None, k)
         sims_pred, preds_val = similarities(model, ctx.trainer, val.images, cents_pred)
-        weights = critical_weights(sims_pred, preds_val, k, p.n_layers)
+        weights, layers = critical_weights(sims_pred, preds_val, k, p.n_layers, p.gain)
         # 2. centroids and benign score statistics per true class
         cents, _ = centroids(model, ctx.trainer, val.images, val.labels, k)
         benign, _ = similarities(model, ctx.trainer, val.images, cents, val.labels)
@@ -154,5 +171,6 @@ class DBALFA(Defense):
         return DefenseResult(
             model=model, isolated=z > p.tau, scores=z,
             info={"inspected_model": "reused from cache" if reused else "trained",
-                  "critical_layers": [weights[c].nonzero().flatten().tolist() for c in range(k)],
+                  "critical_layers": layers,
+                  "layer_weights": weights.tolist(),
                   "n_validation": len(val)})

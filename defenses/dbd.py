@@ -155,7 +155,7 @@ class DBD(Defense):
         def resplit(_epoch: int, m: nn.Module) -> torch.Tensor:
             split_losses[:] = sce_of(ctx, m, p.sce_alpha, p.sce_beta)
             labelled[:] = label_lowest(split_losses, p.epsilon)
-            ctx.note_split(~labelled)
+            ctx.note_split(~labelled, split_losses)
             mix.set_unlabelled((~labelled).nonzero().flatten())
             return labelled.nonzero().flatten()
 

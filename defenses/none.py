@@ -4,18 +4,26 @@ Starting from the backdoored model (shared with No Defense), each round:
 1. per-channel spatial max of the conv outputs of stages 2-4 (PIPD's features) on the training
    set, and every sample's softmax;
 2. per class k: strong samples (p_k > 0.9) against weak ones (p_k < 0.1), PIPD's discrepancy
-   max_strong - (mean_weak + beta * std_weak); per channel the max over classes;
+   max_strong - (mean_weak + beta * std_weak); per channel the max over classes, starting from
+   0 (a channel no class lifts above its weak samples scores 0);
 3. reset the top ``reset_ratio`` of channels per layer: zero the conv filter, its BatchNorm
-   scale and bias, and the next conv's (or the classifier's) input slice; a projection
-   shortcut loses its filter and BatchNorm only (as the reference);
+   scale and bias, and the next conv's (or the classifier's) input slice. A block's conv2 feeds
+   the next block's conv1 and its shortcut; only the conv1 slice is zeroed, and a projection
+   shortcut loses its filter and BatchNorm only;
 4. flag samples by the summed activation of each layer's top channel, split with 2-class Jenks
-   (score >= break); drop them and retrain the rest with BatchNorm frozen (lr 1e-4).
-The isolation is the union of the samples dropped in every round.
+   (score >= break); retrain on the training set without them, BatchNorm statistics frozen
+   (plain SGD, momentum 0.9, lr 1e-4, weight decay 1e-4, batch of the base recipe).
+Each round drops only its own flagged samples (the reference rebuilds the retraining set from
+the whole training set every round); the isolation is the last round's.
+
+Reference: RU-System-Software-and-Security/NONE, ``none/reset_neurons.py`` (the reset),
+``none/compromised_detection.py`` (discrepancy, flagging), ``run_none.py`` (retraining reuses
+the pre-training SGD: momentum 0.9, weight decay 1e-4, no Nesterov; ``none_lr`` 1e-4; 20 epochs;
+one round).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -36,18 +44,22 @@ class NONEParams(DefenseParams):
     stages: list[int] = field(default_factory=lambda: [2, 3, 4])
     retrain_epochs: int = 20
     retrain_lr: float = 1e-4
+    retrain_weight_decay: float = 1e-4
+    retrain_nesterov: bool = False
     freeze_bn: bool = True
 
 
 def class_discrepancy(features: torch.Tensor, probs: torch.Tensor, strong: float, weak: float,
-                      beta: float) -> torch.Tensor:
-    """Per channel, the largest strong-vs-weak discrepancy over the classes that have both."""
-    best = torch.full((features.shape[1],), -math.inf)
+                      beta: float) -> torch.Tensor | None:
+    """Per channel, the largest strong-vs-weak discrepancy over the classes that have both, and
+    0 (the reference's start); None when no class has both."""
+    best, compared = torch.zeros(features.shape[1]), False
     for k in range(probs.shape[1]):
         hi, lo = probs[:, k] > strong, probs[:, k] < weak
         if hi.any() and lo.sum() > 1:
             best = torch.maximum(best, channel_discrepancy(features, hi, lo, beta))
-    return best
+            compared = True
+    return best if compared else None
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -77,13 +89,8 @@ def reset_channels(model: nn.Module, layer: str, channels: torch.Tensor) -> None
         block.conv2.weight[:, channels] = 0
         return
     nxt = names.index(block_name) + 1
-    if nxt < len(blocks):
-        following = blocks[nxt][1]
-        following.conv1.weight[:, channels] = 0
-        for short in ("shortcut", "downsample"):
-            seq = getattr(following, short, None)
-            if seq is not None and len(seq) > 0:
-                seq[0].weight[:, channels] = 0
+    if nxt < len(blocks):  # the next conv1 only: the reference leaves the shortcut's input
+        blocks[nxt][1].conv1.weight[:, channels] = 0
     else:
         head = getattr(model, "linear", None) or model.fc
         head.weight[:, channels] = 0
@@ -95,6 +102,9 @@ class NONE(Defense):
     title = "NONE (non-linearity defense, Wang et al. 2022; not No Defense)"
     column = "NONE"  # never read as "no defense" in a table
     Params = NONEParams
+    # 2: as the reference: conv2 resets leave the next shortcut's input, the discrepancy starts
+    # at 0, retraining is plain SGD with weight decay 1e-4, each round drops only its own flags
+    version = 2
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: NONEParams = self.params
@@ -103,13 +113,15 @@ class NONE(Defense):
         dropped = torch.zeros(n, dtype=torch.bool)
         masks, curves, resets = {}, {"backdoored": curve}, {}
         retrain = ctx.train_cfg.replace(epochs=p.retrain_epochs, lr=p.retrain_lr,
+                                        weight_decay=p.retrain_weight_decay,
+                                        nesterov=p.retrain_nesterov, optimizer="sgd",
                                         schedule="constant", warmup=0.0, freeze_bn=p.freeze_bn)
         for r in range(1, p.rounds + 1):
             probs = ctx.trainer.logits(model, ctx.train.images).softmax(1)
             feats, slices, names = layer_features(model, ctx.trainer, ctx.train.images,
                                                   tuple(p.stages))
             d = class_discrepancy(feats, probs, p.strong, p.weak, p.beta)
-            if not torch.isfinite(d).any():
+            if d is None:
                 break  # no class has both strong and weak samples: nothing to compare
             detect = top_channels(d, slices, rho=0.0, top_k=1)  # each layer's top channel
             flagged = jenks_upper(feats[:, detect].sum(1), inclusive=True)
@@ -118,7 +130,7 @@ class NONE(Defense):
                 reset_channels(model, name, chans)
                 resets.setdefault(f"round_{r}", {})[name] = chans.tolist()
             masks[f"round_{r}"] = flagged
-            dropped |= flagged
+            dropped = flagged
             if p.retrain_epochs > 0:
                 curves[f"retrain_{r}"] = ctx.trainer.fit(
                     model, ctx.train.images, ctx.train.labels, retrain,

@@ -12,6 +12,14 @@
    The features are fixed (frozen model), so they are extracted once and every round reuses them.
 4. Selective training (Eq. 10), from the pre-isolation model: CE on D_b, gradient ascent
    (weight lambda) on the samples of D_p that the model still predicts as their label.
+
+Pre-isolation follows the paper's text: 200 epochs of the base recipe (at ``full``: crop/flip,
+cosine schedule). The reference code (RorschachChen/PIPD, ``main_<attack>.py``) trains no
+pre-isolation model: it loads a checkpoint and seed files named as ABL's isolation stage writes
+them, whose training it does not record; ``pipd_abl_seed`` is that reading (ABL's 20-epoch LGA
+model). The paper's model is kept as the default because selective training starts from it
+and needs a converged model for the paper's CA. T = 8 is the paper's main setting; the
+reference scripts' ``--round_num`` is 5 (``--set pipd.rounds=5``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from defenses.base import (
     DefenseResult,
     finetune_then_unlearn,
     isolate_lowest_loss,
+    own_recipe,
     register_defense,
 )
 
@@ -45,6 +54,9 @@ class PIPDParams(DefenseParams):
     pre_epochs: int = 200
     pre_lr: float | None = None  # None: the base recipe's lr
     pre_augment: bool = True
+    # None: the base recipe's (``pipd_abl_seed``: ABL's constant lr and weight decay 1e-4)
+    pre_schedule: str | None = field(default=None, metadata=OMIT_AT_DEFAULT)
+    pre_weight_decay: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
     gamma: float = 0.5
     lga_batch_mean: bool = True  # reference: LGA on the batch-mean loss; False: per sample
     p: float = field(default=0.01, metadata=within(0, 1))  # poisoned seed: lowest-loss share
@@ -126,8 +138,9 @@ class PIPD(Defense):
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PIPDParams = self.params
         n = len(ctx.train)
-        cfg = ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
-                                    augment=p.pre_augment)
+        cfg = own_recipe(ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
+                                               augment=p.pre_augment),
+                         p.pre_schedule, p.pre_weight_decay)
         model, pre_curve, reused = ctx.lga_model(cfg, p.gamma, p.lga_batch_mean)
 
         # seeds from the loss ranking under the pre-isolation model (eval mode, no augmentation)
@@ -184,3 +197,25 @@ class PIPDMedian(PIPD):
     name = "pipd_median"
     title = "PIPD, median of the poisoned seed in Eq. 4"
     Params = PIPDMedianParams
+
+
+@dataclass
+class PIPDABLSeedParams(PIPDParams):
+    pre_epochs: int = 20
+    pre_lr: float | None = 0.1
+    pre_augment: bool = False
+    pre_schedule: str | None = "constant"
+    pre_weight_decay: float | None = 1e-4
+
+
+@register_defense
+class PIPDABLSeed(PIPD):
+    """PIPD on ABL's isolation model, as the reference code runs it: its scripts load a
+    checkpoint and seed files named as ABL's isolation writes them (``isolation1%_examples``)
+    and train no pre-isolation model. The LGA settings are ABL's defaults (20 epochs, constant
+    lr 0.1, no augmentation, weight decay 1e-4), so at equal presets ABL and this variant share
+    one LGA model; selective training starts from it (the paper: from the 200-epoch model)."""
+
+    name = "pipd_abl_seed"
+    title = "PIPD on ABL's 20-epoch LGA model (the reference code's pre-isolation)"
+    Params = PIPDABLSeedParams

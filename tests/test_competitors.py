@@ -45,7 +45,9 @@ def run(name, ctx, **params):
 def test_abl_isolates_the_easy_backdoor_and_shares_pipds_lga_model(tmp_path, seed):
     train, truth = easy_backdoor(seed=seed)
     ctx = context(train, tmp_path, seed=seed)
-    lga = {"isolation_epochs": 4, "isolation_lr": 0.05, "isolation_augment": False}
+    # the base recipe's schedule and weight decay, as PIPD's pre-isolation (the quick preset's way)
+    lga = {"isolation_epochs": 4, "isolation_lr": 0.05, "isolation_augment": False,
+           "isolation_schedule": None, "weight_decay": None}
     pipd = run("pipd", ctx, pre_epochs=4, pre_lr=0.05, pre_augment=False, rounds=1,
                selective_epochs=0)
     res = run("abl", ctx, **lga, isolation_ratio=8 / len(truth), finetune_epochs=1,
@@ -54,6 +56,44 @@ def test_abl_isolates_the_easy_backdoor_and_shares_pipds_lga_model(tmp_path, see
     assert res.info["isolation_model"].startswith("reused")  # trained once, for PIPD
     assert pipd.info["pre_isolation_model"] == "trained"
     assert set(res.curves) == {"isolation", "finetune", "unlearning"}
+
+
+class _Stop(Exception):
+    pass
+
+
+def lga_settings(name: str, train_cfg: TrainConfig, tmp_path) -> dict:
+    """The LGA phase ``name`` asks for at its defaults over ``train_cfg`` (nothing trained)."""
+    train, _ = easy_backdoor()
+    ctx = context(train, tmp_path)
+    ctx.train_cfg = train_cfg
+    asked = {}
+
+    def lga_model(cfg, gamma, batch_mean):  # noqa: ANN001, ANN202
+        asked.update(cfg=cfg.key(), gamma=gamma, batch_mean=batch_mean)
+        raise _Stop
+
+    ctx.lga_model = lga_model
+    with pytest.raises(_Stop):
+        run(name, ctx)
+    return asked
+
+
+def test_abl_isolation_follows_the_reference_and_pipd_abl_seed_shares_it(tmp_path):
+    """bboylyg/ABL: lr 0.1 constant, weight decay 1e-4, plain tensors, whatever the base recipe;
+    PIPD keeps the paper's 200 epochs of the base recipe; ``pipd_abl_seed`` asks for ABL's model."""
+    from benchmark.config import PRESETS, preset_train
+
+    full = TrainConfig.from_dict(preset_train(PRESETS["full"]))
+    abl = lga_settings("abl", full, tmp_path)
+    assert {k: abl["cfg"][k] for k in ("epochs", "lr", "schedule", "warmup", "weight_decay",
+                                         "augment", "batch_size")} == {
+        "epochs": 20, "lr": 0.1, "schedule": "constant", "warmup": 0.0, "weight_decay": 1e-4,
+        "augment": False, "batch_size": 128}
+    assert lga_settings("pipd_abl_seed", full, tmp_path) == abl
+    pipd = lga_settings("pipd", full, tmp_path)["cfg"]
+    assert (pipd["epochs"], pipd["schedule"], pipd["weight_decay"], pipd["augment"]) == \
+        (200, "cosine", 5e-4, True)
 
 
 def test_unlearning_raises_the_loss_on_the_isolated_samples_only_by_ascent(tmp_path):
@@ -86,7 +126,7 @@ def test_none_reset_zeroes_exactly_the_chosen_channels_and_the_next_layers_input
         "layer2.0.bn1.bias": (0, [1, 3]), "layer2.0.conv2.weight": (1, [1, 3]),
         "layer3.1.conv2.weight": (0, [1, 3]), "layer3.1.bn2.weight": (0, [1, 3]),
         "layer3.1.bn2.bias": (0, [1, 3]), "layer4.0.conv1.weight": (1, [1, 3]),
-        "layer4.0.shortcut.0.weight": (1, [1, 3]),
+        # not layer4.0's shortcut input, which layer3.1.conv2 also feeds: the reference leaves it
         "layer4.1.conv2.weight": (0, [5]), "layer4.1.bn2.weight": (0, [5]),
         "layer4.1.bn2.bias": (0, [5]), "linear.weight": (1, [5]),
     }
@@ -114,6 +154,35 @@ def test_none_discrepancy_finds_the_channel_strong_samples_share():
     feats[:10, 4] += 5.0  # what class 0's confident samples share
     d = class_discrepancy(feats, probs, 0.9, 0.1, 3.0)
     assert int(d.argmax()) == 4 and torch.isfinite(d).all()
+    # the reference's maximum starts at 0: a channel no class lifts above its weak samples is 0
+    assert d[4] > 4 and torch.equal(d[[0, 1, 2, 3, 5]], torch.zeros(5))
+    assert class_discrepancy(feats, torch.full((100, 2), 0.5), 0.9, 0.1, 3.0) is None
+
+
+def test_none_retrains_as_the_reference_and_drops_only_each_rounds_flags(tmp_path, monkeypatch):
+    """RU-System-Software-and-Security/NONE run_none.py: SGD momentum 0.9, weight decay 1e-4, no
+    Nesterov, lr 1e-4, BatchNorm frozen; each round's retraining set is the whole set minus that
+    round's flags (the split itself is planted: rows 0-4, then rows 5-9)."""
+    train, _ = easy_backdoor()
+    ctx = context(train, tmp_path, epochs=4)
+    planted = iter([torch.arange(len(train)) < 5, (torch.arange(len(train)) >= 5)
+                    & (torch.arange(len(train)) < 10)])
+    monkeypatch.setattr("defenses.none.jenks_upper", lambda *a, **k: next(planted))
+    fits, real_fit = [], ctx.trainer.fit
+
+    def fit(model, images, labels, cfg, **kw):  # noqa: ANN001, ANN202
+        if kw.get("desc", "").startswith("NONE retrain"):
+            fits.append((cfg, kw.get("indices")))
+        return real_fit(model, images, labels, cfg, **kw)
+
+    ctx.trainer.fit = fit
+    res = run("none", ctx, retrain_epochs=1, rounds=2, reset_ratio=0.01, strong=0.5, weak=0.3)
+    assert len(fits) == 2
+    cfg = fits[0][0]
+    assert (cfg.optimizer, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.lr, cfg.schedule,
+            cfg.freeze_bn) == ("sgd", 0.9, False, 1e-4, 1e-4, "constant", True)
+    assert fits[1][1].tolist() == [i for i in range(len(train)) if not 5 <= i < 10]
+    assert torch.equal(res.isolated, res.masks["round_2"]) and res.isolated.sum() == 5
 
 
 def test_scale_up_spc_of_a_constant_model_is_one_and_of_a_scale_sensitive_model_zero():
@@ -129,16 +198,54 @@ def test_scale_up_spc_of_a_constant_model_is_one_and_of_a_scale_sensitive_model_
                           torch.full((16,), 1 / 11))
 
 
-def test_dbalfa_critical_layer_is_after_the_largest_rise_in_the_second_half():
+def test_scale_up_flags_by_the_spc_calibrated_on_benign_held_out_images(tmp_path):
+    """backdoor-toolbox's rule with clean data: (SPC - mean) / std of the benign images' SPC
+    against their labels >= 0.5; the raw SPC >= 0.5 stays an option."""
+    from defenses.scale_up import ScaleUpParams, calibrated, scaled_prediction_consistency
+
+    x = torch.randint(1, 20, (6, 3, 8, 8), dtype=torch.uint8)
+    zeros = lambda im: torch.zeros(len(im), dtype=torch.long)  # noqa: E731
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    assert scaled_prediction_consistency(zeros, x, list(range(1, 12)), labels=labels).tolist() == \
+        [1, 1, 0, 0, 0, 1]
+    assert torch.allclose(calibrated(torch.tensor([0.5, 0.49, 1.0]), torch.tensor([0.2, 0.4, 0.6])),
+                          torch.tensor([0.5, 0.45, 3.0]))
+    cls = DEFENSES.get("scale_up")
+    assert cls.validation_fraction(ScaleUpParams()) == 0.2
+    assert cls.validation_fraction(ScaleUpParams(calibration="raw")) == 0.0
+
+    train, truth = easy_backdoor()
+    ctx = context(train, tmp_path, epochs=4)
+    ctx.trusted = train.subset((~truth).nonzero().flatten()[:40])
+    raw = run("scale_up", ctx, calibration="raw", threshold=0.0)  # scores: the plain SPC
+    res = run("scale_up", ctx)
+    benign = scaled_prediction_consistency(lambda im: ctx.trainer.predict(res.model, im),
+                                           ctx.trusted.images, list(range(1, 12)),
+                                           labels=ctx.trusted.labels)
+    assert torch.allclose(res.scores, calibrated(raw.scores, benign))
+    assert torch.equal(res.isolated, res.scores >= 0.5)
+    assert res.info["benign_spc_mean"] == pytest.approx(float(benign.mean()))
+
+
+def test_dbalfa_weights_each_critical_layer_by_the_gain_out_of_it_as_the_notebook():
     from defenses.dbalfa import critical_weights
 
-    sims = torch.tensor([[0.1, 0.2, 0.3, 0.35, 0.9, 0.95]] * 4 + [[0.5, 0.1, 0.2, 0.8, 0.85, 0.9]] * 4)
-    preds = torch.tensor([0] * 4 + [1] * 4)
-    w = critical_weights(sims, preds, 2, n_layers=3)
-    # class 0: rises .1 .1 .05 .55 .05; second half (from index 3): largest rise into layer 4
-    assert torch.allclose(w[0], torch.tensor([0, 0, 0.1, 0.05, 0.55, 0]), atol=1e-6)
-    # class 1: rises -.4 .1 .6 .05 .05; second half: rise[3] = .05 vs rise[4] = .05 -> layer 4
-    assert w[1].nonzero().flatten().tolist() == [2, 3, 4]
+    sims = torch.tensor([[0.1, 0.2, 0.3, 0.35, 0.9, 0.95]] * 4 + [[0.5, 0.1, 0.2, 0.8, 0.85, 0.9]] * 4
+                        + [[0.1, 0.2, 0.3, 0.35, 0.4, 0.9]] * 4)
+    preds = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    w, layers = critical_weights(sims, preds, 3, n_layers=3)
+    # class 0: gains .1 .1 .05 .55 .05; second half (from index 3): the largest goes into layer
+    # 4, so layers 2-4, each weighted by the gain out of it: d_2, d_3, d_4
+    assert layers[0] == [2, 3, 4]
+    assert torch.allclose(w[0], torch.tensor([0, 0, 0.05, 0.55, 0.05, 0]), atol=1e-6)
+    # class 1: gains -.4 .1 .6 .05 .05; d_3 = d_4 = .05 -> the first, layer 4
+    assert layers[1] == [2, 3, 4]
+    assert torch.allclose(w[1], torch.tensor([0, 0, 0.6, 0.05, 0.05, 0]), atol=1e-6)
+    # class 2: the largest gain goes into the last layer, which has no gain out of it
+    assert layers[2] == [3, 4, 5]
+    assert torch.allclose(w[2], torch.tensor([0, 0, 0, 0.05, 0.5, 0]), atol=1e-6)
+    into, _ = critical_weights(sims, preds, 3, n_layers=3, gain="into")  # v1's rule
+    assert torch.allclose(into[0], torch.tensor([0, 0, 0.1, 0.05, 0.55, 0]), atol=1e-6)
 
 
 def test_best_threshold_is_the_oracle_cut():
@@ -169,6 +276,6 @@ def test_none_and_abl_run_end_to_end(tmp_path):
     res = run("none", ctx, retrain_epochs=1, rounds=2)
     assert res.isolated.shape == truth.shape and {"round_1"} <= set(res.masks)
     assert res.info["backdoored_model"] == "trained"
-    again = run("scale_up", ctx)
+    again = run("scale_up", ctx, calibration="raw")
     assert again.info["inspected_model"] == "reused from cache"
     assert F.one_hot(train.labels).shape[0] == len(again.scores)

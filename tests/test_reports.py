@@ -38,6 +38,18 @@ def test_a_record_of_another_method_version_is_its_own_row(monkeypatch):
     assert t.mean.at[("cifar10", "wanet"), "no_defense ASR"] == pytest.approx(95.0)
 
 
+def test_a_bf16_cell_is_its_own_column_never_averaged_with_fp32():
+    """CUDA's ``auto`` precision trains in bf16 under the same config (and cell id) as an fp32
+    CPU run: the tables must say which one a number comes from."""
+    fp32 = record("badnets", "pipd", 0, ca=80, asr=2)
+    bf16 = record("badnets", "pipd", 1, ca=90, asr=4)
+    fp32["hardware"], bf16["hardware"] = {"precision": "fp32"}, {"precision": "bf16"}
+    t = tables.table1(frame([fp32, bf16]))
+    key = ("cifar10", "badnets")
+    assert t.mean.at[key, "pipd CA"] == pytest.approx(80) and t.seeds.at[key, "pipd CA"] == 1
+    assert t.mean.at[key, "pipd (bf16) CA"] == pytest.approx(90)
+
+
 def test_table1_means_seeds_keeps_variants_apart_and_sets_the_paper_beside():
     recs = [record("blended", "pipd", 0, ca=80, asr=1), record("blended", "pipd", 1, ca=82, asr=3),
             record("blended", "no_defense", 0, ca=81, asr=100),

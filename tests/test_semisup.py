@@ -129,6 +129,24 @@ def test_asd_pool_follows_its_schedule_and_keeps_the_trusted_seed(tmp_path):
     assert set(pool.nonzero().flatten().tolist()) == {36, 37, 0, 4, 1, 5, 2, 6, 3, 7}
 
 
+def test_asd_stage1_grows_at_the_reference_rate_per_iteration_at_every_preset():
+    """10 a class every 5 x 1024 iterations: the reference's epochs 5, 10, ... at full; at
+    quick's 160 iterations an epoch, no growth within stage 1's 960 iterations (a growth per
+    epoch would add 10 a class every 160)."""
+    from benchmark.config import resolve_cell
+    from defenses.asd import ASDParams, stage1_growth
+
+    def growth(preset: str) -> list[int]:
+        p = ASDParams(**resolve_cell(preset, "badnets", "asd", 0, [])["defense_params"])
+        return [stage1_growth(e, p) for e in range(round(p.stage1 * p.epochs))]
+
+    full = growth("full")
+    assert len(full) == 60 and full[:11] == [0] * 5 + [10] * 5 + [20] and full[-1] == 110
+    assert growth("quick") == [0] * 6
+    p = ASDParams(iterations=512)  # half an epoch's iterations: growth every 10 epochs
+    assert [stage1_growth(e, p) for e in (9, 10, 19, 20)] == [0, 10, 10, 20]
+
+
 def asd_context(tmp_path, seed=0):
     from tests.test_competitors import context
 
@@ -144,7 +162,7 @@ def test_asd_stages_pool_sizes_and_excluded_trusted_rows(tmp_path):
     from tests.test_competitors import run
 
     ctx, truth = asd_context(tmp_path)
-    res = run("asd", ctx, epochs=8, iterations=2, batch=16, grow=3, grow_every=1,
+    res = run("asd", ctx, epochs=8, iterations=2, batch=16, grow=3, grow_every_iterations=2,
               stage1=0.5, stage2=0.75, seed_per_class=2)
     stages = [(c["stage"], c["pool"]) for c in res.curves["mixmatch"]]
     assert [s for s, _ in stages] == [1, 1, 1, 1, 2, 2, 3, 3]
@@ -161,6 +179,6 @@ def test_asd_leaves_the_poisoned_outside_the_loss_guided_pool(tmp_path):
     from tests.test_competitors import run
 
     ctx, truth = asd_context(tmp_path)
-    res = run("asd", ctx, epochs=6, iterations=12, batch=32, grow=3, grow_every=1, lr=0.005,
+    res = run("asd", ctx, epochs=6, iterations=12, batch=32, grow=3, grow_every_iterations=2, lr=0.005,
               seed_per_class=2, stage1=0.67, stage2=1.0)  # stages 1 and 2 only
     assert res.isolated[truth].float().mean() >= 0.7  # chance: 0.5

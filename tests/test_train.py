@@ -169,6 +169,24 @@ def test_bf16_trains_in_autocast_but_evaluation_stays_fp32(monkeypatch):
     assert set(seen) == {torch.float32}  # measurements (logits, losses) are fp32 forwards
 
 
+def test_a_model_reused_from_the_cache_brings_its_training_precision(monkeypatch, tmp_path):
+    """A detector cell that only inspects a cached bf16 model must still say bf16."""
+    import benchmark.train as train
+    from benchmark.cache import ArtifactCache
+
+    monkeypatch.setattr(train, "cpu_native_bf16", lambda: True)
+    x, y = synthetic_images(2, 16, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    cache = ArtifactCache(tmp_path)
+    for expect_reused in (False, True):
+        trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+        _, _, reused = trainer.fit_cached(cache, "models", {"k": 1},
+                                          lambda: build_model("resnet18", 10, width=8), x, y,
+                                          TrainConfig(epochs=1, batch_size=10, precision="bf16"),
+                                          seed=0)
+        assert reused == expect_reused and trainer.precisions_used == {"bf16"}
+
+
 def test_bf16_without_native_support_falls_back_to_fp32_with_one_note(monkeypatch, capsys):
     import benchmark.train as train
 

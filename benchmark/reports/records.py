@@ -2,7 +2,8 @@
 
 Rows are keyed by the full identity of what ran: ``attack_label`` is the attack plus whatever
 the cell overrides upstream of the defense (``badnets badnets.pattern=white``, a poison rate, a
-training recipe), ``defense_label`` the defense's table name plus its own overrides. Two
+training recipe), ``defense_label`` the defense's table name plus its own overrides and
+" (bf16)" when its training steps ran in bf16. Two
 variants of an attack are two rows, never averaged as if they were seeds.
 """
 
@@ -81,6 +82,9 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     masks = (rec.get("isolation") or {}).get("masks") or {}
     dp = c.get("defense_params", {})
     rounds = sorted((int(k.split("_")[1]), v) for k, v in masks.items() if k.startswith("round_"))
+    # what the training steps ran in: bf16 (CUDA's ``auto``) is marked in the column name, so a
+    # bf16 cell never averages with an fp32 one of the same config
+    precision = str((rec.get("hardware") or {}).get("precision") or "")
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
         "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
@@ -89,7 +93,8 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         + _stale_version("attack", c["attack"], c),
         "defense": c["defense"],
         "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
-        + _stale_version("defense", c["defense"], c),
+        + _stale_version("defense", c["defense"], c) + (" (bf16)" if "bf16" in precision else ""),
+        "train_precision": precision,
         "defense_overrides": own,
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
         "detector": _is_detector(c["defense"]),
