@@ -70,6 +70,9 @@ class AttackContext:
     # training images outside the cell's subset (never in the defender's set): natural images an
     # attacker may use (Refool's reflections); None when the subset is the whole training set
     held_out: ImageSet | None = None
+    # the cell's ``train.precision``: models an attack trains (a reference model, Refool's
+    # selection) train in it too, so ``--set train.precision=fp32`` is fp32 throughout
+    precision: str = "auto"
 
 
 class Attack:

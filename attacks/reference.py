@@ -13,7 +13,7 @@ from benchmark.train import TrainConfig
 def reference_model(ctx: AttackContext, train: ImageSet, epochs: int, lr: float = 0.1) -> nn.Module:
     if ctx.trainer is None or ctx.make_model is None:
         raise RuntimeError("this attack needs a trainer and a model factory in its AttackContext")
-    cfg = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", warmup=0.2)
+    cfg = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", warmup=0.2, precision=ctx.precision)
     # shared by every attack: nothing of the attack (its version included) is in the key
     upstream = {k: v for k, v in ctx.cache_key.items()
                 if k not in ("attack", "attack_params", "attack_version")}

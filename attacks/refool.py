@@ -222,7 +222,8 @@ class Refool(Attack):
             return idx[weights[idx].argsort(descending=True, stable=True)][:p.n_reflections]
 
         probes = self.probe_images(train, g)
-        cfg = TrainConfig(epochs=p.select_epochs, lr=0.1, schedule="onecycle", warmup=0.2)
+        cfg = TrainConfig(epochs=p.select_epochs, lr=0.1, schedule="onecycle", warmup=0.2,
+                          precision=self.ctx.precision)
         curve = []
         for rnd in devrun.indices(p.select_rounds):
             top = top_m()

@@ -224,17 +224,22 @@ def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
     attack_cls = ATTACKS.get(config["attack"])
     fields = ["dataset", "data", "attack", "attack_params", "attack_version", "seed", "fast_dev_run"]
     # reference models and generators: the architecture is part of the artifact's identity
-    if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
+    uses_model = attack_cls.uses_model(attack_cls.Params(**config["attack_params"]))
+    if uses_model:
         fields += ["model", "model_params"]
     ident = identity(config)
     key = {k: ident[k] for k in fields if k in ident}  # a version is absent while it is 1
+    precision = config["train"].get("precision", "auto")
+    if uses_model and precision != "auto":  # the models it trains run in the cell's precision
+        key["precision"] = precision
     # re-poisoning changes how training uses the poisoned set, not the set nor the trigger: the
     # fixed-set cells' artifacts (generator, selection, epoch-0 set) serve it too
     key["attack_params"] = {k: v for k, v in key["attack_params"].items() if k != "repoison_every_epoch"}
     device = trainer.device if trainer is not None else torch.device("cpu")
     ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
-                        make_model=make_model, held_out=dataset.held_out)
+                        make_model=make_model, held_out=dataset.held_out,
+                        precision=precision)
     return attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
 
 

@@ -116,3 +116,26 @@ def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(t
                 {"data": 1, "attack": "trojan", "attack_params": {}, "attack_version": 2}):
         reference_model(replace(ctx, cache_key=key), train, epochs=1)
     assert len(list((tmp_path / "models").glob("*.pt"))) == 1
+
+
+def test_the_reference_model_trains_in_the_cells_precision(tmp_path):
+    """``--set train.precision=fp32`` must reach the models an attack trains (on CUDA ``auto``
+    is bf16), and a model of another precision is another artifact."""
+    from dataclasses import replace
+
+    from attacks.reference import reference_model
+    from tests.attack_helpers import make_attack, make_set
+
+    ctx = make_attack("cl", cache_root=tmp_path).ctx
+    asked = []
+    real = ctx.trainer.fit_cached
+
+    def fit_cached(cache, kind, key, *a, **kw):  # noqa: ANN001, ANN202
+        asked.append(a[3].precision)
+        return real(cache, kind, key, *a, **kw)
+
+    ctx.trainer.fit_cached = fit_cached
+    train = make_set(60)
+    for precision in ("auto", "fp32"):
+        reference_model(replace(ctx, precision=precision), train, epochs=1)
+    assert asked == ["auto", "fp32"] and len(list((tmp_path / "models").glob("*.pt"))) == 2
