@@ -50,6 +50,21 @@ def test_a_bf16_cell_is_its_own_column_never_averaged_with_fp32():
     assert t.mean.at[key, "pipd (bf16) CA"] == pytest.approx(90)
 
 
+def test_an_attack_no_defense_did_not_learn_is_marked_and_left_out_of_averages_and_the_board():
+    recs = [record("badnets", "no_defense", 0, ca=80, asr=99), record("badnets", "pipd", 0, ca=79, asr=2),
+            record("blended", "no_defense", 0, ca=81, asr=100), record("blended", "pipd", 0, ca=80, asr=4),
+            record("wanet", "no_defense", 0, ca=79, asr=12.8), record("wanet", "pipd", 0, ca=70, asr=1)]
+    df = frame(recs)
+    t = tables.table1(df)
+    assert t.marks == {("cifar10", "wanet"): "not learned: No Defense ASR 12.80"}
+    assert t.mean.at[("cifar10", "average"), "pipd ASR"] == pytest.approx(3.0)  # wanet left out
+    assert "| cifar10 | wanet (not learned: No Defense ASR 12.80) |" in render.markdown(t)
+    board = leaderboard.leaderboard(df)
+    pipd = board[board["defense"] == "pipd"].iloc[0]
+    assert pipd["attacks"] == 2 and pipd["score"] == pytest.approx((79.5 - 3.0))
+    assert tables.table2(frame(recs[:2])).marks == {}
+
+
 def test_table1_means_seeds_keeps_variants_apart_and_sets_the_paper_beside():
     recs = [record("blended", "pipd", 0, ca=80, asr=1), record("blended", "pipd", 1, ca=82, asr=3),
             record("blended", "no_defense", 0, ca=81, asr=100),

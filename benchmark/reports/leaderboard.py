@@ -1,7 +1,7 @@
 """The leaderboard: defenses ranked per dataset over every attack they were run on.
 
 Score: mean CA minus mean ASR (percent) over the dataset's attacks at their defaults (variant
-rows and the clean baseline left out), per seed, then mean +- std over seeds. Beside it: DER,
+rows, the clean baseline and attacks No Defense did not learn left out), per seed, then mean +- std over seeds. Beside it: DER,
 BackdoorBench's defense effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2
 against No Defense on the same attack and seed (1 = perfect, 0.5 = no change), and the isolation
 F1 where the defense isolates. A defense run on fewer attacks than the most complete one ranks
@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+
+from benchmark.reports.records import LEARNED_ASR, not_learned
 
 
 def _f1(precision: float, recall: float) -> float:
@@ -29,6 +31,8 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     ok = df[(df["status"] == "ok") & ~df["detector"].astype(bool) & df["fault_ratio"].isna()
             & (df["attack"] != "clean") & ~df["attack_label"].str.contains(" ")].copy()
+    weak = not_learned(df)
+    ok = ok[[(d, a) not in weak for d, a in zip(ok["dataset"], ok["attack_label"], strict=True)]]
     if ok.empty:
         return pd.DataFrame(columns=cols)
     base = ok[ok["defense"] == "no_defense"].set_index(["dataset", "attack_label", "seed"])
@@ -60,7 +64,8 @@ def markdown(board: pd.DataFrame) -> str:
         return "## Leaderboard\n\nno defense records yet\n"
     lines = ["## Leaderboard", "", "Score: mean CA - mean ASR over the attacks (percent points); "
              "DER and isolation F1 beside it; a defense with fewer attacks ranks below the "
-             "complete ones.", ""]
+             f"complete ones; attacks No Defense did not learn (ASR below {100 * LEARNED_ASR:.0f}%) "
+             "are left out.", ""]
     for dataset, g in board.groupby("dataset"):
         lines += [f"### {dataset}", "", "| rank | defense | score | DER | F1 | CA | ASR | attacks | seeds |",
                   "|---|---|---|---|---|---|---|---|---|"]

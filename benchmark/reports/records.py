@@ -21,6 +21,9 @@ from benchmark.config import label, overrides
 from benchmark.store import read_record
 
 METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
+# an attack whose No Defense ASR stays below this was not learned: a defense's low ASR on it
+# says nothing (marked in the tables, left out of averages and the leaderboard's score)
+LEARNED_ASR = 0.60
 
 
 def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
@@ -119,3 +122,14 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def load(folders: Iterable[Path | str]) -> pd.DataFrame:
     return frame(read_records(folders))
+
+
+def not_learned(df: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(dataset, attack_label) -> No Defense ASR (mean over its seeds) for every attack whose
+    No Defense ASR is below ``LEARNED_ASR`` (the clean baseline aside)."""
+    if df.empty:
+        return {}
+    base = df[(df["status"] == "ok") & (df["defense"] == "no_defense") & (df["attack"] != "clean")
+              & df["fault_ratio"].isna()]
+    asr = base.groupby(["dataset", "attack_label"])["asr"].mean()
+    return {key: float(v) for key, v in asr.items() if v < LEARNED_ASR}

@@ -41,6 +41,8 @@ def cells(t: Table) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     for key in t.mean.index:
         best = _best(t, key)
         row = [(str(v), False) for v in (key if isinstance(key, tuple) else (key,))]
+        if key in t.marks:  # beside the row's last label: "wanet (not learned: ...)"
+            row[-1] = (f"{row[-1][0]} ({t.marks[key]})", False)
         for c in t.mean.columns:
             m, sd, n = t.mean.at[key, c], t.std.at[key, c], t.seeds.at[key, c]
             text = _fmt(m) + (f" ± {_fmt(sd)}" if n > 1 and key[-1] != "average" and _fmt(m) else "")

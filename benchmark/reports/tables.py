@@ -15,6 +15,7 @@ import pandas as pd
 
 from benchmark.config import label
 from benchmark.reports import paper
+from benchmark.reports.records import LEARNED_ASR, not_learned
 
 BETTER = {"CA": max, "ASR": min, "TPR": max, "FPR": min}
 COMMANDS = {
@@ -42,6 +43,7 @@ class Table:
     seeds: pd.DataFrame  # how many seeds each cell averages
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    marks: dict = field(default_factory=dict)  # row key -> a remark printed beside its label
 
     @property
     def empty(self) -> bool:
@@ -118,7 +120,7 @@ def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
 
     t = build(ok, "table1", "Table 1: clean accuracy (CA) and attack success rate (ASR), %",
               ["dataset", "attack_label"], "defense_label", {"ca": "CA", "asr": "ASR"}, paper_of, grid)
-    return with_averages(t)
+    return with_averages(mark_not_learned(t, df))
 
 
 def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
@@ -136,7 +138,22 @@ def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
     t = build(ok, "table2", "Table 2: isolation TPR and FPR (and PIPD's poisoned-seed precision), %",
               ["dataset", "attack_label"], "defense_label",
               {"tpr": "TPR", "fpr": "FPR", "pp_precision": "P_p-precision"}, paper_of, grid)
-    return with_averages(t)
+    return with_averages(mark_not_learned(t, df))
+
+
+def mark_not_learned(t: Table, df: pd.DataFrame) -> Table:
+    """Mark the rows of attacks No Defense did not learn (ASR below ``LEARNED_ASR``)."""
+    if t.empty:
+        return t
+    weak = not_learned(df)
+    for key in t.mean.index:
+        if key in weak:
+            t.marks[key] = f"not learned: No Defense ASR {100 * weak[key]:.2f}"
+    if t.marks:
+        t.notes.append(f"not learned: No Defense ASR below {100 * LEARNED_ASR:.0f}% on that "
+                       "attack, so a defense's low ASR there says nothing; such rows stay out of "
+                       "the average rows and the leaderboard's score")
+    return t
 
 
 def _without(own: dict, *keys: str) -> str:
@@ -197,7 +214,8 @@ def with_averages(t: Table) -> Table:
     rows_mean, rows_std, rows_paper, rows_n = [], [], [], []
     for dataset in dict.fromkeys(k[0] for k in t.mean.index):
         # attacks at their defaults only: a variant row (an override) would count an attack twice
-        keys = [k for k in t.mean.index if k[0] == dataset and k[1] != "clean" and " " not in k[1]]
+        keys = [k for k in t.mean.index if k[0] == dataset and k[1] != "clean" and " " not in k[1]
+                and k not in t.marks]
         if len(keys) < 2:
             continue
         rows_mean.append(t.mean.loc[keys].mean().rename((dataset, "average")))
@@ -215,6 +233,6 @@ def with_averages(t: Table) -> Table:
     t.paper = pd.concat([t.paper, pd.DataFrame(rows_paper)])
     t.seeds = pd.concat([t.seeds, pd.DataFrame(rows_n)])
     t.notes.append("average rows: the mean over the dataset's attacks at their defaults (variant "
-                   "rows and the clean baseline left out); a method missing an attack averages "
-                   "what it has, and its count says how many")
+                   "rows, attacks not learned and the clean baseline left out); a method missing "
+                   "an attack averages what it has, and its count says how many")
     return t
