@@ -61,7 +61,7 @@ def test_an_attack_no_defense_did_not_learn_is_marked_and_left_out_of_averages_a
     assert "| cifar10 | wanet (not learned: No Defense ASR 12.80) |" in render.markdown(t)
     board = leaderboard.leaderboard(df)
     pipd = board[board["defense"] == "pipd"].iloc[0]
-    assert pipd["attacks"] == 2 and pipd["score"] == pytest.approx((79.5 - 3.0))
+    assert pipd["attacks"] == 2 and pipd["score"] == pytest.approx(79.5 - 3.0)
     assert tables.table2(frame(recs[:2])).marks == {}
 
 
