@@ -1,7 +1,8 @@
 """The leaderboard: defenses ranked per dataset over every attack they were run on.
 
 Score: mean CA minus mean ASR (percent) over the dataset's attacks at their defaults (variant
-rows, the clean baseline and attacks No Defense did not learn left out), per seed, then mean +- std over seeds. Beside it: DER,
+rows, the clean baseline and attacks No Defense did not learn left out), per seed, then mean
++- std over seeds. Beside it: DER,
 BackdoorBench's defense effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2
 against No Defense on the same attack and seed (1 = perfect, 0.5 = no change), and the isolation
 F1 where the defense isolates. A defense run on fewer attacks than the most complete one ranks
