@@ -113,6 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                      # ASD's stage-1 growth keeps the reference's rate per iteration (10 a class
                      # every 5,120): none within quick's 960 stage-1 iterations
                      "asd": {"epochs": 12, "iterations": 160}},
+        # defenses whose own training does not converge at this scale (the leaderboard marks
+        # their rows and links the diagnosis)
+        "caveats": {"dbd": "README.md#dbd-and-asd-at-quick-scale",
+                    "asd": "README.md#dbd-and-asd-at-quick-scale"},
     },
     # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
     "full": {

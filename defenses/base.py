@@ -135,6 +135,12 @@ class Defense:
         return 0
 
     @classmethod
+    def trains_final_model(cls, params: DefenseParams) -> bool:
+        """Whether the cell's CA/ASR are those of a model the defense trained to defend (False
+        for detectors and isolation-only settings): only such cells enter a CA/ASR ranking."""
+        return not cls.is_detector
+
+    @classmethod
     def needs_ground_truth(cls, params: DefenseParams) -> bool:
         """True only for analysis settings that are defined by the ground truth (the record
         then says ``defense_info.ground_truth_used``); a defense proper never sees it."""

@@ -135,6 +135,13 @@ class PIPD(Defense):
     def needs_ground_truth(cls, params: DefenseParams) -> bool:
         return getattr(params, "fault_ratio", None) is not None
 
+    @classmethod
+    def trains_final_model(cls, params: DefenseParams) -> bool:
+        # selective_epochs=0 keeps the pre-isolation model (an isolation-only study); the
+        # unlearning scheme trains on D_b for the same budget, then unlearns
+        return params.selective_epochs > 0 or (params.training == "unlearning"
+                                               and params.unlearn_epochs > 0)
+
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PIPDParams = self.params
         n = len(ctx.train)

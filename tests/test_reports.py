@@ -60,8 +60,9 @@ def test_an_attack_no_defense_did_not_learn_is_marked_and_left_out_of_averages_a
     assert t.mean.at[("cifar10", "average"), "pipd ASR"] == pytest.approx(3.0)  # wanet left out
     assert "| cifar10 | wanet (not learned: No Defense ASR 12.80) |" in render.markdown(t)
     board = leaderboard.leaderboard(df)
-    pipd = board[board["defense"] == "pipd"].iloc[0]
-    assert pipd["attacks"] == 2 and pipd["score"] == pytest.approx(79.5 - 3.0)
+    pipd = board.ranked[board.ranked["defense"] == "pipd"].iloc[0]
+    assert pipd["coverage"] == "2/2" and pipd["score"] == pytest.approx(79.5 - 3.0)
+    assert any("wanet" in n for n in board.notes)
     assert tables.table2(frame(recs[:2])).marks == {}
 
 
@@ -104,15 +105,39 @@ def test_tables_2_to_4_find_the_papers_numbers():
     assert t4.paper.at[key, "pipd CA"] == pytest.approx(92.98) and t4.mean.at[key, "pipd ASR"] == 50
 
 
-def test_leaderboard_ranks_complete_defenses_first_and_scores_ca_minus_asr():
-    recs = [record(a, d, ca=80, asr=asr) for a in ("badnets", "blended")
+def test_leaderboard_ranks_defenses_on_their_shared_attacks_with_no_defense_as_reference():
+    """Known ranks: ABL (CA 80, ASR 5) and PIPD (82, 1) share BadNets only, where PIPD leads;
+    No Defense is shown, never ranked; an isolation-only PIPD cell and a detector are not in
+    the CA/ASR ranking; the detector has its own table."""
+    recs = [record(a, d, s, ca=80, asr=asr) for a in ("badnets", "blended") for s in (0, 1)
             for d, asr in (("no_defense", 100), ("abl", 5))]
-    recs.append(record("badnets", "pipd", ca=82, asr=1))  # better, but on one attack only
+    recs += [record("badnets", "pipd", s, ca=82 + s, asr=1) for s in (0, 1)]
+    recs.append(record("blended", "pipd_median", 0, ["pipd.selective_epochs=0"], ca=70, asr=99,
+                       tpr=99, fpr=1))
+    recs.append(record("badnets", "scale_up", 0, ca=80, asr=100, tpr=99, fpr=20))
     board = leaderboard.leaderboard(frame(recs))
-    assert list(board["defense"]) == ["abl", "no_defense", "pipd"]
-    abl = board.iloc[0]
-    assert abl["score"] == pytest.approx(75) and abl["DER"] == pytest.approx((95 / 100 + 1) / 2)
-    assert board.iloc[2]["attacks"] == 1
+    r = board.ranked
+    assert list(r["defense"]) == ["no_defense", "pipd", "abl"] and list(r["rank"]) == ["ref", "1", "2"]
+    assert board.shared == {"cifar10": ["badnets"]}
+    pipd, abl = r.iloc[1], r.iloc[2]
+    assert pipd["score"] == pytest.approx(81.5) and pipd["score_sd"] == pytest.approx(2 ** -0.5)
+    assert pipd["coverage"] == "1/2" and abl["coverage"] == "2/2" and abl["score"] == pytest.approx(75)
+    assert abl["DER"] == pytest.approx((95 / 100 + 1) / 2)
+    assert pipd["ci_low"] > abl["ci_high"] or abl["score_sd"] == 0  # no overlap: no noise note
+    assert not any("within noise" in n for n in board.notes)
+    assert list(board.detectors["detector"]) == ["scale_up"] and board.detectors.iloc[0]["FPR"] == 20
+    md = leaderboard.markdown(board)
+    assert "Ranked on: badnets" in md and "| ref | no_defense |" in md
+
+
+def test_leaderboard_says_when_neighbouring_ranks_are_within_noise_and_marks_scale_caveats():
+    recs = [record("badnets", d, s, ca=80, asr=asr + 4 * s) for s in (0, 1)
+            for d, asr in (("abl", 5), ("dbd", 6))]
+    board = leaderboard.leaderboard(frame(recs))
+    assert [d for d in board.ranked["defense"]] == ["abl", "dbd †"]
+    assert any("ranks 1 (abl) and 2 (dbd †) are within noise" in n for n in board.notes)
+    assert any(n.startswith("† dbd") and "README.md#dbd-and-asd-at-quick-scale" in n
+               for n in board.notes)
 
 
 def test_compare_pairs_by_seed_with_an_exact_sign_flip_test():

@@ -7,8 +7,8 @@ import base64
 import html
 from pathlib import Path
 
-import pandas as pd
-
+from benchmark.reports import leaderboard
+from benchmark.reports.leaderboard import Board
 from benchmark.reports.render import cells
 from benchmark.reports.tables import Table
 
@@ -32,23 +32,29 @@ def _table(header: list[str], rows: list[list[tuple[str, bool]]], table_id: str)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def page(board: pd.DataFrame, tables: list[Table], figures: list[Path], title: str,
+def page(board: Board, tables: list[Table], figures: list[Path], title: str,
          notes: list[str]) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    parts.append("<h2>Leaderboard</h2><p>Score: mean CA - mean ASR over the attacks (percent "
-                 "points); DER and isolation F1 beside it; a defense with fewer attacks ranks "
-                 "below the complete ones. Click a column to sort.</p>")
+    parts.append(f"<h2>Leaderboard</h2><p>{html.escape(leaderboard.INTRO)} Click a column to "
+                 "sort.</p>")
     if board.empty:
         parts.append("<p>no defense records yet</p>")
-    for dataset, g in board.groupby("dataset"):
-        header = ["rank", "defense", "score", "DER", "F1", "CA", "ASR", "attacks", "seeds"]
-        fmt = lambda x, d=2: "" if pd.isna(x) else f"{x:.{d}f}"  # noqa: E731
-        rows = [[(str(r.rank), False), (r.defense, r.rank == 1), (fmt(r.score), False),
-                 (fmt(r.DER, 3), False), (fmt(r.F1, 3), False), (fmt(r.CA), False),
-                 (fmt(r.ASR), False), (str(r.attacks), False), (str(r.seeds), False)]
-                for r in g.itertuples()]
-        parts += [f"<h3>{html.escape(str(dataset))}</h3>", _table(header, rows, f"leaderboard-{dataset}")]
+    for dataset in sorted(set(board.ranked["dataset"]) | set(board.detectors["dataset"])):
+        parts.append(f"<h3>{html.escape(str(dataset))}</h3>")
+        g = board.ranked[board.ranked["dataset"] == dataset]
+        if not g.empty:
+            shared = ", ".join(board.shared.get(dataset, [])) or "no shared attack"
+            header, rows = leaderboard.ranked_cells(g)
+            parts += [f"<p>Ranked on: {html.escape(shared)}</p>",
+                      _table(header, [[(x, r[0] == "1" and i == 1) for i, x in enumerate(r)]
+                                      for r in rows], f"leaderboard-{dataset}")]
+        dg = board.detectors[board.detectors["dataset"] == dataset]
+        if not dg.empty:
+            header, rows = leaderboard.detector_cells(dg)
+            parts += ["<p>Detectors</p>", _table(header, [[(x, False) for x in r] for r in rows],
+                                                 f"detectors-{dataset}")]
+    parts += [f"<p>{html.escape(n)}</p>" for n in board.notes]
     for t in tables:
         parts.append(f"<h2>{html.escape(t.title)}</h2>")
         if t.empty:

@@ -1,21 +1,53 @@
-"""The leaderboard: defenses ranked per dataset over every attack they were run on.
+"""The leaderboard: defenses ranked per dataset on the attacks they all share.
 
-Score: mean CA minus mean ASR (percent) over the dataset's attacks at their defaults (variant
-rows, the clean baseline and attacks No Defense did not learn left out), per seed, then mean
-+- std over seeds. Beside it: DER,
-BackdoorBench's defense effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2
-against No Defense on the same attack and seed (1 = perfect, 0.5 = no change), and the isolation
-F1 where the defense isolates. A defense run on fewer attacks than the most complete one ranks
-below every complete one, and says how many it has.
+- Ranked: the defenses whose cells train a final model (``Defense.trains_final_model``: not the
+  detectors, not isolation-only settings such as ``pipd.selective_epochs=0``), at their current
+  versions. No Defense is the reference row, shown and never ranked.
+- The score is mean CA minus mean ASR (percent points) over the attacks every ranked defense of
+  the dataset has, at their defaults (variant rows, the clean baseline and attacks No Defense did
+  not learn left out), per seed, then mean +- sd over seeds with a 95% interval (Student's t).
+  Each row shows its coverage (the attacks it has of all the dataset's attacks); the shared set
+  is named. Beside the score: DER, BackdoorBench's defense effectiveness rating
+  [max(0, ASR drop) - max(0, CA drop) + 1] / 2 against No Defense on the same attack and seed (1 =
+  perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
+- Neighbouring ranks whose 95% intervals overlap are within noise, and say so; ranks from one
+  seed are not tested against noise.
+- A preset may mark a defense whose own training does not converge at its scale (``caveats``
+  in ``benchmark.config.PRESETS``): its row carries a dagger and the note links the diagnosis.
+- Detectors have their own table: TPR, FPR, AUROC and F1 over the attacks they ran on.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from benchmark.reports.records import LEARNED_ASR, not_learned
+
+# Student's t, two-sided 95%, by degrees of freedom (normal beyond the table)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+RANKED_COLUMNS = ["dataset", "rank", "defense", "score", "score_sd", "ci_low", "ci_high", "DER", "F1",
+                  "CA", "ASR", "coverage", "seeds"]
+DETECTOR_COLUMNS = ["dataset", "detector", "TPR", "FPR", "AUROC", "F1", "attacks", "seeds"]
+
+
+@dataclass
+class Board:
+    ranked: pd.DataFrame  # RANKED_COLUMNS; No Defense with rank "ref"
+    detectors: pd.DataFrame  # DETECTOR_COLUMNS
+    shared: dict[str, list[str]] = field(default_factory=dict)  # dataset -> the ranking's attacks
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.ranked.empty and self.detectors.empty
+
+
+def _t95(df: int) -> float:
+    return next((v for k, v in sorted(T95.items()) if k >= df), 1.96)
 
 
 def _f1(precision: float, recall: float) -> float:
@@ -24,56 +56,165 @@ def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, defense variant): rank, score, DER, F1, CA, ASR, attacks, seeds."""
-    cols = ["dataset", "rank", "defense", "score", "score_std", "DER", "F1", "CA", "ASR",
-            "attacks", "seeds"]
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    ok = df[(df["status"] == "ok") & ~df["detector"].astype(bool) & df["fault_ratio"].isna()
-            & (df["attack"] != "clean") & ~df["attack_label"].str.contains(" ")].copy()
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The cells a ranking may read: ok, default attacks that No Defense learned, no analysis
+    settings, no older method versions."""
     weak = not_learned(df)
-    ok = ok[[(d, a) not in weak for d, a in zip(ok["dataset"], ok["attack_label"], strict=True)]]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    base = ok[ok["defense"] == "no_defense"].set_index(["dataset", "attack_label", "seed"])
-    ok["der"] = [
-        (max(0.0, b.asr - r.asr) - max(0.0, b.ca - r.ca) + 1) / 2
-        if (b := base.loc[(r.dataset, r.attack_label, r.seed)] if (r.dataset, r.attack_label, r.seed)
-            in base.index else None) is not None else math.nan
-        for r in ok.itertuples()]
-    ok["f1"] = [_f1(p, t) for p, t in zip(ok["precision"], ok["tpr"], strict=True)]
+    ok = df[(df["status"] == "ok") & df["fault_ratio"].isna() & (df["attack"] != "clean")
+            & ~df["attack_label"].str.contains(" ") & ~df["defense_label"].str.contains(r" \(v")]
+    learned = pd.Series([(d, a) not in weak for d, a in zip(ok["dataset"], ok["attack_label"],
+                                                            strict=True)], index=ok.index, dtype=bool)
+    return ok[learned].copy()
+
+
+def _caveats(df: pd.DataFrame) -> dict[str, str]:
+    """defense -> where the diagnosis of its non-convergence at the records' preset lives."""
+    from benchmark.config import PRESETS
+
+    out: dict[str, str] = {}
+    for preset in df["preset"].dropna().unique():
+        out.update(PRESETS.get(preset, {}).get("caveats", {}))
+    return out
+
+
+def _der(rows: pd.DataFrame, base: pd.DataFrame) -> list[float]:
     out = []
-    for (dataset, defense), g in ok.groupby(["dataset", "defense_label"]):
-        per_seed = g.groupby("seed").agg(ca=("ca", "mean"), asr=("asr", "mean"))
-        scores = (per_seed["ca"] - per_seed["asr"]) * 100
-        out.append({"dataset": dataset, "defense": defense, "score": scores.mean(),
-                    "score_std": scores.std(ddof=0) if len(scores) > 1 else 0.0,
-                    "DER": g["der"].mean(), "F1": g["f1"].mean(), "CA": 100 * g["ca"].mean(),
-                    "ASR": 100 * g["asr"].mean(), "attacks": g["attack_label"].nunique(),
-                    "seeds": g["seed"].nunique()})
-    board = pd.DataFrame(out)
-    most = board.groupby("dataset")["attacks"].transform("max")
-    board["complete"] = board["attacks"] == most
-    board = board.sort_values(["dataset", "complete", "score"], ascending=[True, False, False])
-    board["rank"] = board.groupby("dataset").cumcount() + 1
-    return board[cols].reset_index(drop=True)
+    for r in rows.itertuples():
+        key = (r.dataset, r.attack_label, r.seed)
+        b = base.loc[key] if key in base.index else None
+        out.append(math.nan if b is None else
+                   (max(0.0, b.asr - r.asr) - max(0.0, b.ca - r.ca) + 1) / 2)
+    return out
 
 
-def markdown(board: pd.DataFrame) -> str:
+def _scored(dataset: str, label: str, g: pd.DataFrame, n_attacks: int, coverage: str) -> dict:
+    """One row: the score over ``g``'s cells (all on the shared attacks), per seed then over
+    seeds; seeds missing a shared attack do not count."""
+    per_seed = g.groupby("seed").agg(ca=("ca", "mean"), asr=("asr", "mean"),
+                                     n=("attack_label", "nunique"))
+    per_seed = per_seed[per_seed["n"] == n_attacks]
+    scores = (per_seed["ca"] - per_seed["asr"]) * 100
+    n = len(scores)
+    sd = float(scores.std(ddof=1)) if n > 1 else math.nan
+    half = _t95(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    mean = float(scores.mean()) if n else math.nan
+    return {"dataset": dataset, "defense": label, "score": mean, "score_sd": sd,
+            "ci_low": mean - half, "ci_high": mean + half, "DER": g["der"].mean(),
+            "F1": g["f1"].mean(), "CA": 100 * g["ca"].mean(), "ASR": 100 * g["asr"].mean(),
+            "coverage": coverage, "seeds": n}
+
+
+def leaderboard(df: pd.DataFrame) -> Board:
+    """The ranking, No Defense's reference row and the detectors' table, per dataset."""
+    if df.empty:
+        return Board(pd.DataFrame(columns=RANKED_COLUMNS), pd.DataFrame(columns=DETECTOR_COLUMNS))
+    ok = _cells(df)
+    ok["f1"] = [_f1(p, t) for p, t in zip(ok["precision"], ok["tpr"], strict=True)]
+    caveats = _caveats(df)
+    ranked_rows, detector_rows, shared_of, notes = [], [], {}, []
+    for dataset, d in ok.groupby("dataset"):
+        all_attacks = sorted(d["attack_label"].unique())
+        d = d.assign(der=_der(d, d[d["defense"] == "no_defense"]
+                              .set_index(["dataset", "attack_label", "seed"])))
+        base = d[d["defense"] == "no_defense"]
+        trained = d[d["trains_model"].astype(bool) & ~d["detector"].astype(bool)]
+        contenders = trained[trained["defense"] != "no_defense"]
+        covers = {lab: set(g["attack_label"]) for lab, g in contenders.groupby("defense_label")}
+        shared = sorted(set.intersection(*covers.values())) if covers else []
+        shared_of[dataset] = shared
+        rows = []
+        for lab, g in contenders.groupby("defense_label"):
+            mark = " †" if g["defense"].iloc[0] in caveats else ""
+            rows.append(_scored(dataset, lab + mark, g[g["attack_label"].isin(shared)],
+                                len(shared), f"{len(covers[lab])}/{len(all_attacks)}"))
+        rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
+        for i, r in enumerate(rows, 1):
+            r["rank"] = str(i)
+        if not base.empty:
+            ref = _scored(dataset, "no_defense", base[base["attack_label"].isin(shared)]
+                          if shared else base, len(shared) or base["attack_label"].nunique(),
+                          f"{base['attack_label'].nunique()}/{len(all_attacks)}")
+            ranked_rows.append({**ref, "rank": "ref"})
+        ranked_rows += rows
+        notes += _noise_notes(dataset, rows)
+        if covers and not shared:
+            notes.append(f"{dataset}: no attack is shared by every ranked defense: no ranking")
+        for lab, g in d[d["detector"].astype(bool)].groupby("defense_label"):
+            detector_rows.append({"dataset": dataset, "detector": lab, "TPR": 100 * g["tpr"].mean(),
+                                  "FPR": 100 * g["fpr"].mean(), "AUROC": 100 * g["auroc"].mean(),
+                                  "F1": g["f1"].mean(), "attacks": f"{g['attack_label'].nunique()}/"
+                                  f"{len(all_attacks)}", "seeds": g["seed"].nunique()})
+    for name, where in sorted(caveats.items()):
+        if any(name == r["defense"].split(" ")[0] for r in ranked_rows):
+            notes.append(f"† {name}: its own training does not converge at this scale; its row "
+                         f"is a scale artefact, not the method's merit (diagnosis: {where})")
+    weak = sorted((d, a) for d, a in not_learned(df) if " " not in a)
+    if weak:
+        notes.append(f"left out, not learned by No Defense (ASR below {100 * LEARNED_ASR:.0f}%): "
+                     + ", ".join(f"{a} ({d})" for d, a in weak))
+    return Board(pd.DataFrame(ranked_rows, columns=RANKED_COLUMNS),
+                 pd.DataFrame(detector_rows, columns=DETECTOR_COLUMNS), shared_of, notes)
+
+
+def _noise_notes(dataset: str, rows: list[dict]) -> list[str]:
+    notes, single = [], []
+    for a, b in zip(rows, rows[1:], strict=False):
+        if a["seeds"] < 2 or b["seeds"] < 2:
+            single += [a["rank"], b["rank"]]
+        elif a["ci_low"] <= b["ci_high"]:
+            notes.append(f"{dataset}: ranks {a['rank']} ({a['defense']}) and {b['rank']} "
+                         f"({b['defense']}) are within noise (95% intervals over seeds overlap)")
+    if single:
+        ranks = sorted(set(single), key=int)
+        notes.append(f"{dataset}: ranks {', '.join(ranks)} rest on a single seed, so their order "
+                     "is not tested against noise")
+    return notes
+
+
+def _fmt(x: float, d: int = 2) -> str:
+    return "" if pd.isna(x) else f"{x:.{d}f}"
+
+
+def ranked_cells(g: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["rank", "defense", "score", "95% CI", "DER", "F1", "CA", "ASR", "coverage", "seeds"]
+    rows = [[r.rank, r.defense, _fmt(r.score) + (f" ± {_fmt(r.score_sd)}" if r.seeds > 1 else ""),
+             f"{_fmt(r.ci_low)} to {_fmt(r.ci_high)}" if r.seeds > 1 else "",
+             _fmt(r.DER, 3), _fmt(r.F1, 3), _fmt(r.CA), _fmt(r.ASR), r.coverage, str(r.seeds)]
+            for r in g.itertuples()]
+    return header, rows
+
+
+def detector_cells(g: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["detector", "TPR", "FPR", "AUROC", "F1", "attacks", "seeds"]
+    rows = [[r.detector, _fmt(r.TPR), _fmt(r.FPR), _fmt(r.AUROC), _fmt(r.F1, 3), r.attacks,
+             str(r.seeds)] for r in g.itertuples()]
+    return header, rows
+
+
+INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every ranked defense has "
+         "(named per dataset), mean ± sd over seeds; No Defense is the reference row, not ranked; "
+         "only cells that train a final model are ranked; detectors are listed apart.")
+
+
+def markdown(board: Board) -> str:
     if board.empty:
         return "## Leaderboard\n\nno defense records yet\n"
-    lines = ["## Leaderboard", "", "Score: mean CA - mean ASR over the attacks (percent points); "
-             "DER and isolation F1 beside it; a defense with fewer attacks ranks below the "
-             f"complete ones; attacks No Defense did not learn (ASR below {100 * LEARNED_ASR:.0f}%) "
-             "are left out.", ""]
-    for dataset, g in board.groupby("dataset"):
-        lines += [f"### {dataset}", "", "| rank | defense | score | DER | F1 | CA | ASR | attacks | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in g.itertuples():
-            f = lambda x, d=2: "" if pd.isna(x) else f"{x:.{d}f}"  # noqa: E731
-            score = f(r.score) + (f" ± {f(r.score_std)}" if r.seeds > 1 else "")
-            lines.append(f"| {r.rank} | {r.defense} | {score} | {f(r.DER, 3)} | {f(r.F1, 3)} | "
-                         f"{f(r.CA)} | {f(r.ASR)} | {r.attacks} | {r.seeds} |")
-        lines.append("")
-    return "\n".join(lines)
+    lines = ["## Leaderboard", "", INTRO, ""]
+    datasets = sorted(set(board.ranked["dataset"]) | set(board.detectors["dataset"]))
+    for dataset in datasets:
+        lines += [f"### {dataset}", ""]
+        g = board.ranked[board.ranked["dataset"] == dataset]
+        if not g.empty:
+            lines += [f"Ranked on: {', '.join(board.shared.get(dataset, [])) or 'no shared attack'}", ""]
+            lines += _md_table(*ranked_cells(g))
+        dg = board.detectors[board.detectors["dataset"] == dataset]
+        if not dg.empty:
+            lines += ["Detectors (isolation only; means over the attacks each ran on):", ""]
+            lines += _md_table(*detector_cells(dg))
+    lines += [f"- {n}" for n in board.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]

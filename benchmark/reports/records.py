@@ -61,6 +61,23 @@ def _is_detector(defense: str) -> bool:
     return defense in DEFENSES and DEFENSES.get(defense).is_detector
 
 
+def _trains_model(defense: str, params: dict[str, Any]) -> bool:
+    """``Defense.trains_final_model`` of the record's settings (fields a later version dropped
+    are ignored); an unknown defense counts as training one unless it is a detector."""
+    from dataclasses import fields
+
+    from defenses import DEFENSES
+
+    if defense not in DEFENSES:
+        return True
+    cls = DEFENSES.get(defense)
+    known = {f.name for f in fields(cls.Params)}
+    try:
+        return cls.trains_final_model(cls.Params(**{k: v for k, v in params.items() if k in known}))
+    except (TypeError, ValueError):
+        return not cls.is_detector
+
+
 def _num(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and x is not None else math.nan
 
@@ -101,6 +118,7 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "defense_overrides": own,
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
         "detector": _is_detector(c["defense"]),
+        "trains_model": _trains_model(c["defense"], dp),
         **{k: _num(m.get(k)) for k in METRICS},
         "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),
