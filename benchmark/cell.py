@@ -84,6 +84,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def hardware(trainer: Trainer) -> dict[str, Any]:
     hw = {"device": str(trainer.device), "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -91,7 +102,9 @@ def hardware(trainer: Trainer) -> dict[str, Any]:
           "precision": "+".join(sorted(trainer.precisions_used)),
           "channels_last": trainer.channels_last}
     if not trainer.cuda:
+        # the same fp32 cell can differ across CPU kinds: the model name and bf16 support say which
         hw["cpu_native_bf16"] = cpu_native_bf16()
+        hw["cpu_model"] = cpu_model()
     if trainer.cuda:
         hw["gpu"] = torch.cuda.get_device_name(trainer.device)
     return hw

@@ -291,16 +291,19 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
 SECTION_NAMES = {"data": "data", "model_params": "model", "train": "train", "eval": "eval"}
 
 
-def overrides(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def overrides(config: dict[str, Any], *, attack_train: bool = True
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``--set``/``--sweep`` changed in a cell against its preset: (everything upstream of
-    the defense, as ``train.epochs`` / ``badnets.rate`` keys; the defense's own options)."""
+    the defense, as ``train.epochs`` / ``badnets.rate`` keys; the defense's own options).
+    ``attack_train``: a preset's per-attack training setting shows as train.* too (the dry run
+    says it); False: it is part of the preset's cell (the tables note it once)."""
     try:
         base = resolve_cell(config["preset"], config["attack"], config["defense"], config["seed"],
                             [], dataset=config["dataset"], model=config["model"])
     except (UsageError, KeyError):  # a component no longer registered: nothing to compare
         return {}, {}
-    # an attack's training override shows as train.* (it differs from the preset's recipe)
-    base = {**base, "train": preset_train(PRESETS[config["preset"]])}
+    if attack_train:
+        base = {**base, "train": preset_train(PRESETS[config["preset"]])}
     upstream: dict[str, Any] = {}
     for section, ns in (*SECTION_NAMES.items(), ("attack_params", config["attack"])):
         upstream.update({f"{ns}.{k}": v for k, v in config[section].items()

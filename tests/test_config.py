@@ -37,7 +37,7 @@ def test_an_attacks_training_override_applies_to_every_defense_of_that_attack(mo
     for defense in ("no_defense", "pipd"):
         c = resolve_cell("smoke", "wanet", defense, 0, [])
         assert c["train"]["epochs"] == 9
-        assert "train.epochs=9" in describe(c)  # shown by --dry-run and in the tables' labels
+        assert "train.epochs=9" in describe(c)  # shown by --dry-run (tables note it once)
     other = resolve_cell("smoke", "badnets", "pipd", 0, [])
     assert other["train"]["epochs"] == 3 and "train.epochs" not in describe(other)
     # --set still wins over the attack's override

@@ -56,9 +56,9 @@ def test_an_attack_no_defense_did_not_learn_is_marked_and_left_out_of_averages_a
             record("wanet", "no_defense", 0, ca=79, asr=12.8), record("wanet", "pipd", 0, ca=70, asr=1)]
     df = frame(recs)
     t = tables.table1(df)
-    assert t.marks == {("cifar10", "wanet"): "not learned: No Defense ASR 12.80"}
+    assert t.marks == {("cifar10", "wanet"): "not learned: 12.80"}
     assert t.mean.at[("cifar10", "average"), "pipd ASR"] == pytest.approx(3.0)  # wanet left out
-    assert "| cifar10 | wanet (not learned: No Defense ASR 12.80) |" in render.markdown(t)
+    assert "| cifar10 | wanet (not learned: 12.80) |" in render.markdown(t)
     board = leaderboard.leaderboard(df)
     pipd = board.ranked[board.ranked["defense"] == "pipd"].iloc[0]
     assert pipd["coverage"] == "2/2" and pipd["score"] == pytest.approx(79.5 - 3.0)
@@ -66,26 +66,36 @@ def test_an_attack_no_defense_did_not_learn_is_marked_and_left_out_of_averages_a
     assert tables.table2(frame(recs[:2])).marks == {}
 
 
-def test_table1_means_seeds_keeps_variants_apart_and_sets_the_paper_beside():
+def test_table1_means_seeds_sets_the_paper_beside_and_sends_variants_to_their_study():
     recs = [record("blended", "pipd", 0, ca=80, asr=1), record("blended", "pipd", 1, ca=82, asr=3),
             record("blended", "no_defense", 0, ca=81, asr=100),
             record("badnets", "no_defense", 0, ["badnets.pattern=white"], ca=80.8, asr=88.7),
-            record("badnets", "no_defense", 0, ca=80.5, asr=100)]
-    t = tables.table1(frame(recs))
+            record("badnets", "no_defense", 0, ca=80.5, asr=100),
+            record("badnets", "pipd_median", 0, ca=79, asr=3),
+            record("badnets", "pipd", 0, ["pipd.training=unlearning"], ca=60, asr=0)]
+    df = frame(recs)
+    t = tables.table1(df)
     key = ("cifar10", "blended")
     assert t.mean.at[key, "pipd CA"] == pytest.approx(81) and t.std.at[key, "pipd CA"] == pytest.approx(1)
     assert t.seeds.at[key, "pipd CA"] == 2
     assert t.paper.at[key, "pipd CA"] == pytest.approx(94.12)  # the paper's CIFAR-10 Blended row
     assert t.paper.at[key, "pipd ASR"] == pytest.approx(0.03)
     assert t.paper.at[key, "no_defense ASR"] == pytest.approx(100.0)
-    # two BadNets variants: two rows, never averaged together
-    rows = set(t.mean.index)
-    assert ("cifar10", "badnets badnets.pattern=white") in rows and ("cifar10", "badnets") in rows
+    # defaults only, No Defense first and PIPD last; every other record in exactly one study
+    assert set(t.mean.index) == {("cifar10", "badnets"), ("cifar10", "blended"), ("cifar10", "average")}
+    assert list(t.mean.columns) == ["no_defense CA", "no_defense ASR", "pipd CA", "pipd ASR"]
+    studies = tables.studies(df)
+    titles = [s.title for s in studies]
+    assert titles == ["Study 1: variants of pipd, %", "Study 2: varies attack.pattern, %",
+                      "Study 3: varies pipd.training, %"]
+    assert sum(len(s.long()) for s in studies) == 2 + 2 + 2  # CA and ASR of each variant cell
     # a cell no record fills is empty, not zero
     assert t.mean.at[("cifar10", "badnets"), "pipd CA"] != t.mean.at[("cifar10", "badnets"), "pipd CA"]
     md = render.markdown(t)
-    assert "| cifar10 | blended | 81.00 ± 1.00 | 94.12 | -13.12 |" not in md  # no_defense comes first
+    assert "| dataset | attack | no_defense | pipd |" in md
     assert "**2.00 ± 1.00**" in md  # PIPD's ASR is the row's best
+    assert "| cifar10 | blended | 94.00 (-13.00) | 94.12 (-13.12) |" in md  # the paper's CA, our diff
+    assert max(len(line) for line in md.splitlines() if line.startswith("|")) < 100
     assert "\\toprule" in render.latex(t) and "\\textbf{2.00 $\\pm$ 1.00}" in render.latex(t)
 
 

@@ -70,6 +70,7 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     grid = grid or (Counter(df["preset"]).most_common(1)[0][0] if not df.empty else "quick")
     written: list[Path] = []
     built = [f(df, grid) for f in (tables.table1, tables.table2, tables.table3, tables.table4)]
+    built += tables.studies(df, grid)
     for t in built:
         written += render.write(t, out / "tables")
     figs = (figures.fig1_isolation(df, out / "figures") + figures.fig4_fpr_vs_rounds(df, out / "figures")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark.reports import leaderboard
 from benchmark.reports.leaderboard import Board
-from benchmark.reports.render import cells
+from benchmark.reports.render import cells, metrics, paper_cells
 from benchmark.reports.tables import Table
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;
@@ -60,8 +60,14 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
         if t.empty:
             parts.append(f"<p>no records yet; fill with <code>{html.escape(t.command)}</code></p>")
             continue
-        header, rows = cells(t)
-        parts.append(_table(header, rows, t.name))
+        for m in metrics(t):
+            parts += [f"<h4>{html.escape(m)}</h4>", _table(*cells(t, m), f"{t.name}-{m}")]
+        for m in metrics(t):
+            paper = paper_cells(t, m)
+            if paper is not None:
+                parts += [f"<h4>{html.escape(m)}: the paper's values (our difference)</h4>",
+                          _table(*paper, f"{t.name}-{m}-paper")]
+        parts += [f"<p>{html.escape(n)}</p>" for n in t.notes]
         parts.append(f"<p>filled by <code>{html.escape(t.command)}</code></p>")
     for f in figures:
         if f.suffix == ".png":

@@ -61,6 +61,29 @@ def _is_detector(defense: str) -> bool:
     return defense in DEFENSES and DEFENSES.get(defense).is_detector
 
 
+def _is_default(rec: dict[str, Any]) -> bool:
+    """Whether the record is its preset's own cell for its (attack, defense, seed): no ``--set``,
+    the methods' current versions (a preset's per-attack settings count as its default)."""
+    from benchmark.config import cell_id, resolve_cell
+
+    c = rec["config"]
+    if "fast_dev_run" in c:
+        return False
+    try:
+        return cell_id(resolve_cell(c["preset"], c["attack"], c["defense"], c["seed"], [],
+                                    dataset=c["dataset"], model=c["model"])) == rec.get("id")
+    except Exception:  # noqa: BLE001 - a component or preset no longer known: not a default
+        return False
+
+
+def is_variant(defense: str) -> bool:
+    """A registered variant of another defense (``pipd_median`` of ``pipd``)."""
+    from benchmark.config import lineage
+    from defenses import DEFENSES
+
+    return defense in DEFENSES and len(lineage(DEFENSES.get(defense))) > 1
+
+
 def _trains_model(defense: str, params: dict[str, Any]) -> bool:
     """``Defense.trains_final_model`` of the record's settings (fields a later version dropped
     are ignored); an unknown defense counts as training one unless it is a detector."""
@@ -97,7 +120,7 @@ def _stale_version(kind: str, name: str, config: dict[str, Any]) -> str:
 
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
-    upstream, own = overrides(c)
+    upstream, own = overrides(c, attack_train=False)
     m = rec.get("metrics") or {}
     masks = (rec.get("isolation") or {}).get("masks") or {}
     dp = c.get("defense_params", {})
@@ -116,9 +139,11 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         + _stale_version("defense", c["defense"], c) + (" (bf16)" if "bf16" in precision else ""),
         "train_precision": precision,
         "defense_overrides": own,
+        "attack_overrides": upstream,
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
         "detector": _is_detector(c["defense"]),
         "trains_model": _trains_model(c["defense"], dp),
+        "default": _is_default(rec),
         **{k: _num(m.get(k)) for k in METRICS},
         "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),

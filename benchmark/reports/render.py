@@ -1,6 +1,7 @@
-"""Tables as CSV, Markdown and LaTeX (booktabs): each metric column followed by the paper's
-value and the difference where the paper reports any; the best method per row and metric in
-bold (highest CA/TPR, lowest ASR/FPR)."""
+"""Tables as CSV, Markdown and LaTeX (booktabs): our values, the best method per row and metric
+in bold (highest CA/TPR, lowest ASR/FPR); where the paper reports any column, a second table
+of the paper's values with our difference beside each (``94.12 (-13.12)``). The CSV long form
+holds mean, std, seeds, paper and difference per cell."""
 
 from __future__ import annotations
 
@@ -28,57 +29,105 @@ def _best(t: Table, key) -> set[str]:  # noqa: ANN001
     return best
 
 
-def cells(t: Table) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Header and rows of (text, bold) cells: index values, then per column the value (+- std
-    when several seeds), the paper's value and the difference where the paper has the column."""
-    has_paper = {c for c in t.mean.columns if t.paper[c].notna().any()}
-    header = [*t.index]
-    for c in t.mean.columns:
-        header.append(c)
-        if c in has_paper:
-            header += [f"{c} paper", f"{c} diff"]
+INDEX_NAMES = {"attack_label": "attack"}
+
+
+def metrics(t: Table) -> list[str]:
+    """The table's metrics in column order (each rendered as its own block: narrow tables)."""
+    return list(dict.fromkeys(_metric_of(c) for c in t.mean.columns))
+
+
+def _metric_of(col: str) -> str:
+    return col.rsplit(" ", 1)[-1]
+
+
+def _header(t: Table, cols: list[str]) -> list[str]:
+    return [INDEX_NAMES.get(i, i) for i in t.index] + [c.rsplit(" ", 1)[0] for c in cols]
+
+
+def cells(t: Table, metric: str | None = None) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows of (text, bold) cells of one metric's columns (all with None): index
+    values (with a row's mark), then per column the value (+- std when several seeds)."""
+    cols = [c for c in t.mean.columns if metric is None or _metric_of(c) == metric]
     body = []
     for key in t.mean.index:
         best = _best(t, key)
-        row = [(str(v), False) for v in (key if isinstance(key, tuple) else (key,))]
-        if key in t.marks:  # beside the row's last label: "wanet (not learned: ...)"
-            row[-1] = (f"{row[-1][0]} ({t.marks[key]})", False)
-        for c in t.mean.columns:
+        row = _labels(t, key)
+        for c in cols:
             m, sd, n = t.mean.at[key, c], t.std.at[key, c], t.seeds.at[key, c]
             text = _fmt(m) + (f" ± {_fmt(sd)}" if n > 1 and key[-1] != "average" and _fmt(m) else "")
             row.append((text, c in best))
-            if c in has_paper:
-                p = t.paper.at[key, c]
-                row += [(_fmt(p), False), (_fmt(m - p) if not pd.isna(m) else "", False)]
         body.append(row)
-    return header, body
+    return (_header(t, cols) if metric else [*t.index, *cols]), body
+
+
+def paper_cells(t: Table, metric: str | None = None
+                ) -> tuple[list[str], list[list[tuple[str, bool]]]] | None:
+    """The paper's values of the columns it reports, each with our difference: None if none."""
+    cols = [c for c in t.mean.columns if t.paper[c].notna().any()
+            and (metric is None or _metric_of(c) == metric)]
+    if not cols:
+        return None
+    body = []
+    for key in t.mean.index:
+        row = _labels(t, key)
+        for c in cols:
+            p, m = t.paper.at[key, c], t.mean.at[key, c]
+            row.append((_fmt(p) + (f" ({m - p:+.2f})" if not pd.isna(p) and not pd.isna(m) else ""),
+                        False))
+        body.append(row)
+    return (_header(t, cols) if metric else [*t.index, *cols]), body
+
+
+def _labels(t: Table, key) -> list[tuple[str, bool]]:  # noqa: ANN001
+    row = [(str(v), False) for v in (key if isinstance(key, tuple) else (key,))]
+    if key in t.marks:  # beside the row's last label: "wanet (not learned: 12.82)"
+        row[-1] = (f"{row[-1][0]} ({t.marks[key]})", False)
+    return row
+
+
+def _md(header: list[str], body: list[list[tuple[str, bool]]]) -> list[str]:
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(f"**{esc(x)}**" if b and x else esc(x) for x, b in row) + " |"
+              for row in body]]
 
 
 def markdown(t: Table) -> str:
     if t.empty:
         return f"### {t.title}\n\nno records yet; fill with:\n\n    {t.command}\n"
-    header, body = cells(t)
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = [f"### {t.title}", "", "| " + " | ".join(esc(h) for h in header) + " |",
-             "|" + "---|" * len(header)]
-    for row in body:
-        lines.append("| " + " | ".join(f"**{esc(x)}**" if b and x else esc(x) for x, b in row) + " |")
-    lines += ["", *[f"- {n}" for n in t.notes], f"- filled by: `{t.command}`", ""]
+    lines = [f"### {t.title}", ""]
+    for m in metrics(t):
+        lines += [f"**{m}**", "", *_md(*cells(t, m)), ""]
+    for m in metrics(t):
+        paper = paper_cells(t, m)
+        if paper is not None:
+            lines += [f"**{m}: the paper's values (our difference)**", "", *_md(*paper), ""]
+    lines += [*[f"- {n}" for n in t.notes], f"- filled by: `{t.command}`", ""]
     return "\n".join(lines)
+
+
+def _tex(t: Table, caption: str, header: list[str], body: list[list[tuple[str, bool]]]) -> list[str]:
+    esc = lambda s: (s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%")  # noqa: E731
+                     .replace("&", "\\&").replace("#", "\\#").replace("±", "$\\pm$"))
+    lines = ["\\begin{table}", "\\centering", f"\\caption{{{esc(caption)}}}",
+             "\\begin{tabular}{" + "l" * len(t.index) + "r" * (len(header) - len(t.index)) + "}",
+             "\\toprule", " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
+    for row in body:
+        lines.append(" & ".join(f"\\textbf{{{esc(x)}}}" if b and x else esc(x) for x, b in row) + " \\\\")
+    return lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
 
 
 def latex(t: Table) -> str:
     if t.empty:
         return f"% {t.title}: no records yet; fill with: {t.command}\n"
-    header, body = cells(t)
-    esc = lambda s: (s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%")  # noqa: E731
-                     .replace("&", "\\&").replace("#", "\\#").replace("±", "$\\pm$"))
-    lines = ["\\begin{table}", "\\centering", f"\\caption{{{esc(t.title)}}}",
-             "\\begin{tabular}{" + "l" * len(t.index) + "r" * (len(header) - len(t.index)) + "}",
-             "\\toprule", " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
-    for row in body:
-        lines.append(" & ".join(f"\\textbf{{{esc(x)}}}" if b and x else esc(x) for x, b in row) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    lines: list[str] = []
+    for m in metrics(t):
+        lines += _tex(t, f"{t.title}: {m}", *cells(t, m))
+    for m in metrics(t):
+        paper = paper_cells(t, m)
+        if paper is not None:
+            lines += _tex(t, f"{t.title}: {m}, the paper's values (our difference)", *paper)
     return "\n".join(lines)
 
 

@@ -1,5 +1,12 @@
-"""The paper's Tables 1-4 from the records: mean (+- std over seeds) beside the paper's values
-and the difference, rendered as CSV, Markdown and LaTeX (booktabs).
+"""The paper's Tables 1-4 from the records: mean (+- std over seeds), the paper's values and the
+differences, rendered as CSV, Markdown and LaTeX (booktabs).
+
+Tables 1 and 2 hold the default cells only (each preset's own settings, current method
+versions, the suite's defenses and a user's own, No Defense first and PIPD last, as the paper
+orders them); every other record lands in exactly one study table: Table 3 (the poisoned seed's
+fault ratio), Table 4 (the number of rounds T), or a table per setting a group of records varies
+(older method versions, a registered variant of a defense, an attack's option, a training
+option, a defense's option).
 
 Bold marks, in every row, the best value of each metric across the methods (the highest CA /
 TPR, the lowest ASR / FPR), as the paper prints its tables. A cell no record fills stays empty,
@@ -18,7 +25,11 @@ from benchmark.reports import paper
 from benchmark.reports.records import LEARNED_ASR, not_learned
 
 BETTER = {"CA": max, "ASR": min, "TPR": max, "FPR": min}
+# column order of the main tables (the paper's); other defenses go before PIPD, alphabetically
+ORDER = ["no_defense", "abl", "dbd", "NONE", "asd", "scale_up", "dbalfa"]
+LAST = "pipd"
 COMMANDS = {
+    "study": "the records' own settings (--set / --sweep, see each row's label)",
     "table1": "python run_benchmark.py --grid {grid} --defenses no_defense,abl,dbd,none,asd,pipd",
     "table2": "python run_benchmark.py --grid {grid} --defenses abl,dbd,none,asd,pipd,scale_up,dbalfa",
     "table3": ("python run_benchmark.py --grid {grid} --attacks badnets,blended,dynamic,trojan,"
@@ -66,6 +77,13 @@ class Table:
         return pd.DataFrame(out)
 
 
+def _column_order(method: str) -> tuple:
+    base = method.split("[")[0].split(" ")[0]
+    if base == LAST:
+        return (len(ORDER) + 1, method)
+    return (ORDER.index(base), method) if base in ORDER else (len(ORDER), method)
+
+
 def _metric(col: str) -> str:
     return col.rsplit(" ", 1)[-1]
 
@@ -84,7 +102,7 @@ def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str
     wide = {}
     for stat, frame in (("mean", mean), ("std", std), ("seeds", count)):
         w = frame.unstack(column)  # columns: (metric, method)
-        methods = sorted({c for _, c in w.columns}, key=lambda c: (c != "no_defense", c))
+        methods = sorted({c for _, c in w.columns}, key=_column_order)
         w.columns = [f"{c} {metrics[m]}" for m, c in w.columns]
         wide[stat] = w[[f"{c} {metrics[m]}" for c in methods for m in cols
                         if f"{c} {metrics[m]}" in w.columns]]
@@ -105,10 +123,31 @@ def _paper_defense(method: str) -> str | None:
     return {**paper.DEFENSES, "NONE": "NONE"}.get(method)
 
 
+def main_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The default cells of the suite's defenses and a user's own (not a registered variant of
+    another)."""
+    from benchmark.reports.records import is_variant
+
+    if df.empty:
+        return df
+    return df[(df["status"] == "ok") & df["default"].astype(bool)
+              & ~df["defense"].map(is_variant).astype(bool)]
+
+
+def _preset_notes(rows: pd.DataFrame) -> list[str]:
+    """What a preset sets per attack (its ``attack_train``), said once under the table."""
+    from benchmark.config import PRESETS
+
+    notes = sorted({f"{a}: {label({f'train.{k}': v for k, v in train.items()})}"
+                    for p, a in zip(rows["preset"], rows["attack"], strict=True)
+                    if (train := PRESETS.get(p, {}).get("attack_train", {}).get(a))})
+    return [f"the preset's per-attack training: {'; '.join(notes)}"] if notes else []
+
+
 def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
-    """CA and ASR per (dataset, attack) x defense; detectors and fault-ratio analyses left out."""
-    ok = df[(df["status"] == "ok") & ~df["detector"].astype(bool) & df["fault_ratio"].isna()] \
-        if not df.empty else df
+    """CA and ASR per (dataset, attack) x defense at the defaults; detectors left out."""
+    ok = main_rows(df)
+    ok = ok[~ok["detector"].astype(bool)] if not ok.empty else ok
 
     def paper_of(key, method, metric):  # noqa: ANN001, ANN202
         dataset, attack_label = key
@@ -120,12 +159,15 @@ def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
 
     t = build(ok, "table1", "Table 1: clean accuracy (CA) and attack success rate (ASR), %",
               ["dataset", "attack_label"], "defense_label", {"ca": "CA", "asr": "ASR"}, paper_of, grid)
-    return with_averages(mark_not_learned(t, df))
+    t.notes += _preset_notes(ok) if not ok.empty else []
+    return with_averages(mark_not_learned(t, main_rows(df)))
 
 
 def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
-    """Isolation TPR and FPR per (dataset, attack) x isolating method (defenses and detectors)."""
-    ok = df[(df["status"] == "ok") & df["tpr"].notna() & df["fault_ratio"].isna()] if not df.empty else df
+    """Isolation TPR and FPR per (dataset, attack) x isolating method (defenses and detectors) at
+    the defaults, with PIPD's poisoned-seed precision."""
+    ok = main_rows(df)
+    ok = ok[ok["tpr"].notna()] if not ok.empty else ok
 
     def paper_of(key, method, metric):  # noqa: ANN001, ANN202
         dataset, attack_label = key
@@ -138,7 +180,8 @@ def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
     t = build(ok, "table2", "Table 2: isolation TPR and FPR (and PIPD's poisoned-seed precision), %",
               ["dataset", "attack_label"], "defense_label",
               {"tpr": "TPR", "fpr": "FPR", "pp_precision": "P_p-precision"}, paper_of, grid)
-    return with_averages(mark_not_learned(t, df))
+    t.notes += _preset_notes(ok) if not ok.empty else []
+    return with_averages(mark_not_learned(t, main_rows(df)))
 
 
 def mark_not_learned(t: Table, df: pd.DataFrame) -> Table:
@@ -148,11 +191,11 @@ def mark_not_learned(t: Table, df: pd.DataFrame) -> Table:
     weak = not_learned(df)
     for key in t.mean.index:
         if key in weak:
-            t.marks[key] = f"not learned: No Defense ASR {100 * weak[key]:.2f}"
+            t.marks[key] = f"not learned: {100 * weak[key]:.2f}"
     if t.marks:
-        t.notes.append(f"not learned: No Defense ASR below {100 * LEARNED_ASR:.0f}% on that "
-                       "attack, so a defense's low ASR there says nothing; such rows stay out of "
-                       "the average rows and the leaderboard's score")
+        t.notes.append(f"(not learned: X): No Defense's ASR on that attack is X%, below "
+                       f"{100 * LEARNED_ASR:.0f}%, so a defense's low ASR there says nothing; such "
+                       "rows stay out of the average rows and the leaderboard's score")
     return t
 
 
@@ -182,13 +225,21 @@ def table3(df: pd.DataFrame, grid: str = "quick") -> Table:
                  {"pp_precision": "P_p-precision", "tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
 
 
-def table4(df: pd.DataFrame, grid: str = "quick") -> Table:
-    """CA / ASR (and isolation) against the number of progressive rounds T."""
+def table4_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The records of the T sweep: PIPD cells that set ``rounds`` and train selectively."""
     rows = df[(df["status"] == "ok") & df["rounds"].notna() & df["fault_ratio"].isna()
               & (df["training"] == "selective")].copy() if not df.empty else df
+    if rows.empty:
+        return rows
+    keep = pd.Series([o.get("selective_epochs", 1) != 0 and "rounds" in o
+                      for o in rows["defense_overrides"]], index=rows.index, dtype=bool)
+    return rows[keep].copy()
+
+
+def table4(df: pd.DataFrame, grid: str = "quick") -> Table:
+    """CA / ASR (and isolation) against the number of progressive rounds T."""
+    rows = table4_rows(df)
     if not rows.empty:
-        rows = rows[[o.get("selective_epochs", 1) != 0 and "rounds" in o
-                     for o in rows["defense_overrides"]]]
         rows["T"] = rows["rounds"].astype(int)
         rows["method"] = [d + (f"[{x}]" if (x := _without(o, "rounds")) else "")
                           for d, o in zip(rows["defense"], rows["defense_overrides"], strict=True)]
@@ -205,6 +256,47 @@ def table4(df: pd.DataFrame, grid: str = "quick") -> Table:
     return build(rows, "table4", "Table 4: PIPD against the number of progressive rounds T, %",
                  ["dataset", "attack_label", "T"], "method",
                  {"ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR"}, paper_of, grid)
+
+
+def _study(row) -> str:  # noqa: ANN001 - a frame row
+    """What a non-default record varies: older versions, a registered variant, or its keys."""
+    from benchmark.config import lineage
+    from benchmark.reports.records import is_variant
+    from defenses import DEFENSES
+
+    if " (v" in row.attack_label or " (v" in row.defense_label:
+        return "older method versions"
+    family = lineage(DEFENSES.get(row.defense))[0] if row.defense in DEFENSES else row.defense
+    keys = sorted({("attack." + k.split(".", 1)[1]) if k.split(".", 1)[0] == row.attack else k
+                   for k in row.attack_overrides}
+                  | {f"{family}.{k}" for k in row.defense_overrides})
+    if keys:
+        return "varies " + ", ".join(keys)
+    return f"variants of {family}" if is_variant(row.defense) else "other settings"
+
+
+def studies(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
+    """One table per study for every ok record outside Tables 1-4's own rows, titled by what it
+    varies; each record is in exactly one."""
+    if df.empty:
+        return []
+    ok = df[df["status"] == "ok"]
+    used = set(main_rows(df).index) | set(ok[ok["fault_ratio"].notna()].index) \
+        | set(table4_rows(df).index)
+    rest = ok[~ok.index.isin(used)].copy()
+    if rest.empty:
+        return []
+    rest["study"] = [_study(r) for r in rest.itertuples()]
+    out = []
+    for i, (study, rows) in enumerate(sorted(rest.groupby("study"), key=lambda kv: kv[0]), 1):
+        metrics = {k: v for k, v in {"ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "FPR"}.items()
+                   if rows[k].notna().any()}
+        slug = "".join(ch if ch.isalnum() else "_" for ch in study)[:40].strip("_")
+        t = build(rows, "study", f"Study {i}: {study}, %", ["dataset", "attack_label"],
+                  "defense_label", metrics, None, grid)
+        t.name = f"study{i:02d}_{slug}"
+        out.append(t)
+    return out
 
 
 def with_averages(t: Table) -> Table:
