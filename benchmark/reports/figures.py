@@ -33,9 +33,12 @@ def _save(fig, out: Path, name: str) -> list[Path]:  # noqa: ANN001
 
 
 def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> list[Path]:
-    """Isolation TPR and FPR of every isolating method per attack, side by side."""
-    rows = df[(df["status"] == "ok") & (df["dataset"] == dataset) & df["tpr"].notna()
-              & df["fault_ratio"].isna()] if not df.empty else df
+    """Isolation TPR and FPR of every isolating method per attack, side by side: the default
+    cells only (Table 2's), the legend outside the bars."""
+    from benchmark.reports.tables import _column_order, main_rows
+
+    rows = main_rows(df)
+    rows = rows[(rows["dataset"] == dataset) & rows["tpr"].notna()] if not rows.empty else rows
     if rows.empty:
         return []
     plt, sns = _plt()
@@ -43,15 +46,19 @@ def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> lis
                      var_name="metric", value_name="value")
     long["value"] *= 100
     long["metric"] = long["metric"].str.upper()
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * long["attack_label"].nunique() + 4), 3.6))
+    hue_order = sorted(long["defense_label"].unique(), key=_column_order)
+    order = sorted(long["attack_label"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(order) + 5), 3.6))
     for ax, metric in zip(axes, ("TPR", "FPR"), strict=True):
-        sns.barplot(data=long[long["metric"] == metric], x="attack_label", y="value",
-                    hue="defense_label", ax=ax, errorbar="sd")
+        sns.barplot(data=long[long["metric"] == metric], x="attack_label", y="value", order=order,
+                    hue="defense_label", hue_order=hue_order, ax=ax, errorbar="sd")
         ax.set(title=metric, xlabel="", ylabel="%")
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    if axes[1].get_legend():
-        axes[1].get_legend().remove()
-    axes[0].legend(title="", fontsize=7)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                   frameon=False)
     fig.suptitle(f"Fig. 1: isolation quality on {dataset} (bars: mean over seeds, lines: sd)")
     return _save(fig, out, "fig1_isolation")
 
