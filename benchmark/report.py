@@ -14,9 +14,10 @@ def summary(recs: list[dict[str, Any]]) -> str:
     df = records.frame(recs)
     parts = []
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        for t, heading in ((tables.table1(df), "Table 1 style: clean accuracy (CA) and attack "
-                                               "success rate (ASR), %"),
-                           (tables.table2(df), "Table 2 style: isolation TPR / FPR, %")):
+        for t, heading in ((tables.table1(df, defaults_only=False), "Table 1 style: clean accuracy "
+                            "(CA) and attack success rate (ASR), %"),
+                           (tables.table2(df, defaults_only=False), "Table 2 style: isolation "
+                            "TPR / FPR, %")):
             if not t.empty:
                 shown = t.mean.round(2)
                 shown.index.names = ["dataset", "attack"]

@@ -144,9 +144,17 @@ def _preset_notes(rows: pd.DataFrame) -> list[str]:
     return [f"the preset's per-attack training: {'; '.join(notes)}"] if notes else []
 
 
-def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
-    """CA and ASR per (dataset, attack) x defense at the defaults; detectors left out."""
-    ok = main_rows(df)
+def _rows(df: pd.DataFrame, defaults_only: bool) -> pd.DataFrame:
+    if defaults_only or df.empty:
+        return main_rows(df)
+    return df[(df["status"] == "ok") & df["fault_ratio"].isna()]
+
+
+def table1(df: pd.DataFrame, grid: str = "quick", defaults_only: bool = True) -> Table:
+    """CA and ASR per (dataset, attack) x defense at the defaults (every ok cell but the
+    fault-ratio analyses with ``defaults_only=False``: a grid's closing summary); detectors left
+    out."""
+    ok = _rows(df, defaults_only)
     ok = ok[~ok["detector"].astype(bool)] if not ok.empty else ok
 
     def paper_of(key, method, metric):  # noqa: ANN001, ANN202
@@ -160,13 +168,13 @@ def table1(df: pd.DataFrame, grid: str = "quick") -> Table:
     t = build(ok, "table1", "Table 1: clean accuracy (CA) and attack success rate (ASR), %",
               ["dataset", "attack_label"], "defense_label", {"ca": "CA", "asr": "ASR"}, paper_of, grid)
     t.notes += _preset_notes(ok) if not ok.empty else []
-    return with_averages(mark_not_learned(t, main_rows(df)))
+    return with_averages(mark_not_learned(t, _rows(df, defaults_only)))
 
 
-def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
+def table2(df: pd.DataFrame, grid: str = "quick", defaults_only: bool = True) -> Table:
     """Isolation TPR and FPR per (dataset, attack) x isolating method (defenses and detectors) at
-    the defaults, with PIPD's poisoned-seed precision."""
-    ok = main_rows(df)
+    the defaults (see table1 for ``defaults_only``), with PIPD's poisoned-seed precision."""
+    ok = _rows(df, defaults_only)
     ok = ok[ok["tpr"].notna()] if not ok.empty else ok
 
     def paper_of(key, method, metric):  # noqa: ANN001, ANN202
@@ -181,7 +189,7 @@ def table2(df: pd.DataFrame, grid: str = "quick") -> Table:
               ["dataset", "attack_label"], "defense_label",
               {"tpr": "TPR", "fpr": "FPR", "pp_precision": "P_p-precision"}, paper_of, grid)
     t.notes += _preset_notes(ok) if not ok.empty else []
-    return with_averages(mark_not_learned(t, main_rows(df)))
+    return with_averages(mark_not_learned(t, _rows(df, defaults_only)))
 
 
 def mark_not_learned(t: Table, df: pd.DataFrame) -> Table:
