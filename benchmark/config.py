@@ -76,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "defenses": {"pipd": {"pre_epochs": 10, "pre_augment": False, "pre_lr": 0.05,
                               "rounds": 5, "selective_epochs": 6, "selective_lr": 0.05}},
     },
-    # reduced scale calibrated for 2 CPU cores (see README: calibration)
+    # reduced scale calibrated for 2 CPU cores (docs/calibration.md)
     "quick": {
         "dataset": "cifar10",
         "data": {"train_size": 20000, "test_size": None},
@@ -89,13 +89,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                     # C's and G's lr constant: the original's schedules first step at epoch 100
                     # (C) and 200 (G) of 600, so 10 joint epochs lie inside their first stretch;
                     # scaled to 10 epochs they left C 2 epochs at full lr (ASR 74.88 against
-                    # 80.99, README: attacks at quick scale)
+                    # 80.99, docs/calibration.md: attacks at quick scale)
                     "dynamic": {"mask_epochs": 5, "epochs": 10, "width": 8,
                                 "milestones_c": [], "milestones_g": []},
                     "refool": {"select_rounds": 3, "select_epochs": 4}},
         # per-attack training settings (every defense cell of the attack): A-Patch's partial-
         # opacity triggers are learned only late in training (ASR 0-16% through epoch 25 of 40,
-        # 92-98% from epoch 31; 7.11 at 20 epochs): README, attacks at quick scale
+        # 92-98% from epoch 31; 7.11 at 20 epochs): docs/calibration.md, attacks at quick scale
         "attack_train": {"adaptive_patch": {"epochs": 40}},
         "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
                               "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05},
@@ -115,8 +115,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "asd": {"epochs": 12, "iterations": 160}},
         # defenses whose own training does not converge at this scale (the leaderboard marks
         # their rows and links the diagnosis)
-        "caveats": {"dbd": "README.md#dbd-and-asd-at-quick-scale",
-                    "asd": "README.md#dbd-and-asd-at-quick-scale"},
+        "caveats": {"dbd": "docs/calibration.md#dbd-and-asd-at-quick-scale",
+                    "asd": "docs/calibration.md#dbd-and-asd-at-quick-scale"},
     },
     # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
     "full": {

@@ -127,7 +127,7 @@ def test_the_documented_per_attack_layer_settings_name_real_layers():
 
     from benchmark.models import build_model, conv_feature_layers
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "implementation.md").read_text()
     documented = set(re.findall(r"layer4\.\d\.\w+", readme))
     assert {"layer4.1.conv2", "layer4.0.conv2", "layer4.1.conv1"} <= documented
     assert documented <= set(conv_feature_layers(build_model("resnet18", 10, width=8)))

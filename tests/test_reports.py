@@ -146,7 +146,7 @@ def test_leaderboard_says_when_neighbouring_ranks_are_within_noise_and_marks_sca
     board = leaderboard.leaderboard(frame(recs))
     assert [d for d in board.ranked["defense"]] == ["abl", "dbd †"]
     assert any("ranks 1 (abl) and 2 (dbd †) are within noise" in n for n in board.notes)
-    assert any(n.startswith("† dbd") and "README.md#dbd-and-asd-at-quick-scale" in n
+    assert any(n.startswith("† dbd") and "docs/calibration.md#dbd-and-asd-at-quick-scale" in n
                for n in board.notes)
 
 
