@@ -32,7 +32,7 @@ def _clean(obj: Any) -> Any:
 
 SCHEMA = 1  # bumped when a key below changes meaning; records without one are schema 1
 
-# The keys of a record other tools may read (the README's list is checked against this one).
+# The keys of a record other tools may read (docs/running.md's list is checked against this one).
 RECORD_KEYS: dict[str, str] = {
     "schema": "record format version (absent in the earliest records: 1)",
     "id": "the cell id: hash of the resolved config",
