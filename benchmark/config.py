@@ -291,16 +291,25 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
 SECTION_NAMES = {"data": "data", "model_params": "model", "train": "train", "eval": "eval"}
 
 
-def overrides(config: dict[str, Any], *, attack_train: bool = True
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
+def preset_cell(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The preset's own resolved cell for ``config``'s (attack, defense, seed), no ``--set``;
+    None when a component or the preset is no longer known."""
+    try:
+        return resolve_cell(config["preset"], config["attack"], config["defense"], config["seed"],
+                            [], dataset=config["dataset"], model=config["model"])
+    except (UsageError, KeyError):
+        return None
+
+
+def overrides(config: dict[str, Any], *, attack_train: bool = True,
+              base: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``--set``/``--sweep`` changed in a cell against its preset: (everything upstream of
     the defense, as ``train.epochs`` / ``badnets.rate`` keys; the defense's own options).
     ``attack_train``: a preset's per-attack training setting shows as train.* too (the dry run
-    says it); False: it is part of the preset's cell (the tables note it once)."""
-    try:
-        base = resolve_cell(config["preset"], config["attack"], config["defense"], config["seed"],
-                            [], dataset=config["dataset"], model=config["model"])
-    except (UsageError, KeyError):  # a component no longer registered: nothing to compare
+    says it); False: it is part of the preset's cell (the tables note it once). ``base``: the
+    ``preset_cell`` of ``config`` where the caller has it already."""
+    base = base if base is not None else preset_cell(config)
+    if base is None:  # a component no longer registered: nothing to compare
         return {}, {}
     if attack_train:
         base = {**base, "train": preset_train(PRESETS[config["preset"]])}

@@ -35,7 +35,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:  # noqa: ANN001
 def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> list[Path]:
     """Isolation TPR and FPR of every isolating method per attack, side by side: the default
     cells only (Table 2's), the legend outside the bars."""
-    from benchmark.reports.tables import _column_order, main_rows
+    from benchmark.reports.tables import column_order, main_rows
 
     rows = main_rows(df)
     rows = rows[(rows["dataset"] == dataset) & rows["tpr"].notna()] if not rows.empty else rows
@@ -46,7 +46,7 @@ def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> lis
                      var_name="metric", value_name="value")
     long["value"] *= 100
     long["metric"] = long["metric"].str.upper()
-    hue_order = sorted(long["defense_label"].unique(), key=_column_order)
+    hue_order = sorted(long["defense_label"].unique(), key=column_order)
     order = sorted(long["attack_label"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(order) + 5), 3.6))
     for ax, metric in zip(axes, ("TPR", "FPR"), strict=True):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.config import label, overrides
+from benchmark.config import label, overrides, preset_cell
 from benchmark.store import read_record
 
 METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
@@ -61,19 +61,13 @@ def _is_detector(defense: str) -> bool:
     return defense in DEFENSES and DEFENSES.get(defense).is_detector
 
 
-def _is_default(rec: dict[str, Any]) -> bool:
-    """Whether the record is its preset's own cell for its (attack, defense, seed): no ``--set``,
-    the methods' current versions (a preset's per-attack settings count as its default)."""
-    from benchmark.config import cell_id, resolve_cell
+def _is_default(rec: dict[str, Any], base: dict[str, Any] | None) -> bool:
+    """Whether the record is ``base``, its preset's own cell for its (attack, defense, seed): no
+    ``--set``, the methods' current versions (a preset's per-attack settings count as its
+    default)."""
+    from benchmark.config import cell_id
 
-    c = rec["config"]
-    if "fast_dev_run" in c:
-        return False
-    try:
-        return cell_id(resolve_cell(c["preset"], c["attack"], c["defense"], c["seed"], [],
-                                    dataset=c["dataset"], model=c["model"])) == rec.get("id")
-    except Exception:  # noqa: BLE001 - a component or preset no longer known: not a default
-        return False
+    return base is not None and "fast_dev_run" not in rec["config"] and cell_id(base) == rec.get("id")
 
 
 def is_variant(defense: str) -> bool:
@@ -120,7 +114,8 @@ def _stale_version(kind: str, name: str, config: dict[str, Any]) -> str:
 
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
-    upstream, own = overrides(c, attack_train=False)
+    base = preset_cell(c)
+    upstream, own = overrides(c, attack_train=False, base=base)
     m = rec.get("metrics") or {}
     masks = (rec.get("isolation") or {}).get("masks") or {}
     dp = c.get("defense_params", {})
@@ -143,7 +138,7 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
         "detector": _is_detector(c["defense"]),
         "trains_model": _trains_model(c["defense"], dp),
-        "default": _is_default(rec),
+        "default": _is_default(rec, base),
         **{k: _num(m.get(k)) for k in METRICS},
         "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.reports.tables import BETTER, Table
+from benchmark.reports.tables import BETTER, Table, metric_of
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -34,21 +34,17 @@ INDEX_NAMES = {"attack_label": "attack"}
 
 def metrics(t: Table) -> list[str]:
     """The table's metrics in column order (each rendered as its own block: narrow tables)."""
-    return list(dict.fromkeys(_metric_of(c) for c in t.mean.columns))
-
-
-def _metric_of(col: str) -> str:
-    return col.rsplit(" ", 1)[-1]
+    return list(dict.fromkeys(metric_of(c) for c in t.mean.columns))
 
 
 def _header(t: Table, cols: list[str]) -> list[str]:
     return [INDEX_NAMES.get(i, i) for i in t.index] + [c.rsplit(" ", 1)[0] for c in cols]
 
 
-def cells(t: Table, metric: str | None = None) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Header and rows of (text, bold) cells of one metric's columns (all with None): index
-    values (with a row's mark), then per column the value (+- std when several seeds)."""
-    cols = [c for c in t.mean.columns if metric is None or _metric_of(c) == metric]
+def cells(t: Table, metric: str) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows of (text, bold) cells of one metric's columns: index values (with a
+    row's mark), then per column the value (+- std when several seeds)."""
+    cols = [c for c in t.mean.columns if metric_of(c) == metric]
     body = []
     for key in t.mean.index:
         best = _best(t, key)
@@ -58,14 +54,13 @@ def cells(t: Table, metric: str | None = None) -> tuple[list[str], list[list[tup
             text = _fmt(m) + (f" ± {_fmt(sd)}" if n > 1 and key[-1] != "average" and _fmt(m) else "")
             row.append((text, c in best))
         body.append(row)
-    return (_header(t, cols) if metric else [*t.index, *cols]), body
+    return _header(t, cols), body
 
 
-def paper_cells(t: Table, metric: str | None = None
-                ) -> tuple[list[str], list[list[tuple[str, bool]]]] | None:
-    """The paper's values of the columns it reports, each with our difference: None if none."""
-    cols = [c for c in t.mean.columns if t.paper[c].notna().any()
-            and (metric is None or _metric_of(c) == metric)]
+def paper_cells(t: Table, metric: str) -> tuple[list[str], list[list[tuple[str, bool]]]] | None:
+    """The paper's values of one metric's columns it reports, each with our difference: None
+    if none."""
+    cols = [c for c in t.mean.columns if t.paper[c].notna().any() and metric_of(c) == metric]
     if not cols:
         return None
     body = []
@@ -76,7 +71,7 @@ def paper_cells(t: Table, metric: str | None = None
             row.append((_fmt(p) + (f" ({m - p:+.2f})" if not pd.isna(p) and not pd.isna(m) else ""),
                         False))
         body.append(row)
-    return (_header(t, cols) if metric else [*t.index, *cols]), body
+    return _header(t, cols), body
 
 
 def _labels(t: Table, key) -> list[tuple[str, bool]]:  # noqa: ANN001

@@ -77,14 +77,15 @@ class Table:
         return pd.DataFrame(out)
 
 
-def _column_order(method: str) -> tuple:
+def column_order(method: str) -> tuple:
     base = method.split("[")[0].split(" ")[0]
     if base == LAST:
         return (len(ORDER) + 1, method)
     return (ORDER.index(base), method) if base in ORDER else (len(ORDER), method)
 
 
-def _metric(col: str) -> str:
+def metric_of(col: str) -> str:
+    """The metric of a "<method> <METRIC>" column."""
     return col.rsplit(" ", 1)[-1]
 
 
@@ -102,7 +103,7 @@ def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str
     wide = {}
     for stat, frame in (("mean", mean), ("std", std), ("seeds", count)):
         w = frame.unstack(column)  # columns: (metric, method)
-        methods = sorted({c for _, c in w.columns}, key=_column_order)
+        methods = sorted({c for _, c in w.columns}, key=column_order)
         w.columns = [f"{c} {metrics[m]}" for m, c in w.columns]
         wide[stat] = w[[f"{c} {metrics[m]}" for c in methods for m in cols
                         if f"{c} {metrics[m]}" in w.columns]]
