@@ -18,9 +18,8 @@ Reference: najeebjebreel/DBALFA, ``notebooks/Ours_CIFAR10-ResNet18.ipynb``. Depa
 notebook weights every class by the last class's gains (a loop variable left over); here each
 class uses its own. The notebook scores test images only, against statistics of ~100 benign
 test images per class drawn from the same test set; the suite scores the training set (Table
-2's task), which the model has fitted, against statistics of held-out test images. Fitted images
-sit closer to their class centroids than unseen ones, so the benign bound is looser than the
-training distribution's and fewer samples fall below it (see docs/methods.md).
+2's task), which the model has fitted, against statistics of held-out test images; whether
+that gap loosens the bound is not measured (docs/methods.md).
 """
 
 from __future__ import annotations
