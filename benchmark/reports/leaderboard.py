@@ -61,7 +61,7 @@ def _cells(df: pd.DataFrame) -> pd.DataFrame:
     settings, no older method versions."""
     weak = not_learned(df)
     ok = df[(df["status"] == "ok") & df["fault_ratio"].isna() & (df["attack"] != "clean")
-            & ~df["attack_label"].str.contains(" ") & ~df["defense_label"].str.contains(r" \(v")]
+            & ~df["attack_label"].str.contains(" ") & df["current"].astype(bool)]
     learned = pd.Series([(d, a) not in weak for d, a in zip(ok["dataset"], ok["attack_label"],
                                                             strict=True)], index=ok.index, dtype=bool)
     return ok[learned].copy()

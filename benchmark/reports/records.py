@@ -123,15 +123,17 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     # what the training steps ran in: bf16 (CUDA's ``auto``) is marked in the column name, so a
     # bf16 cell never averages with an fp32 one of the same config
     precision = str((rec.get("hardware") or {}).get("precision") or "")
+    stale = _stale_version("attack", c["attack"], c), _stale_version("defense", c["defense"], c)
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
         "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
         "attack": c["attack"],
         "attack_label": " ".join(filter(None, [c["attack"], label(upstream)]))
-        + _stale_version("attack", c["attack"], c),
+        + stale[0],
         "defense": c["defense"],
         "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
-        + _stale_version("defense", c["defense"], c) + (" (bf16)" if "bf16" in precision else ""),
+        + stale[1] + (" (bf16)" if "bf16" in precision else ""),
+        "current": not any(stale),  # both methods at their registered versions
         "train_precision": precision,
         "defense_overrides": own,
         "attack_overrides": upstream,

@@ -273,7 +273,7 @@ def _study(row) -> str:  # noqa: ANN001 - a frame row
     from benchmark.reports.records import is_variant
     from defenses import DEFENSES
 
-    if " (v" in row.attack_label or " (v" in row.defense_label:
+    if not row.current:
         return "older method versions"
     family = lineage(DEFENSES.get(row.defense))[0] if row.defense in DEFENSES else row.defense
     keys = sorted({("attack." + k.split(".", 1)[1]) if k.split(".", 1)[0] == row.attack else k
