@@ -107,14 +107,20 @@ def threshold(m: torch.Tensor) -> torch.Tensor:
 
 
 def spread(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample RMS distance."""
-    return ((a - b) ** 2).flatten(1).mean(1).sqrt()
+    """Per-sample RMS distance. The 1e-12 under the root is a departure from the original: the
+    root's gradient is infinite at 0, so two identical patterns (a generator saturated to a
+    constant) made every weight NaN; it moves a distance by at most 1e-6."""
+    return (((a - b) ** 2).flatten(1).mean(1) + 1e-12).sqrt()
 
 
 def diversity_loss(x1: torch.Tensor, x2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor
                    ) -> torch.Tensor:
     """Different inputs must get different triggers: mean of d(x1, x2) / d(t1, t2)."""
     return (spread(x1, x2) / (spread(t1, t2) + 1e-6)).mean()
+
+
+class AttackDiverged(RuntimeError):
+    """An attack's own training produced non-finite values: its poisoned set would be garbage."""
 
 
 @register_attack
@@ -125,8 +131,9 @@ class Dynamic(Attack):
     # 2: the original's mask threshold and per-pixel density hinge; 3: the original's CIFAR
     # generator (3 stages, BN on the last block, momentum 0.05), augmentation before
     # triggering, step schedules, diversity on the backdoor/cross samples and the mask phase's
-    # image distance on normalised inputs, as the original
-    version = 3
+    # image distance on normalised inputs, as the original; 4: a finite diversity gradient on
+    # identical patterns, a training that diverges fails, the pattern spread in the curve
+    version = 4
 
     @classmethod
     def uses_model(cls, params: AttackParams) -> bool:
@@ -214,6 +221,7 @@ class Dynamic(Attack):
             clf.train()
             gen.train()
             correct = bd_hit = seen = 0
+            pattern_spread = 0.0
             for i, (x1, y1, x2) in enumerate(batches(), 1):
                 phase.step(epoch + 1, i)
                 # G and M only on the samples that get a trigger, as the original
@@ -234,15 +242,22 @@ class Dynamic(Attack):
                 loss.backward()
                 opt_c.step()
                 opt_g.step()
+                if not torch.isfinite(loss):
+                    raise AttackDiverged(f"dynamic: the generator's joint training diverged at "
+                                         f"epoch {epoch + 1}, batch {i} (loss {float(loss.detach())})")
                 pred = logits.argmax(1)
                 correct += int((pred[n_bd:] == targets[n_bd:]).sum())
                 bd_hit += int((pred[:n_bd] == self.params.target).sum())
                 seen += len(x1)
+                pattern_spread += float(spread(g1[:k], g2[:k]).mean().detach())
             sched_c.step()
             sched_g.step()
+            # pattern_spread: the mean RMS distance between two images' patterns; near 0 the
+            # generator has collapsed to one trigger for every input
             curve.append({"phase": "joint", "epoch": epoch + 1,
                           "clean_acc": correct / max(1, seen - seen * n_bd // bs),
-                          "backdoor_acc": bd_hit / max(1, seen * n_bd // bs)})
+                          "backdoor_acc": bd_hit / max(1, seen * n_bd // bs),
+                          "pattern_spread": pattern_spread / max(1, i)})
             phase.epoch_done(epoch + 1, {k: curve[-1][k] for k in ("clean_acc", "backdoor_acc")})
         return {"gen": {k: v.cpu() for k, v in gen.state_dict().items()},
                 "mask": {k: v.cpu() for k, v in mask_net.state_dict().items()}, "curve": curve}

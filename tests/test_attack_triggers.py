@@ -388,3 +388,32 @@ def test_dynamic_step_schedules_scale_the_originals_milestones():
     assert sorted(step_schedule(opt, p.milestones_g, 600).milestones) == [200, 300, 400, 500]
     assert sorted(step_schedule(opt, p.milestones_m, 25).milestones) == [10, 20]
     assert sorted(step_schedule(opt, p.milestones_m, 2).milestones) == [1, 2]  # at quick scale
+
+
+def test_dynamic_diversity_has_a_finite_gradient_on_identical_patterns():
+    """A generator saturated to one constant pattern gives two identical patterns: the plain
+    root's gradient there is NaN (it made a cached generator all NaN); the loss stays finite."""
+    from attacks.dynamic import diversity_loss
+
+    x1, x2 = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    t = torch.ones(4, 3, 8, 8, requires_grad=True)
+    u = torch.ones(4, 3, 8, 8, requires_grad=True)
+    loss = diversity_loss(x1, x2, t, u)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(t.grad).all() and torch.isfinite(u.grad).all()
+    plain = ((t - u) ** 2).flatten(1).mean(1).sqrt()  # the original's form, for contrast
+    t.grad = None
+    plain.sum().backward()
+    assert torch.isnan(t.grad).all()
+
+
+def test_dynamic_fails_when_its_generator_training_diverges(monkeypatch):
+    import attacks.dynamic as dynamic
+
+    train = make_set(60)
+    atk = make_attack("dynamic")
+    atk.prepare(train)
+    assert all(r["pattern_spread"] > 0 for r in atk.generator_curve if r["phase"] == "joint")
+    monkeypatch.setattr(dynamic, "diversity_loss", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(dynamic.AttackDiverged, match="diverged at epoch 1, batch 1"):
+        make_attack("dynamic").prepare(train)
