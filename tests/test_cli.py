@@ -270,9 +270,9 @@ def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
     res = ["--results", str(tmp_path / "res"), "--dry-run"]
     assert main(res) == 0  # the default grid is the demo
     out = capsys.readouterr().out
-    assert "4 cell(s)" in out
+    assert "6 cell(s)" in out
     assert all(f"cifar10/{a}/{d} seed 0" in out for a in ("badnets", "blended")
-               for d in ("no_defense", "pipd"))
+               for d in ("no_defense", "pipd", "pipd_median"))
     assert main([*res, "--defenses", "pipd"]) == 0  # the user's choice wins
     assert "2 cell(s)" in capsys.readouterr().out
 
