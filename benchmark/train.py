@@ -459,17 +459,25 @@ class Trainer:
         return gen
 
     @torch.no_grad()
-    def logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits for every image, computed in fp32 (metrics and loss rankings read
-        them), returned on the CPU."""
+    def logits(self, model: nn.Module, images: torch.Tensor,
+               head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Eval-mode logits for every image (or ``head(model, x)``'s output), computed in fp32
+        (metrics and loss rankings read them), returned on the CPU."""
         model = self.prepare_model(model)
         was_training = model.training
         model.eval()
         out = []
         for x in self.eval_batches(images)():
-            out.append(model(x).float().cpu())
+            out.append((model(x) if head is None else head(model, x)).float().cpu())
         model.train(was_training)
         return devrun.fill(torch.cat(out), len(images)) if out else torch.empty(0)
+
+    def embeddings(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the linear head reads (``models.embed``), fp32 on the CPU: what
+        the feature-space detectors inspect."""
+        from benchmark.models import embed
+
+        return self.logits(model, images, head=embed)
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return self.logits(model, images).argmax(1)

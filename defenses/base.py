@@ -193,6 +193,16 @@ def finetune_then_unlearn(ctx: DefenseContext, model: nn.Module, isolated: torch
     return curves
 
 
+def backdoored_features(ctx: DefenseContext) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """The cached backdoored model, the penultimate features of every training image under it
+    (eval mode, no augmentation, fp32 CPU) and the record's note on where the model came from:
+    what the feature-space detectors (Spectral Signatures, AC, SPECTRE, SCAn) inspect."""
+    model, _, reused = ctx.backdoored_model()
+    feats = ctx.trainer.embeddings(model, ctx.train.images)
+    return model, feats, {"inspected_model": "reused from cache" if reused else "trained",
+                          "feature_dim": int(feats.shape[1])}
+
+
 def register_defense(cls: type[Defense]) -> type[Defense]:
     """Class decorator: ``@register_defense class MyDefense(Defense): name = "my_defense"``."""
     DEFENSES.register(cls.name, cls)

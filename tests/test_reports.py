@@ -226,3 +226,17 @@ def test_the_example_plugin_runs_through_a_grid_and_compare(tiny_cifar, tmp_path
     out = capsys.readouterr().out
     assert "loss_filter vs pipd" in out and "| cifar10 | badnets" in out
     assert (tmp_path / "rep" / "compare.md").exists()
+
+
+def test_headline_puts_a_variant_beside_its_base_with_isolation_only_where_it_isolates():
+    recs = [record("badnets", "no_defense", 0, ca=57.0, asr=94.0),
+            record("badnets", "pipd", 0, ca=66.0, asr=4.0, tpr=100.0, fpr=0.2),
+            record("badnets", "pipd", 1, ca=68.0, asr=6.0, tpr=98.0, fpr=0.4),
+            record("badnets", "pipd_median", 0, ca=67.0, asr=5.0, tpr=99.0, fpr=0.1),
+            record("badnets", "pipd", 0, sets=["pipd.rounds=2"], ca=1.0, asr=1.0, tpr=1.0, fpr=1.0)]
+    text = tables.headline(frame(recs))
+    head, rule, row, _, note = text.splitlines()
+    assert head == ("| attack | no_defense CA / ASR | pipd_median CA / ASR | pipd_median TPR / FPR "
+                    "| pipd CA / ASR | pipd TPR / FPR |")
+    assert row == "| badnets | 57.00 / 94.00 | 67.00 / 5.00 | 99.00 / 0.10 | 67.00 / 5.00 | 99.00 / 0.30 |"
+    assert note == "(mean of 1-2 seeds per cell; %)"  # the rounds=2 override is not a default cell

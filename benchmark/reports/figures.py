@@ -65,26 +65,34 @@ def fig1_isolation(df: pd.DataFrame, out: Path, dataset: str = "cifar10") -> lis
 
 def fig4_fpr_vs_rounds(df: pd.DataFrame, out: Path, rate: float = 0.2) -> list[Path]:
     """FPR (and TPR) after each progressive round, per attack, at ``rate``: from the cell with
-    the most rounds of each (attack, method)."""
+    the most rounds of each (attack, method). Colour is the attack, line style the method (two
+    methods with equal rounds stay visible), the legend outside the axes."""
     rows = df[(df["status"] == "ok") & (df["rate"] == rate) & df["rounds"].notna()
               & df["fault_ratio"].isna()] if not df.empty else df
     if rows.empty:
         return []
     pts = []
-    for (attack, defense), g in rows.groupby(["attack_label", "defense"]):
+    for (attack, label, defense), g in rows.groupby(["attack", "attack_label", "defense_label"]):
         cell = g.loc[g["rounds"].idxmax()]
+        # the rate is in the title: the label keeps only the attack's other overrides
+        shown = " ".join(w for w in label.split() if w != f"{attack}.rate={rate:g}")
         for r, (fpr, tpr) in enumerate(zip(cell["round_fpr"], cell["round_tpr"], strict=True), 1):
-            pts.append({"attack": f"{attack} / {defense}", "T": r, "FPR": 100 * fpr, "TPR": 100 * tpr})
+            pts.append({"attack": shown, "method": defense, "T": r, "FPR": 100 * fpr,
+                        "TPR": 100 * tpr})
     if not pts:
         return []
     plt, sns = _plt()
     data = pd.DataFrame(pts)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, metric in zip(axes, ("FPR", "TPR"), strict=True):
-        sns.lineplot(data=data, x="T", y=metric, hue="attack", marker="o", ax=ax)
-        ax.set(title=f"{metric} after round T ({int(rate * 100)}% poisoned)", ylabel="%")
-    axes[1].get_legend().remove()
-    axes[0].legend(title="", fontsize=7)
+        sns.lineplot(data=data, x="T", y=metric, hue="attack", style="method", markers=True,
+                     dashes=True, ax=ax)
+        low = 0 if metric == "FPR" else min(90.0, float(data[metric].min()) - 1)
+        high = max(1.0, float(data[metric].max()) * 1.25) if metric == "FPR" else 100.5
+        ax.set(title=f"{metric} after round T ({int(rate * 100)}% poisoned)", ylabel="%",
+               ylim=(low, high), xticks=sorted(data["T"].unique()))
+    axes[0].get_legend().remove()
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     return _save(fig, out, "fig4_fpr_vs_rounds")
 
 
@@ -100,7 +108,8 @@ def _epoch_curve(curves: dict, phases: list[str]) -> pd.DataFrame:
 
 def fig5_selective_vs_unlearning(df: pd.DataFrame, out: Path) -> list[Path]:
     """CA and ASR per epoch after isolation: PIPD's selective training against ABL's
-    train-then-unlearn scheme on the same isolation (pipd.training=unlearning)."""
+    train-then-unlearn scheme on the same isolation (pipd.training=unlearning); a dotted line
+    where unlearning starts, the legend below the panels."""
     rows = df[(df["status"] == "ok") & df["training"].isin(["selective", "unlearning"])] \
         if not df.empty and "training" in df else pd.DataFrame()
     pairs = [g for _, g in rows.groupby(["dataset", "attack_label", "seed"])
@@ -110,19 +119,30 @@ def fig5_selective_vs_unlearning(df: pd.DataFrame, out: Path) -> list[Path]:
     plt, sns = _plt()
     fig, axes = plt.subplots(len(pairs), 2, figsize=(9, 3.2 * len(pairs)), squeeze=False)
     for i, g in enumerate(pairs):
-        parts = []
+        parts, unlearn_from = [], None
         for _, cell in g.iterrows():
             phases = ["selective"] if cell["training"] == "selective" else ["finetune", "unlearning"]
             c = _epoch_curve(cell["curves"], phases)
             c["scheme"] = ("PIPD selective training" if cell["training"] == "selective"
                            else "ABL: train on D_b, then unlearn D_p")
+            if cell["training"] == "unlearning" and (c["phase"] == "unlearning").any():
+                unlearn_from = c.loc[c["phase"] == "unlearning", "epoch"].min() - 0.5
             parts.append(c)
         data = pd.concat(parts)
+        seed = g["seed"].iloc[0]
         for ax, metric in zip(axes[i], ("CA", "ASR"), strict=True):
             sns.lineplot(data=data, x="epoch", y=metric, hue="scheme", marker=".", ax=ax)
-            ax.set(title=f"{g['attack_label'].iloc[0]}: {metric}", ylabel="%", ylim=(0, 100))
-        axes[i][1].get_legend().remove()
-    fig.suptitle("Fig. 5: selective training vs unlearning on one isolation")
+            ax.set(title=f"{g['attack_label'].iloc[0]} seed {seed}: {metric}", ylabel="%",
+                   ylim=(0, 100))
+            if unlearn_from is not None:
+                ax.axvline(unlearn_from, color="grey", linestyle=":", linewidth=1)
+                ax.text(unlearn_from + 0.3, 95, "unlearning", fontsize=7, color="grey", va="top")
+            ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               frameon=False)
+    fig.suptitle("Fig. 5: selective training vs unlearning on one isolation", y=1.0)
+    fig.tight_layout()
     return _save(fig, out, "fig5_selective_vs_unlearning")
 
 

@@ -337,3 +337,36 @@ def with_averages(t: Table) -> Table:
                    "rows, attacks not learned and the clean baseline left out); a method missing "
                    "an attack averages what it has, and its count says how many")
     return t
+
+
+def headline(df: pd.DataFrame) -> str:
+    """One compact Markdown table of the default cells, registered variants included (the
+    demo's pipd beside pipd_median): per attack, each defense's CA / ASR and, where it isolates,
+    TPR / FPR, in percent, averaged over seeds (the README's first table)."""
+    rows = df[(df["status"] == "ok") & df["default"].astype(bool)] if not df.empty else df
+    if rows.empty:
+        return "no default cells\n"
+    mean = rows.groupby(["attack_label", "defense_label"])[["ca", "asr", "tpr", "fpr"]].mean() * 100
+    seeds = rows.groupby(["attack_label", "defense_label"])["seed"].nunique()
+    defenses = sorted(rows["defense_label"].unique(), key=column_order)
+    isolates = {d for d in defenses if mean.xs(d, level=1)["tpr"].notna().any()}
+    head = ["attack"]
+    for d in defenses:
+        head += [f"{d} CA / ASR"] + ([f"{d} TPR / FPR"] if d in isolates else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pair(key: tuple, a: str, b: str) -> str:
+        if key not in mean.index or pd.isna(mean.at[key, a]):
+            return ""
+        return f"{mean.at[key, a]:.2f} / {mean.at[key, b]:.2f}"
+
+    for attack in sorted(rows["attack_label"].unique()):
+        cells = [attack]
+        for d in defenses:
+            cells.append(pair((attack, d), "ca", "asr"))
+            if d in isolates:
+                cells.append(pair((attack, d), "tpr", "fpr"))
+        lines.append("| " + " | ".join(cells) + " |")
+    low, high = int(seeds.min()), int(seeds.max())
+    note = "one seed" if high == 1 else f"mean of {low if low == high else f'{low}-{high}'} seeds"
+    return "\n".join(lines) + f"\n\n({note} per cell; %)\n"

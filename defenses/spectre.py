@@ -1,0 +1,221 @@
+"""SPECTRE (Hayase, Kong, Somani, Oh, ICML 2021): a detector on the backdoored model's
+penultimate features (the cached No Defense model; it trains nothing).
+
+Per class, with eps the expected number of poisoned samples:
+1. centre the class's features and project them on their top ``pca_dims`` (100) principal axes;
+2. for every k of {1, 4, 9, ..., 100} (squares up to ``pca_dims``): project on the top k axes,
+   estimate a robust covariance (the DKK17 filter: whiten by the second moment, drop
+   points by the top eigenvector of the fourth-moment operator until it looks Gaussian, at most
+   2 eps points), whiten every point by it, and score each by QUE, x^T M x with
+   M = exp(alpha (S' - I) / (||S'|| - 1)) / tr(...), S' the whitened covariance, alpha 4
+   (k = 1: the squared projection, no robust step);
+3. keep the k whose kept set gives the largest QUE "op" statistic, tr(S'M) / tr(M), on the
+   100-dimensional features, and flag that k's 1.5 eps highest scores.
+The class with the largest op is the one flagged (the defender does not know the target).
+
+Reference: SewoongLab/spectre-defense (ccf594a; ``quantum_filters.jl``, ``dkk17.jl``, Julia;
+its filter inspects the known target class with the true poison count); the class choice and
+the per-class eps are vtu81/backdoor-toolbox's (9d4d909, ``cleanser.py`` with its copy of the
+Julia code): eps is ``expected_rate`` x the whole set (the toolbox passes the true rate; the
+suite's default is 0.05, its attacks' rate), capped at a third of the class (a tenth below
+500 samples). The toolbox's Python port ``spectre_python.py`` (unused by the toolbox itself: a
+robust mean instead of the covariance filter, an element-wise exp) is not followed. The
+top eigenpair is Lanczos with restarts (KrylovKit's ``eigsolve`` there).
+
+The record's score is each sample's QUE score in the chosen class, the others -1 (the rule:
+the 1.5 eps highest); per class, op, the chosen k and eps go to the record's info.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark import devrun
+from benchmark.clustering import as_rows, top_directions, top_eigenpair
+from benchmark.validate import within
+from defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseParams,
+    DefenseResult,
+    backdoored_features,
+    register_defense,
+)
+
+C_EARLY = 10  # the filter's constant C (its C' is 0)
+SHIFT = 3  # the filter's shift of the median deviation
+
+
+@dataclass
+class SpectreParams(DefenseParams):
+    expected_rate: float = field(default=0.05, metadata=within(0, 1))
+    alpha: float = 4.0
+    pca_dims: int = 100
+    tau: float = 0.1
+    limit_filter: float = 2.0  # at most this x eps points dropped by the robust estimate
+    limit_remove: float = 1.5  # this x eps points flagged
+
+
+def lowest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference's ``k_lowest_ind``: values <= the k-th smallest (ties included)."""
+    if k <= 0:
+        return torch.zeros(len(values), dtype=torch.bool)
+    return values <= values.sort().values[min(k, len(values)) - 1]
+
+
+def tail(t: float, eps: float) -> float:
+    return 1.0 if t <= 10 * math.log(1 / eps) else 3 * eps / (t * math.log(t)) ** 2
+
+
+def sqrt_inv(cov: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh((cov + cov.T) / 2)
+    return vecs @ torch.diag(vals.clamp(min=1e-12).rsqrt()) @ vecs.T
+
+
+def covariance_filter(s: torch.Tensor, eps: float, tau: float, limit: int,
+                      start: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor | bool | None, torch.Tensor | None]:
+    """One round of DKK17's filter on the rows of ``s`` (n, d): (a keep mask, True when the
+    points look Gaussian (done), None when no cut qualifies (the reference gives up); the top
+    eigenvector found, to start the next round's search from)."""
+    n, d = s.shape
+    y = s @ sqrt_inv(s.T @ s / n)
+    norms = (y * y).sum(1)
+    far = norms >= C_EARLY * d * math.log(n / tau)
+    if far.any():
+        return ~far | lowest(norms, max(0, n - limit)), start
+
+    def operator(v: torch.Tensor) -> torch.Tensor:
+        m = v.view(d, d)
+        w = ((y @ m) * y).sum(1)
+        return ((y.T * w) @ y / n - torch.trace(m) * torch.eye(d, dtype=y.dtype)).flatten()
+
+    lam, v = top_eigenpair(operator, d * d, start)
+    if lam <= 1 + C_EARLY * eps * math.log(1 / eps) ** 2:  # Q(P) / 2 = ||P||_F^2 = 1
+        return True, v
+    m = v.view(d, d)
+    m = (m + m.T) / 2
+    ps = (((y @ m) * y).sum(1) - torch.trace(m)) / math.sqrt(2)
+    diffs = (ps - ps.median()).abs()
+    for i, diff in enumerate(diffs.sort().values.tolist(), 1):
+        t = diff - SHIFT
+        if diff < SHIFT or t <= 0:
+            continue
+        if i / n >= tail(t, eps):
+            return (diffs <= t) | lowest(diffs, max(0, n - limit)), v
+    return None, v
+
+
+def robust_selection(s: torch.Tensor, eps: float, tau: float, limit: int) -> torch.Tensor:
+    """The reference's ``cov_estimation_iterate``: filter the survivors until done, failed, or
+    ``limit`` points are gone; the kept mask over the rows of ``s``."""
+    keep = torch.arange(len(s))
+    start = None  # the reference starts every search from ones; the last vector is closer
+    for _ in devrun.indices(len(s)):  # each round drops at least one point
+        if limit <= 0:
+            break
+        picked, start = covariance_filter(s[keep], eps, tau, limit, start)
+        if picked is True or picked is None:
+            break
+        limit -= int((~picked).sum())
+        keep = keep[picked]
+    out = torch.zeros(len(s), dtype=torch.bool)
+    out[keep] = True
+    return out
+
+
+def que(white: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M / tr M, the whitened covariance S') for whitened rows."""
+    sp = torch.cov(white.T).reshape(white.shape[1], white.shape[1])
+    m = torch.linalg.matrix_exp(alpha * (sp - torch.eye(len(sp), dtype=sp.dtype))
+                                / (torch.linalg.matrix_norm(sp, 2) - 1))
+    return m / torch.trace(m), sp
+
+
+def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, kept mask) of the reference's ``rcov_quantum_filter`` at k dimensions; ``z`` is
+    the class's centred projection on its principal axes (n, >= k)."""
+    x = z[:, :k]
+    n = len(x)
+    if k == 1:
+        scores = x[:, 0] ** 2
+    else:
+        kept = robust_selection(x, eps / n, p.tau, round(p.limit_filter * eps))
+        sigma = torch.cov(x[kept].T, correction=0)
+        white = x @ sqrt_inv(sigma)
+        m, _ = que(white, p.alpha)
+        scores = ((white @ m) * white).sum(1)
+    flagged = lowest(-scores, round(p.limit_remove * eps))
+    return scores, ~flagged
+
+
+def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams) -> dict:
+    """The auto filter on one class: the chosen k, its op, scores and flags."""
+    x = as_rows(feats)
+    x = x - x.mean(0)
+    dims = min(p.pca_dims, x.shape[1], len(x) - 1)
+    z = x @ top_directions(x, dims).T
+    best: dict = {"op": -math.inf}
+    for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()}):
+        if k > dims:
+            break
+        scores, kept = quantum_filter(z, k, eps, p)
+        sigma = torch.cov(z[kept].T)
+        white = z @ sqrt_inv(sigma)
+        m, sp = que(white, p.alpha)
+        op = float(torch.trace(sp @ m) / torch.trace(m))
+        if op > best["op"]:
+            best = {"op": op, "k": k, "scores": scores, "flagged": ~kept}
+    return best
+
+
+def class_eps(expected: float, n: int) -> float:
+    """The toolbox's per-class eps: the whole set's expected count, at most a third of the
+    class (a tenth below 500 samples), a tenth of it where the count is 0."""
+    eps = expected if expected > 0 else 0.1 * n
+    return min(eps, 0.1 * n if n < 500 else 0.33 * n)
+
+
+def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
+            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(flagged, scores, per-class info) over the whole set: every class filtered, the class
+    of the largest op flagged."""
+    expected = p.expected_rate * len(labels)
+    per_class, best_class = {}, None
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().flatten()
+        if len(rows) < 4:
+            continue
+        eps = max(1.0, round(class_eps(expected, len(rows))))
+        found = spectre_class(feats[rows], eps, p)
+        per_class[c] = (rows, found)
+        if best_class is None or found["op"] > per_class[best_class][1]["op"]:
+            best_class = c
+    scores = -torch.ones(len(labels), dtype=torch.float64)
+    flagged = torch.zeros(len(labels), dtype=torch.bool)
+    if best_class is not None:
+        rows, found = per_class[best_class]
+        scores[rows] = found["scores"]
+        flagged[rows] = found["flagged"]
+    info = {"chosen_class": best_class,
+            "class_op": {str(c): f["op"] for c, (_, f) in per_class.items()},
+            "class_k": {str(c): f["k"] for c, (_, f) in per_class.items()}}
+    return flagged, scores.float(), info
+
+
+@register_defense
+class Spectre(Defense):
+    name = "spectre"
+    title = "SPECTRE (robust covariance, QUE scores)"
+    Params = SpectreParams
+    is_detector = True
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        model, feats, info = backdoored_features(ctx)
+        flagged, scores, found = spectre(feats, ctx.train.labels.cpu(), self.params)
+        info.update(found)
+        return DefenseResult(model=model, isolated=flagged, scores=scores, info=info)
