@@ -56,7 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "dbd": {"simclr_epochs": 1, "simclr_batch": 128, "head_epochs": 1,
                              "semi_epochs": 2, "semi_iterations": 4, "semi_batch": 32},
                      "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every_iterations": 4},
-                     "strip": {"n": 8}},  # 100 blends of 1,000 images: CI's slowest detector
+                     "strip": {"n": 8},  # 100 blends of 1,000 images: CI's slowest detector
+                     "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1}},
     },
     # the README's first run: the paper's point (No Defense learns the backdoor, PIPD isolates
     # it and trains it away) on 2 CPU cores in minutes; its own attacks and defenses by default.
@@ -115,7 +116,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "semi_epochs": 10, "semi_iterations": 160},
                      # ASD's stage-1 growth keeps the reference's rate per iteration (10 a class
                      # every 5,120): none within quick's 960 stage-1 iterations
-                     "asd": {"epochs": 12, "iterations": 160}},
+                     "asd": {"epochs": 12, "iterations": 160},
+                     # the reference's 100 epochs (x0.1 at 20 and 70) scaled to the preset's 20
+                     "cbd": {"epochs": 20, "milestones": [4, 14], "disc_step": 4}},
         # defenses whose own training does not converge at this scale (the leaderboard marks
         # their rows and links the diagnosis)
         "caveats": {"dbd": "docs/calibration.md#dbd-and-asd-at-quick-scale",

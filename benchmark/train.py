@@ -312,8 +312,8 @@ class Trainer:
             loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
             seed: int = 0, desc: str = "train", step: StepFn | None = None,
             resplit: Callable[[int, nn.Module], torch.Tensor] | None = None,
-            epoch_data: EpochData | None = None, boundaries: tuple[int, ...] = ()
-            ) -> list[dict[str, float]]:
+            epoch_data: EpochData | None = None, boundaries: tuple[int, ...] = (),
+            before_epoch: EpochCallback | None = None) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
@@ -327,6 +327,8 @@ class Trainer:
         ``images``/``labels``: an attacker controlling training re-poisons every epoch.
         ``boundaries``: 0-based epochs where the phase changes behaviour (ASD's stages), which a
         development run (``benchmark.devrun``) also runs besides the first and the last.
+        ``before_epoch(epoch, model)`` (0-based) runs at the start of every epoch, with the model
+        in training mode, for schemes with a pass of their own per epoch (CBD's discriminator).
         """
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
@@ -369,6 +371,8 @@ class Trainer:
                 t_data = time.perf_counter()
                 x_all, y_all = (self.to_device(t) for t in epoch_data(epoch))
                 data_s = time.perf_counter() - t_data
+            if before_epoch is not None:
+                before_epoch(epoch, model)
             t_split = time.perf_counter()
             if resplit is not None:
                 rows = resplit(epoch, model).cpu()

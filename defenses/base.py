@@ -72,7 +72,7 @@ class DefenseContext:
         model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
         curve, whether it came from the cache)."""
         key = {k: v for k, v in self.cache_key.items() if k != "defense_version"}
-        return self._trained_once("backdoored", {**key, "phase": "backdoored"}, self.train_cfg,
+        return self.trained_once("backdoored", {**key, "phase": "backdoored"}, self.train_cfg,
                                   None, "train", epoch_data=self.epoch_data)
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
@@ -85,11 +85,13 @@ class DefenseContext:
         # "pipd-pre-isolation": the phase name of caches made before ABL shared the model
         key = {**self.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(), "gamma": gamma,
                "batch_mean": batch_mean}
-        return self._trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
+        return self.trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 
-    def _trained_once(self, kind: str, key: dict, cfg: TrainConfig, loss_fn: LossFn | None,
-                      desc: str, epoch_data: EpochData | None = None
-                      ) -> tuple[nn.Module, list[dict], bool]:
+    def trained_once(self, kind: str, key: dict, cfg: TrainConfig, loss_fn: LossFn | None,
+                     desc: str, epoch_data: EpochData | None = None
+                     ) -> tuple[nn.Module, list[dict], bool]:
+        """A model trained from scratch on the whole training set once per ``key`` (cached under
+        ``kind``): the shared models above, and a defense's own (CBD's backdoored model)."""
         return self.trainer.fit_cached(self.cache, kind, key, self.make_model, self.train.images,
                                        self.train.labels, cfg, seed=self.seed, loss_fn=loss_fn,
                                        callback=self.monitor, desc=desc, epoch_data=epoch_data)

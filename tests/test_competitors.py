@@ -279,3 +279,47 @@ def test_none_and_abl_run_end_to_end(tmp_path):
     again = run("scale_up", ctx, calibration="raw")
     assert again.info["inspected_model"] == "reused from cache"
     assert F.one_hot(train.labels).shape[0] == len(again.scores)
+
+
+def test_cbd_weights_down_what_its_backdoored_model_already_fits():
+    from defenses.cbd import weighted_ce
+
+    y = torch.tensor([0, 1, 2, 3])
+    logits = torch.zeros(4, 10, requires_grad=True)  # f_C: CE = log 10 for every sample
+    bias = torch.zeros(4, 10)
+    bias[0, 0] = 30.0  # f_B fits sample 0 (a poisoned one): CE_B ~ 0
+    loss = weighted_ce(logits, bias, y)
+    loss.backward()
+    ce = torch.log(torch.tensor(10.0))
+    w = torch.tensor([0.0, 0.5, 0.5, 0.5]) * 4 / 1.5  # CE_B / (CE_B + CE_C), summing to 4
+    assert loss.item() == pytest.approx(float((w * ce).mean()), rel=1e-5)
+    assert logits.grad[0].abs().max() < 1e-6 and logits.grad[1].abs().max() > 0.01
+
+
+def test_cbd_discriminator_follows_the_reference_estimator_and_normalisation():
+    from defenses.cbd import Discriminator
+
+    torch.manual_seed(0)
+    disc = Discriminator(3, 4, dropout=0.0)
+    r = torch.randn(5, 3)
+    same = torch.ones(5, 4)  # z equal in every row: shifting it changes nothing, MI estimate 0
+    assert disc.score(r, same, 0.01).item() == pytest.approx(0.0, abs=1e-7)
+    z = torch.randn(5, 4)
+    expected = 0.01 * (disc(r, z).mean() - disc(r, z[[1, 2, 3, 4, 0]]).mean())
+    assert disc.score(r, z, 0.01).item() == pytest.approx(expected.item())
+    with torch.no_grad():
+        disc.out.weight.copy_(torch.tensor([[4.0, 0.0, 0.0, 0.0]]))
+    disc.normalise()  # divided by sqrt of its top singular value (the reference's sn)
+    assert disc.out.weight[0, 0].item() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_cbd_trains_its_backdoored_model_once_and_the_clean_model_with_the_discriminator(tmp_path):
+    train, _ = easy_backdoor()
+    ctx = context(train, tmp_path)
+    res = run("cbd", ctx, bias_epochs=2, epochs=2, milestones=[1], disc_step=1, batch_size=32)
+    assert [p["epoch"] for p in res.curves["train"]] == [1, 2] and len(res.curves["bias"]) == 2
+    assert res.curves["train"][1]["lr"] == pytest.approx(0.01)  # x0.1 from epoch 1
+    again = run("cbd", ctx, bias_epochs=2, epochs=1, milestones=[], disc_step=1, batch_size=32,
+                disentangle=False)
+    assert all(p.get("from_cache") for p in again.curves["bias"])  # the cached backdoored model
+    assert [p["train_loss"] for p in again.curves["bias"]] == [p["train_loss"] for p in res.curves["bias"]]

@@ -26,12 +26,14 @@ from benchmark.reports.records import LEARNED_ASR, not_learned
 
 BETTER = {"CA": max, "ASR": min, "TPR": max, "FPR": min}
 # column order of the main tables (the paper's); other defenses go before PIPD, alphabetically
-ORDER = ["no_defense", "abl", "dbd", "NONE", "asd", "scale_up", "dbalfa"]
+ORDER = ["no_defense", "abl", "dbd", "NONE", "asd", "scale_up", "dbalfa", "spectral", "ac", "spectre",
+         "scan", "strip"]
 LAST = "pipd"
 COMMANDS = {
     "study": "the records' own settings (--set / --sweep, see each row's label)",
     "table1": "python run_benchmark.py --grid {grid} --defenses no_defense,abl,dbd,none,asd,pipd",
-    "table2": "python run_benchmark.py --grid {grid} --defenses abl,dbd,none,asd,pipd,scale_up,dbalfa",
+    "table2": ("python run_benchmark.py --grid {grid} --defenses abl,dbd,none,asd,pipd,scale_up,dbalfa,"
+               "spectral,ac,spectre,scan,strip"),
     "table3": ("python run_benchmark.py --grid {grid} --attacks badnets,blended,dynamic,trojan,"
                "adaptive_patch --defenses pipd,pipd_median --set defense.selective_epochs=0 "
                "--sweep 'defense.fault_ratio=[0.2,0.4,0.6,0.8]'"),
