@@ -105,3 +105,27 @@ class StrongAugment:
         x = resized_crop_flip(x, self.scale, gen=gen)
         x = colour_jitter(x, *self.jitter, p=self.jitter_p, gen=gen)
         return random_grayscale(x, self.gray_p, gen=gen)
+
+
+def rotate_translate(x: torch.Tensor, degrees: float = 180.0, translate: float = 0.2,
+                     gen: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision's RandomRotation(``degrees``) then RandomAffine(translate=(``translate``,) * 2)
+    per image: an angle uniform in [-degrees, degrees] about the centre, then a shift of a whole
+    number of pixels, uniform in +-``translate`` x the side per axis (rounded, as torchvision),
+    nearest-neighbour sampling, zero fill outside (D-BR's transformation pair)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    angle = _uniform(b, -degrees, degrees, gen, dev) * math.pi / 180
+    tx = torch.round(_uniform(b, -translate * w, translate * w, gen, dev))
+    ty = torch.round(_uniform(b, -translate * h, translate * h, gen, dev))
+    cos, sin = angle.cos(), angle.sin()
+    # output pixel -> input pixel, in the normalised coordinates of affine_grid: undo the shift,
+    # then rotate back (a counter-clockwise rotation of the image by ``angle``)
+    sx, sy = 2 * tx / w, 2 * ty / h
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    theta[:, 0, 2] = -(cos * sx - sin * h / w * sy)
+    theta[:, 1, 2] = -(sin * w / h * sx + cos * sy)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)

@@ -57,7 +57,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "semi_epochs": 2, "semi_iterations": 4, "semi_batch": 32},
                      "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every_iterations": 4},
                      "strip": {"n": 8},  # 100 blends of 1,000 images: CI's slowest detector
-                     "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1}},
+                     "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1},
+                     "dbr": {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}},
     },
     # the README's first run: the paper's point (No Defense learns the backdoor, PIPD isolates
     # it and trains it away) on 2 CPU cores in minutes; its own attacks and defenses by default.

@@ -323,3 +323,38 @@ def test_cbd_trains_its_backdoored_model_once_and_the_clean_model_with_the_discr
                 disentangle=False)
     assert all(p.get("from_cache") for p in again.curves["bias"])  # the cached backdoored model
     assert [p["train_loss"] for p in again.curves["bias"]] == [p["train_loss"] for p in res.curves["bias"]]
+
+
+def test_dbr_split_losses_and_transformation_follow_the_reference():
+    import benchmark.augment as aug
+    from defenses.dbr import intra_class_loss, split_by_quantiles
+
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    assert intra_class_loss(feats, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(0.0)
+    same = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    assert intra_class_loss(same, torch.tensor([0, 1])).item() == pytest.approx(0.5)  # [[0,1],[1,0]]
+    fct = torch.arange(100.0).flip(0)
+    clean, poisoned = split_by_quantiles(fct, 0.2, 0.05)
+    assert torch.equal(clean, fct <= 20) and torch.equal(poisoned, fct >= 95)
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 1, 2] = 1.0
+    draws = iter([torch.tensor([180.0]), torch.tensor([2.0]), torch.tensor([1.0])])
+    orig = aug._uniform
+    aug._uniform = lambda *a, **k: next(draws)
+    try:  # half a turn about the centre, then 2 px right and 1 px down (torchvision's order)
+        y = aug.rotate_translate(x)
+    finally:
+        aug._uniform = orig
+    assert (y[0, 0] == 1).nonzero().tolist() == [[7, 7]]  # (1, 2) -> (6, 5) -> (7, 7)
+
+
+def test_dbr_isolates_its_quantile_and_unlearns_from_the_cached_backdoored_model(tmp_path):
+    train, _ = easy_backdoor()
+    ctx = context(train, tmp_path)
+    ctx.backdoored_model()  # cached first, as a No Defense cell would
+    res = run("dbr", ctx, sd_epochs=1, intra_epochs=1, epochs=2, batch_size=32)
+    n = len(train.labels)
+    assert int(res.isolated.sum()) == n - (n - int(0.05 * n))  # D_p: the top 5% of FCT
+    assert res.info["n_clean"] == int(0.2 * n) + 1 and res.info["backdoored_model"] == "reused from cache"
+    assert set(res.curves) == {"sd", "intra", "removal"} and len(res.curves["removal"]) == 2
+    assert res.scores.shape == (n,) and (res.scores >= 0).all()
