@@ -64,11 +64,12 @@ def test_fit_learns_an_easy_task_and_reports_curves():
     torch.manual_seed(0)
     model = build_model("resnet18", 10, width=8)
     calls = []
-    curve = trainer.fit(model, x, y, TrainConfig(epochs=8, batch_size=32, lr=0.05),
+    curve = trainer.fit(model, x, y, TrainConfig(epochs=12, batch_size=32, lr=0.05),
                         callback=lambda e, m: calls.append(e) or {"probe": float(e)})
-    assert calls == list(range(1, 9)) and [c["probe"] for c in curve] == list(range(1, 9))
+    assert calls == list(range(1, 13)) and [c["probe"] for c in curve] == list(range(1, 13))
     assert curve[-1]["train_acc"] > curve[0]["train_acc"]
-    assert (trainer.predict(model, x) == y).float().mean() > 0.8
+    acc = (trainer.predict(model, x) == y).float().mean()
+    assert acc > 0.8, acc
 
 
 def test_fit_trains_only_on_given_indices_and_passes_them_to_the_loss():
