@@ -93,7 +93,8 @@ def covariance_filter(s: torch.Tensor, eps: float, tau: float, limit: int,
         w = ((y @ m) * y).sum(1)
         return ((y.T * w) @ y / n - torch.trace(m) * torch.eye(d, dtype=y.dtype)).flatten()
 
-    lam, v = top_eigenpair(operator, d * d, start)
+    # a development run's features repeat a few rows: a degenerate spectrum, so few restarts
+    lam, v = top_eigenpair(operator, d * d, start, restarts=100 if devrun.active() is None else 2)
     if lam <= 1 + C_EARLY * eps * math.log(1 / eps) ** 2:  # Q(P) / 2 = ||P||_F^2 = 1
         return True, v
     m = v.view(d, d)
@@ -160,9 +161,9 @@ def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams) -> dict:
     dims = min(p.pca_dims, x.shape[1], len(x) - 1)
     z = x @ top_directions(x, dims).T
     best: dict = {"op": -math.inf}
-    for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()}):
-        if k > dims:
-            break
+    ks = [k for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()})
+          if k <= dims]
+    for k in [ks[i] for i in devrun.indices(len(ks))]:  # a development run: the first and last
         scores, kept = quantum_filter(z, k, eps, p)
         sigma = torch.cov(z[kept].T)
         white = z @ sqrt_inv(sigma)

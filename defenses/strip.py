@@ -55,14 +55,15 @@ def strip_entropy(model: nn.Module, trainer: Trainer, images: torch.Tensor, pert
     for s in range(0, devrun.rows(len(images)), batch_size):
         x = trainer.normalize(trainer.to_device(images[s:s + batch_size]))
         pick = torch.randperm(len(perturbers), generator=generator)[:n]
+        pick = pick[devrun.indices(n)]  # a development run: the first and last blends
         p = trainer.normalize(trainer.to_device(perturbers[pick]))
         total = torch.zeros(len(x), device=x.device)
         step = max(1, blends_at_once // len(x))
-        for j in range(0, n, step):
+        for j in range(0, len(p), step):
             blend = (x[:, None] + alpha * p[None, j:j + step]).flatten(0, 1)
             prob = F.softmax(model(blend).float(), 1) + 1e-8
             total += -(prob * prob.log()).sum(1).view(len(x), -1).sum(1)
-        out.append((total / n).cpu())
+        out.append((total / len(pick)).cpu())
     model.train(was_training)
     return devrun.fill(torch.cat(out), len(images)) if out else torch.empty(0)
 
