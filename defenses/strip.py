@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import devrun
+from benchmark.progress import Phase
 from benchmark.train import Trainer
 from benchmark.validate import within
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
@@ -52,7 +53,10 @@ def strip_entropy(model: nn.Module, trainer: Trainer, images: torch.Tensor, pert
     model.eval()
     n = min(n, len(perturbers))
     out = []
-    for s in range(0, devrun.rows(len(images)), batch_size):
+    starts = range(0, devrun.rows(len(images)), batch_size)
+    phase = Phase(f"STRIP blends of {len(images)} images", 1, len(starts))
+    for b, s in enumerate(starts, 1):
+        phase.step(1, b)
         x = trainer.normalize(trainer.to_device(images[s:s + batch_size]))
         pick = torch.randperm(len(perturbers), generator=generator)[:n]
         pick = pick[devrun.indices(n)]  # a development run: the first and last blends
