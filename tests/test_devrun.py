@@ -226,7 +226,7 @@ def test_planted_cache_key_collision_between_presets_is_caught(tmp_path, monkeyp
 
     def lga_model(self, cfg, gamma, batch_mean):  # noqa: ANN001, ANN202
         key = {"attack": self.cache_key["attack"], "seed": self.seed, "phase": "lga"}
-        return self._trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
+        return self.trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 
     monkeypatch.setattr(DefenseContext, "lga_model", lga_model)
     assert dev_grid(tmp_path, "--grid", "quick", *cell)[0] == 0
