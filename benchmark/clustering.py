@@ -9,7 +9,18 @@ behaviour it follows, because the reference implementations call scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+
+
+def class_rows(labels: torch.Tensor, at_least: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+    """(class, its row indices) for every class in ``labels`` with at least ``at_least`` rows,
+    in ascending class order: the per-class loop of every feature-space detector."""
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().flatten()
+        if len(rows) >= at_least:
+            yield c, rows
 
 
 def as_rows(x: torch.Tensor) -> torch.Tensor:

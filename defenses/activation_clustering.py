@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.clustering import fast_ica, kmeans, pca
+from benchmark.clustering import class_rows, fast_ica, kmeans, pca
 from benchmark.validate import one_of, within
 from defenses.base import (
     Defense,
@@ -49,10 +49,7 @@ def cluster_share(feats: torch.Tensor, labels: torch.Tensor, dims: int, reduce: 
     cluster sizes."""
     share = torch.ones(len(labels), dtype=torch.float64)
     sizes: dict[int, list[int]] = {}
-    for c in labels.unique().tolist():
-        rows = (labels == c).nonzero().flatten()
-        if len(rows) < 3:
-            continue
+    for c, rows in class_rows(labels, at_least=3):
         x = feats[rows]
         k = min(dims, x.shape[1], len(rows) - 1)
         low = fast_ica(x, k, seed=seed) if reduce == "ica" else pca(x, k)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from benchmark.cache import OMIT_AT_DEFAULT
 from benchmark.isolation import channel_discrepancy, layer_features, top_channels
@@ -142,13 +143,19 @@ class PIPD(Defense):
         return params.selective_epochs > 0 or (params.training == "unlearning"
                                                and params.unlearn_epochs > 0)
 
-    def run(self, ctx: DefenseContext) -> DefenseResult:
+    def pre_isolation_model(self, ctx: DefenseContext) -> tuple[nn.Module, list[dict], bool]:
+        """The LGA model of these settings (cached, shared with ABL at equal settings): the
+        model, its curve, and whether it came from the cache."""
         p: PIPDParams = self.params
-        n = len(ctx.train)
         cfg = own_recipe(ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
                                                augment=p.pre_augment),
                          p.pre_schedule, p.pre_weight_decay)
-        model, pre_curve, reused = ctx.lga_model(cfg, p.gamma, p.lga_batch_mean)
+        return ctx.lga_model(cfg, p.gamma, p.lga_batch_mean)
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        p: PIPDParams = self.params
+        n = len(ctx.train)
+        model, pre_curve, reused = self.pre_isolation_model(ctx)
 
         # seeds from the loss ranking under the pre-isolation model (eval mode, no augmentation)
         poison_seed, losses = isolate_lowest_loss(ctx, model, p.p)

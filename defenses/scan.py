@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.clustering import as_rows
+from benchmark.clustering import as_rows, class_rows
 from benchmark.validate import one_of, within
 from defenses.base import (
     Defense,
@@ -144,8 +144,7 @@ def scan(train: torch.Tensor, train_labels: torch.Tensor, clean: torch.Tensor,
     g = torch.Generator().manual_seed(seed)
     classes = labels.unique()
     j, suspect = [], torch.zeros(len(x), dtype=torch.bool)
-    for c in classes:
-        rows = (labels == c).nonzero().flatten()
+    for _, rows in class_rows(labels):
         one, u1, u2 = split_two(x[rows], f, g)
         j.append(untangling(x[rows], su, se, f, one, u1, u2, test_mean))
         clean_one = int((one & is_clean[rows]).sum())

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.clustering import as_rows, top_directions
+from benchmark.clustering import as_rows, class_rows, top_directions
 from benchmark.validate import one_of, within
 from defenses.base import (
     Defense,
@@ -51,10 +51,7 @@ def spectral_scores(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     singular vector."""
     x = as_rows(feats)
     scores = torch.zeros(len(x), dtype=torch.float64)
-    for c in labels.unique():
-        rows = (labels == c).nonzero().flatten()
-        if len(rows) < 2:
-            continue
+    for _, rows in class_rows(labels, at_least=2):
         centred = x[rows] - x[rows].mean(0)
         scores[rows] = (centred @ top_directions(centred, 1)[0]) ** 2
     return scores
@@ -63,10 +60,7 @@ def spectral_scores(feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def flag_top(scores: torch.Tensor, labels: torch.Tensor, count) -> torch.Tensor:  # noqa: ANN001
     """The ``count(class size)`` highest scores of every class (classes of one sample: none)."""
     flagged = torch.zeros(len(scores), dtype=torch.bool)
-    for c in labels.unique():
-        rows = (labels == c).nonzero().flatten()
-        if len(rows) < 2:
-            continue
+    for _, rows in class_rows(labels, at_least=2):
         k = min(int(count(len(rows))), len(rows))
         flagged[rows[scores[rows].argsort(descending=True)[:k]]] = True
     return flagged

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmark import devrun
-from benchmark.clustering import as_rows, top_directions, top_eigenpair
+from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
 from benchmark.validate import within
 from defenses.base import (
     Defense,
@@ -187,10 +187,7 @@ def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
     of the largest op flagged."""
     expected = p.expected_rate * len(labels)
     per_class, best_class = {}, None
-    for c in labels.unique().tolist():
-        rows = (labels == c).nonzero().flatten()
-        if len(rows) < 4:
-            continue
+    for c, rows in class_rows(labels, at_least=4):
         eps = max(1.0, round(class_eps(expected, len(rows))))
         found = spectre_class(feats[rows], eps, p)
         per_class[c] = (rows, found)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from defenses.base import DefenseResult, isolate_lowest_loss, own_recipe, register_defense
+from defenses.base import DefenseResult, isolate_lowest_loss, register_defense
 from defenses.pipd import PIPD, PIPDParams
 
 
@@ -28,12 +28,8 @@ class LGAProbe(PIPD):
         return True
 
     def run(self, ctx):
-        p = self.params
-        cfg = own_recipe(ctx.train_cfg.replace(epochs=p.pre_epochs, lr=p.pre_lr or ctx.train_cfg.lr,
-                                               augment=p.pre_augment),
-                         p.pre_schedule, p.pre_weight_decay)
-        model, _, reused = ctx.lga_model(cfg, p.gamma, p.lga_batch_mean)
-        seed, losses = isolate_lowest_loss(ctx, model, p.p)
+        model, _, reused = self.pre_isolation_model(ctx)
+        seed, losses = isolate_lowest_loss(ctx, model, self.params.p)
         order = losses.argsort()
         rank = torch.empty(len(losses), dtype=torch.long)
         rank[order] = torch.arange(len(losses))
