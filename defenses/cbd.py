@@ -17,9 +17,10 @@ The final f_C is the defended model; CBD isolates nothing (no TPR/FPR).
 
 Reference: zaixizhang/CBD (8a7bd37), ``train.py``, ``utils/util.py``, ``config.py``: f_B at lr 0.1
 (SGD, Nesterov, momentum 0.9, weight decay 1e-4), f_C for 100 epochs at 0.1, 0.01 from epoch 20,
-0.001 from epoch 70, batch 64, crop and flip. Departures: the reference's ``--disentangle``
-defaults to 0 (no MI term); the paper's method has it, so it is on here
-(``--set cbd.disentangle=false`` is the code's default run). The reference's discriminator
+0.001 from epoch 70, batch 64, crop and flip; its model selector offers WideResNets (WRN-16-1 by
+default) and a ResNet-34, no ResNet-18: the suite runs its grid's model. Departures: the
+reference's ``--disentangle`` defaults to 0 (no MI term); the paper's method has it, so it is on
+here (``--set cbd.disentangle=false`` is the code's default run). The reference's discriminator
 pass runs f_C in training mode, so it moves f_C's BatchNorm statistics; so does this one.
 """
 

@@ -6,6 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).parents[1] / "README.md"
 # not the suite's CLI, or run by CI itself (install, tests), or a GPU machine's script
 NOT_CLI = ("python3 -m venv", "pip install", "python -m pytest", "python -m benchmark.gpucheck")
@@ -32,15 +34,52 @@ def test_the_readme_is_a_five_minute_read():
     assert len(commands()) >= 10
 
 
-def test_the_readme_table_is_the_demo_records_headline():
-    """The first table is generated from the committed demo records, never typed."""
+@pytest.mark.parametrize("doc", [README, README.parent / "docs" / "results" / "README.md"],
+                         ids=["README", "docs/results"])
+def test_generated_tables_match_the_committed_records(doc):
+    """Tables between generated-block markers are their records' rendering, never typed
+    (``python -m benchmark.reports.blocks FILE`` rewrites them)."""
+    from benchmark.reports import blocks
+
+    text = doc.read_text()
+    assert "<!-- generated: " in text
+    assert blocks.render(text) == text, f"stale: python -m benchmark.reports.blocks {doc.name}"
+
+
+def test_the_readme_headline_block_is_the_demo_records_headline():
     from benchmark.reports import records, tables
 
     text = README.read_text()
-    block = text.split("<!-- headline:")[1].split("-->", 1)[1].split("<!-- /headline -->")[0]
-    root = README.parent / "docs" / "results" / "demo"
-    expected = tables.headline(records.load([root])).split("\n\n")[0]
-    assert block.strip() == expected.strip()
+    block = text.split("<!-- generated: headline docs/results/demo -->")[1].split("<!-- /generated -->")[0]
+    expected = tables.headline(records.load([README.parent / "docs" / "results" / "demo"]))
+    assert block.strip() == expected.split("\n\n")[0].strip()
+
+
+def test_a_generated_block_is_rewritten_from_its_folder(tmp_path):
+    """On a folder of one hand-made record the block holds exactly that record's row, and an
+    unknown kind names the valid ones."""
+    import json
+
+    from benchmark.reports import blocks
+
+    src = next((README.parent / "docs" / "results" / "demo").glob("*.json"))
+    rec = json.loads(src.read_text())
+    rec["metrics"]["ca"], rec["metrics"]["asr"] = 0.5, 0.25
+    (tmp_path / "recs").mkdir()
+    (tmp_path / "recs" / src.name).write_text(json.dumps(rec))
+    text = "intro\n<!-- generated: records recs -->\nold\n<!-- /generated -->\nend\n"
+    out = blocks.render(text, root=tmp_path)
+    body = out.split("-->\n", 1)[1].split("<!-- /generated")[0].splitlines()
+    assert out.startswith("intro\n") and out.endswith("<!-- /generated -->\nend\n")
+    assert len(body) == 3 and "| 50.00 | 25.00 |" in body[2] and f"| {rec['id']}.json |" in body[2]
+    kept = blocks.render(text.replace("recs -->", f"recs defense={rec['config']['defense']} -->"),
+                         root=tmp_path)
+    dropped = blocks.render(text.replace("recs -->", "recs attack=nope,none -->"), root=tmp_path)
+    assert kept.count("\n|") == 3 and "no records" in dropped
+    with pytest.raises(ValueError, match="valid: attack, defense"):
+        blocks.render(text.replace("recs -->", "recs seed=1 -->"), root=tmp_path)
+    with pytest.raises(ValueError, match="valid: headline, isolation, records"):
+        blocks.render("<!-- generated: nope recs -->\n<!-- /generated -->", root=tmp_path)
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:

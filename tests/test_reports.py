@@ -240,3 +240,19 @@ def test_headline_puts_a_variant_beside_its_base_with_isolation_only_where_it_is
                     "| pipd CA / ASR | pipd TPR / FPR |")
     assert row == "| badnets | 57.00 / 94.00 | 67.00 / 5.00 | 99.00 / 0.10 | 67.00 / 5.00 | 99.00 / 0.30 |"
     assert note == "(mean of 1-2 seeds per cell; %)"  # the rounds=2 override is not a default cell
+
+
+def test_isolation_grid_holds_every_isolating_method_and_only_those():
+    """Detectors and isolating defenses get TPR / FPR (AUROC) per attack, averaged over seeds;
+    a method that isolates nothing has no column, a missing AUROC prints as a dash."""
+    recs = [record("badnets", "no_defense", 0, ca=80.0, asr=99.0),
+            record("badnets", "cbd", 0, ca=62.0, asr=5.0),
+            record("badnets", "ac", 0, ca=80.0, asr=99.0, tpr=97.0, fpr=0.2, auroc=98.0),
+            record("badnets", "ac", 1, ca=80.0, asr=99.0, tpr=99.0, fpr=0.4, auroc=99.0),
+            record("blended", "ac", 0, ca=80.0, asr=99.0, tpr=90.0, fpr=1.0, auroc=95.0),
+            record("blended", "pipd", 0, ca=80.0, asr=1.0, tpr=99.7, fpr=0.03)]
+    head, _, badnets, blended, _, note = tables.isolation(frame(recs)).splitlines()
+    assert head == "| attack | ac TPR / FPR (AUROC) | pipd TPR / FPR (AUROC) |"
+    assert badnets == "| badnets | 98.00 / 0.30 (98.50) |  |"
+    assert blended == "| blended | 90.00 / 1.00 (95.00) | 99.70 / 0.03 (-) |"
+    assert note == "(mean of 1-2 seeds per cell; %)"

@@ -81,13 +81,15 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     board = leaderboard.leaderboard(df)
     (out / "leaderboard.md").write_text(leaderboard.markdown(board))
     (out / "headline.md").write_text(tables.headline(df))
+    (out / "records.md").write_text("# Records\n\n" + tables.inventory(df))
     missing = missing_cells(df, grid)
     notes = [f"{len(df)} record(s) from {', '.join(map(str, folders))}; "
              f"{int((df['status'] == 'ok').sum()) if not df.empty else 0} ok"]
     (out / "index.html").write_text(html.page(board, built, figs, "backdoor-defense-bench report", notes))
     (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
                                                               or "none") + "\n")
-    written += [out / "leaderboard.md", out / "headline.md", out / "index.html", out / "missing.md"]
+    written += [out / "leaderboard.md", out / "headline.md", out / "records.md",
+                out / "index.html", out / "missing.md"]
     return out / "index.html", {"frame": df, "board": board, "missing": missing,
                                 "written": written}
 

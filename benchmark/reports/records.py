@@ -112,6 +112,16 @@ def _stale_version(kind: str, name: str, config: dict[str, Any]) -> str:
     return ""
 
 
+def cpu_kind(hardware: dict[str, Any]) -> str:
+    """The CPU kind a record was made on, as far as it says: fp32 cells are bit-identical on one
+    kind and can differ across kinds (records before ``cpu_native_bf16`` say nothing)."""
+    if hardware.get("device") not in (None, "cpu"):
+        return str(hardware["device"])
+    native = hardware.get("cpu_native_bf16")
+    kind = "" if native is None else ("AVX-512 BF16" if native else "AVX2")
+    return " ".join(filter(None, [hardware.get("cpu_model"), kind]))
+
+
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
     base = preset_cell(c)
@@ -149,6 +159,7 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "round_fpr": [_num(v.get("fpr")) for _, v in rounds],
         "round_tpr": [_num(v.get("tpr")) for _, v in rounds],
         "total_s": _num((rec.get("timings") or {}).get("total_s")),
+        "cpu": cpu_kind(rec.get("hardware") or {}),
         "curves": rec.get("curves") or {},
     }
 

@@ -341,34 +341,78 @@ def with_averages(t: Table) -> Table:
     return t
 
 
-def headline(df: pd.DataFrame) -> str:
-    """One compact Markdown table of the default cells, registered variants included (the
-    demo's pipd beside pipd_median): per attack, each defense's CA / ASR and, where it isolates,
-    TPR / FPR, in percent, averaged over seeds (the README's first table)."""
+def _default_means(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, list[str]]:
+    """The default cells' metrics in percent, averaged over seeds, by (attack_label,
+    defense_label); the seeds behind each; the defenses in the tables' column order."""
     rows = df[(df["status"] == "ok") & df["default"].astype(bool)] if not df.empty else df
-    if rows.empty:
+    keys = ["attack_label", "defense_label"]
+    mean = rows.groupby(keys)[["ca", "asr", "tpr", "fpr", "auroc"]].mean() * 100
+    seeds = rows.groupby(keys)["seed"].nunique()
+    return mean, seeds, sorted(rows["defense_label"].unique(), key=column_order)
+
+
+def _markdown_grid(mean: pd.DataFrame, seeds: pd.Series,
+                   columns: list[tuple[str, str, list[str], str]]) -> str:
+    """One row per attack; ``columns`` are (heading, defense, metrics, format) and a cell is the
+    format filled with the defense's metrics (empty where the first is missing)."""
+    if mean.empty:
         return "no default cells\n"
-    mean = rows.groupby(["attack_label", "defense_label"])[["ca", "asr", "tpr", "fpr"]].mean() * 100
-    seeds = rows.groupby(["attack_label", "defense_label"])["seed"].nunique()
-    defenses = sorted(rows["defense_label"].unique(), key=column_order)
-    isolates = {d for d in defenses if mean.xs(d, level=1)["tpr"].notna().any()}
-    head = ["attack"]
-    for d in defenses:
-        head += [f"{d} CA / ASR"] + ([f"{d} TPR / FPR"] if d in isolates else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def pair(key: tuple, a: str, b: str) -> str:
-        if key not in mean.index or pd.isna(mean.at[key, a]):
-            return ""
-        return f"{mean.at[key, a]:.2f} / {mean.at[key, b]:.2f}"
-
-    for attack in sorted(rows["attack_label"].unique()):
+    lines = ["| " + " | ".join(["attack"] + [c[0] for c in columns]) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for attack in sorted(mean.index.get_level_values(0).unique()):
         cells = [attack]
-        for d in defenses:
-            cells.append(pair((attack, d), "ca", "asr"))
-            if d in isolates:
-                cells.append(pair((attack, d), "tpr", "fpr"))
+        for _, defense, metrics, fmt in columns:
+            key = (attack, defense)
+            ok = key in mean.index and not pd.isna(mean.at[key, metrics[0]])
+            text = fmt.format(*(mean.at[key, m] for m in metrics)) if ok else ""
+            cells.append(text.replace("nan", "-"))
         lines.append("| " + " | ".join(cells) + " |")
     low, high = int(seeds.min()), int(seeds.max())
     note = "one seed" if high == 1 else f"mean of {low if low == high else f'{low}-{high}'} seeds"
     return "\n".join(lines) + f"\n\n({note} per cell; %)\n"
+
+
+def headline(df: pd.DataFrame) -> str:
+    """One compact Markdown table of the default cells, registered variants included (the
+    demo's pipd beside pipd_median): per attack, each defense's CA / ASR and, where it isolates,
+    TPR / FPR, in percent, averaged over seeds (the README's first table)."""
+    mean, seeds, defenses = _default_means(df)
+    columns = []
+    for d in defenses:
+        columns.append((f"{d} CA / ASR", d, ["ca", "asr"], "{:.2f} / {:.2f}"))
+        if mean.xs(d, level=1)["tpr"].notna().any():
+            columns.append((f"{d} TPR / FPR", d, ["tpr", "fpr"], "{:.2f} / {:.2f}"))
+    return _markdown_grid(mean, seeds, columns)
+
+
+def isolation(df: pd.DataFrame) -> str:
+    """Per attack, each isolating method's TPR / FPR at its own rule and its AUROC, in percent,
+    averaged over seeds (default cells; defenses that isolate nothing are left out)."""
+    mean, seeds, defenses = _default_means(df)
+    columns = [(f"{d} TPR / FPR (AUROC)", d, ["tpr", "fpr", "auroc"], "{:.2f} / {:.2f} ({:.2f})")
+               for d in defenses if mean.xs(d, level=1)["tpr"].notna().any()]
+    return _markdown_grid(mean, seeds, columns)
+
+
+def inventory(df: pd.DataFrame) -> str:
+    """Every record as one Markdown row (the evidence index of a records folder): what ran, its
+    metrics in percent, the poisoned seed's precision (P_p) where PIPD ran, its seconds and the
+    CPU kind that made it, and the file it lives in (``<id>.json``)."""
+    if df.empty:
+        return "no records\n"
+    rows = df.sort_values(["dataset", "attack_label", "defense_label", "seed", "id"],
+                          key=lambda c: c.map(column_order) if c.name == "defense_label" else c)
+
+    def pct(x: float) -> str:
+        return "" if pd.isna(x) else f"{x * 100:.2f}"
+
+    head = ["attack", "defense", "seed", "CA", "ASR", "TPR", "FPR", "P_p", "s", "CPU", "record"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows.itertuples():
+        status = "" if r.status == "ok" else f" FAILED: {r.error}"
+        lines.append("| " + " | ".join([
+            r.attack_label + ("" if r.dataset == "cifar10" else f" ({r.dataset})"),
+            r.defense_label + status, str(r.seed), pct(r.ca), pct(r.asr), pct(r.tpr), pct(r.fpr),
+            pct(r.pp_precision), "" if pd.isna(r.total_s) else f"{r.total_s:.0f}", r.cpu,
+            f"{r.id}.json"]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""Generated blocks in Markdown files, so that a document's tables come from records and are
+never typed. A block is
+
+    <!-- generated: KIND FOLDER [attack=A,B] [defense=X,Y] -->
+    ...
+    <!-- /generated -->
+
+where KIND names a renderer below, FOLDER a records folder relative to the repository root (or
+several, comma-separated) and
+the optional filters keep the records of those attacks / defenses (registry names; or
+``attack_label=`` / ``defense_label=``, the tables' labels: ``pipd_median[selective_epochs=0]``).
+``python -m benchmark.reports.blocks FILE...`` rewrites every block of the files; the tests
+check that the committed files equal their regenerated text."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.reports import records, tables
+
+ROOT = Path(__file__).parents[2]
+KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "headline": lambda df: tables.headline(df).split("\n\n")[0] + "\n",
+    "isolation": tables.isolation,
+    "records": tables.inventory,
+}
+BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)", re.S)
+# registry names, or the tables' row and column labels (those without spaces)
+FILTERS = ("attack", "defense", "attack_label", "defense_label")
+
+
+def select(df: pd.DataFrame, filters: str) -> pd.DataFrame:
+    """The rows of ``df`` whose columns match ``filters`` (" attack=a,b defense=x")."""
+    for item in filters.split():
+        key, values = item.split("=", 1)
+        if key not in FILTERS:
+            raise ValueError(f"unknown block filter {key!r}; valid: {', '.join(FILTERS)}")
+        df = df[df[key].isin(values.split(","))]
+    return df
+
+
+def render(text: str, root: Path = ROOT) -> str:
+    """``text`` with every generated block's body replaced by its renderer's output."""
+    def fill(m: re.Match) -> str:
+        kind, folder = m.group(2), m.group(3)
+        if kind not in KINDS:
+            raise ValueError(f"unknown generated block {kind!r}; valid: {', '.join(KINDS)}")
+        rows = select(records.load([root / f for f in folder.split(",")]), m.group(4))
+        return m.group(1) + KINDS[kind](rows) + m.group(6)
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for name in argv if argv is not None else sys.argv[1:]:
+        path = Path(name)
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            path.write_text(new)
+            print(f"rewrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
