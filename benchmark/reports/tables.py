@@ -396,7 +396,8 @@ def isolation(df: pd.DataFrame) -> str:
 
 def inventory(df: pd.DataFrame) -> str:
     """Every record as one Markdown row (the evidence index of a records folder): what ran, its
-    metrics in percent, the poisoned seed's precision (P_p) where PIPD ran, its seconds and the
+    metrics in percent (AUROC: of the method's isolation score), the poisoned seed's precision
+    (P_p) where PIPD ran, its seconds and the
     CPU kind that made it, and the file it lives in (``<id>.json``)."""
     if df.empty:
         return "no records\n"
@@ -406,13 +407,13 @@ def inventory(df: pd.DataFrame) -> str:
     def pct(x: float) -> str:
         return "" if pd.isna(x) else f"{x * 100:.2f}"
 
-    head = ["attack", "defense", "seed", "CA", "ASR", "TPR", "FPR", "P_p", "s", "CPU", "record"]
+    head = ["attack", "defense", "seed", "CA", "ASR", "TPR", "FPR", "AUROC", "P_p", "s", "CPU", "record"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows.itertuples():
         status = "" if r.status == "ok" else f" FAILED: {r.error}"
         lines.append("| " + " | ".join([
             r.attack_label + ("" if r.dataset == "cifar10" else f" ({r.dataset})"),
             r.defense_label + status, str(r.seed), pct(r.ca), pct(r.asr), pct(r.tpr), pct(r.fpr),
-            pct(r.pp_precision), "" if pd.isna(r.total_s) else f"{r.total_s:.0f}", r.cpu,
+            pct(r.auroc), pct(r.pp_precision), "" if pd.isna(r.total_s) else f"{r.total_s:.0f}", r.cpu,
             f"{r.id}.json"]) + " |")
     return "\n".join(lines) + "\n"
