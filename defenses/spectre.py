@@ -29,12 +29,14 @@ the 1.5 eps highest); per class, op, the chosen k and eps go to the record's inf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from benchmark import devrun
 from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
+from benchmark.progress import Phase
 from benchmark.validate import within
 from defenses.base import (
     Defense,
@@ -154,16 +156,23 @@ def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams
     return scores, ~flagged
 
 
-def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams) -> dict:
-    """The auto filter on one class: the chosen k, its op, scores and flags."""
+def dimensions(p: SpectreParams, dims: int) -> list[int]:
+    """The k of the sweep: squares up to ``pca_dims`` (10 values), at most ``dims``."""
+    return [k for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()})
+            if k <= dims]
+
+
+def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
+                  on_k: Callable[[int], None] = lambda _: None) -> dict:
+    """The auto filter on one class: the chosen k, its op, scores and flags (``on_k(i)`` after
+    the i-th k, for progress)."""
     x = as_rows(feats)
     x = x - x.mean(0)
     dims = min(p.pca_dims, x.shape[1], len(x) - 1)
     z = x @ top_directions(x, dims).T
     best: dict = {"op": -math.inf}
-    ks = [k for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()})
-          if k <= dims]
-    for k in [ks[i] for i in devrun.indices(len(ks))]:  # a development run: the first and last
+    ks = dimensions(p, dims)
+    for i, k in enumerate([ks[i] for i in devrun.indices(len(ks))], 1):  # dev run: first and last
         scores, kept = quantum_filter(z, k, eps, p)
         sigma = torch.cov(z[kept].T)
         white = z @ sqrt_inv(sigma)
@@ -171,6 +180,7 @@ def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams) -> dict:
         op = float(torch.trace(sp @ m) / torch.trace(m))
         if op > best["op"]:
             best = {"op": op, "k": k, "scores": scores, "flagged": ~kept}
+        on_k(i)
     return best
 
 
@@ -187,9 +197,12 @@ def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
     of the largest op flagged."""
     expected = p.expected_rate * len(labels)
     per_class, best_class = {}, None
-    for c, rows in class_rows(labels, at_least=4):
+    classes = list(class_rows(labels, at_least=4))
+    phase = Phase("SPECTRE k sweep (epoch: class)", len(classes), len(dimensions(p, p.pca_dims)))
+    for done, (c, rows) in enumerate(classes, 1):
         eps = max(1.0, round(class_eps(expected, len(rows))))
-        found = spectre_class(feats[rows], eps, p)
+        found = spectre_class(feats[rows], eps, p, on_k=lambda i, done=done: phase.step(done, i))
+        phase.epoch_done(done, {"class": c, "k": found["k"], "op": found["op"]})
         per_class[c] = (rows, found)
         if best_class is None or found["op"] > per_class[best_class][1]["op"]:
             best_class = c

@@ -125,13 +125,23 @@ def test_scan_flags_the_class_with_two_identities_and_the_subgroup_clean_data_av
 
 
 def test_spectre_picks_the_poisoned_class_and_flags_its_planted_rows():
+    from benchmark import progress
     from defenses.spectre import SpectreParams, class_eps, spectre
 
     feats, labels, g = gaussian_classes(n=400, d=12, classes=3)
     feats, labels, planted = plant(feats, labels, g, 40, shift=10.0)
     p = SpectreParams(expected_rate=40 / len(labels), pca_dims=9)
-    flagged, scores, info = spectre(feats, labels, p)
+    events = []
+    old = progress.set_sink(events.append)
+    try:
+        flagged, scores, info = spectre(feats, labels, p)
+    finally:
+        progress.set_sink(old)
     assert info["chosen_class"] == 0
+    # progress: one epoch event per class, each with the k its sweep chose
+    done = [e for e in events if e["kind"] == "epoch"]
+    assert [e["metrics"]["class"] for e in done] == [0, 1, 2]
+    assert [e["metrics"]["k"] for e in done] == [info["class_k"][str(c)] for c in range(3)]
     assert flagged[planted].all()  # every planted row among the 1.5 eps = 60 flagged
     assert int(flagged.sum()) == 60 and not flagged[labels != 0].any()
     assert class_eps(1000, 3000) == 990 and class_eps(1000, 400) == 40 and class_eps(0, 600) == 60
