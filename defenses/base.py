@@ -152,6 +152,18 @@ class Defense:
         raise NotImplementedError
 
 
+class GroundTruthAnalysis:
+    """Mixed into a defense's subclass, it makes an analysis plugin (docs/results/analysis/): an
+    isolation-only cell that reads the poison mask (``ctx.ground_truth``) for its report; never
+    a defense of the tables' rows."""
+
+    is_detector = True
+
+    @classmethod
+    def needs_ground_truth(cls, params: DefenseParams) -> bool:
+        return True
+
+
 def own_recipe(cfg: TrainConfig, schedule: str | None = None, weight_decay: float | None = None
                ) -> TrainConfig:
     """``cfg`` with a method's own schedule (fixed: no warm-up) and weight decay where it sets

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from defenses.base import DefenseResult, isolate_lowest_loss, register_defense
+from defenses.base import DefenseResult, GroundTruthAnalysis, isolate_lowest_loss, register_defense
 from defenses.pipd import PIPD, PIPDParams
 
 
@@ -17,15 +17,10 @@ class ProbeParams(PIPDParams):
 
 
 @register_defense
-class LGAProbe(PIPD):
+class LGAProbe(GroundTruthAnalysis, PIPD):
     name = "lga_probe"
     title = "analysis: loss ranks under PIPD's LGA model"
     Params = ProbeParams
-    is_detector = True
-
-    @classmethod
-    def needs_ground_truth(cls, params):
-        return True
 
     def run(self, ctx):
         model, _, reused = self.pre_isolation_model(ctx)
