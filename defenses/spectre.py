@@ -191,12 +191,12 @@ def class_eps(expected: float, n: int) -> float:
     return min(eps, 0.1 * n if n < 500 else 0.33 * n)
 
 
-def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
-            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(flagged, scores, per-class info) over the whole set: every class filtered, the class
-    of the largest op flagged."""
+def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
+                   ) -> dict[int, tuple[torch.Tensor, dict]]:
+    """Every class (of at least 4 rows) filtered: class -> (its rows, ``spectre_class``'s
+    result), with a progress line per k and per class."""
     expected = p.expected_rate * len(labels)
-    per_class, best_class = {}, None
+    per_class = {}
     classes = list(class_rows(labels, at_least=4))
     phase = Phase("SPECTRE k sweep (epoch: class)", len(classes), len(dimensions(p, p.pca_dims)))
     for done, (c, rows) in enumerate(classes, 1):
@@ -204,10 +204,16 @@ def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
         found = spectre_class(feats[rows], eps, p, on_k=lambda i, done=done: phase.step(done, i))
         phase.epoch_done(done, {"class": c, "k": found["k"], "op": found["op"]})
         per_class[c] = (rows, found)
-        if best_class is None or found["op"] > per_class[best_class][1]["op"]:
-            best_class = c
-    scores = -torch.ones(len(labels), dtype=torch.float64)
-    flagged = torch.zeros(len(labels), dtype=torch.bool)
+    return per_class
+
+
+def flag_largest_op(per_class: dict[int, tuple[torch.Tensor, dict]], n: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(flagged, scores, per-class info) over the n rows: the class of the largest op (the first
+    on a tie) flagged and scored, every other row scored -1."""
+    best_class = max(per_class, key=lambda c: per_class[c][1]["op"]) if per_class else None
+    scores = -torch.ones(n, dtype=torch.float64)
+    flagged = torch.zeros(n, dtype=torch.bool)
     if best_class is not None:
         rows, found = per_class[best_class]
         scores[rows] = found["scores"]
@@ -216,6 +222,13 @@ def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
             "class_op": {str(c): f["op"] for c, (_, f) in per_class.items()},
             "class_k": {str(c): f["k"] for c, (_, f) in per_class.items()}}
     return flagged, scores.float(), info
+
+
+def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
+            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(flagged, scores, per-class info) over the whole set: every class filtered, the class
+    of the largest op flagged."""
+    return flag_largest_op(filter_classes(feats, labels, p), len(labels))
 
 
 @register_defense

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.clustering import class_rows
 from defenses.base import DefenseResult, GroundTruthAnalysis, backdoored_features, register_defense
-from defenses.spectre import Spectre, SpectreParams, class_eps, spectre_class
+from defenses.spectre import Spectre, SpectreParams, filter_classes, flag_largest_op
 
 
 @dataclass
@@ -25,27 +24,14 @@ class SpectreProbe(GroundTruthAnalysis, Spectre):
     Params = ProbeParams
 
     def run(self, ctx):
-        p = self.params
         model, feats, info = backdoored_features(ctx)
-        labels = ctx.train.labels.cpu()
-        truth = ctx.ground_truth.cpu()
-        expected = p.expected_rate * len(labels)
-        masks, ops, ks, poisoned = {}, {}, {}, {}
-        best, best_op = None, -float("inf")
-        scores = -torch.ones(len(labels), dtype=torch.float64)
-        for c, rows in class_rows(labels, at_least=4):
-            eps = max(1.0, round(class_eps(expected, len(rows))))
-            found = spectre_class(feats[rows], eps, p)
-            mask = torch.zeros(len(labels), dtype=torch.bool)
-            mask[rows] = found["flagged"]
-            masks[f"class_{c}"] = mask
-            ops[str(c)], ks[str(c)] = found["op"], found["k"]
-            poisoned[str(c)] = int(truth[rows].sum())
-            if found["op"] > best_op:
-                best, best_op = c, found["op"]
-                scores = -torch.ones(len(labels), dtype=torch.float64)
-                scores[rows] = found["scores"]
-        info.update({"chosen_class": best, "class_op": ops, "class_k": ks,
-                     "class_poisoned": poisoned})
-        return DefenseResult(model=model, isolated=masks[f"class_{best}"], scores=scores.float(),
-                             masks=masks, info=info)
+        labels, truth = ctx.train.labels.cpu(), ctx.ground_truth.cpu()
+        per_class = filter_classes(feats, labels, self.params)
+        flagged, scores, found = flag_largest_op(per_class, len(labels))
+        masks = {}
+        for c, (rows, f) in per_class.items():
+            masks[f"class_{c}"] = torch.zeros(len(labels), dtype=torch.bool)
+            masks[f"class_{c}"][rows] = f["flagged"]
+        info.update(found)
+        info["class_poisoned"] = {str(c): int(truth[rows].sum()) for c, (rows, _) in per_class.items()}
+        return DefenseResult(model=model, isolated=flagged, scores=scores, masks=masks, info=info)
