@@ -256,3 +256,18 @@ def test_isolation_grid_holds_every_isolating_method_and_only_those():
     assert badnets == "| badnets | 98.00 / 0.30 (98.50) |  |"
     assert blended == "| blended | 90.00 / 1.00 (95.00) | 99.70 / 0.03 (-) |"
     assert note == "(mean of 1-2 seeds per cell; %)"
+
+
+def test_a_variant_with_fewer_attacks_does_not_shrink_the_shared_set():
+    """PIPD and ABL share BadNets and Blended; a ``--set`` variant of PIPD and the registered
+    variant ``pipd_median`` have BadNets only: the ranking stays on both attacks, and the
+    variants are named as not ranked instead of cutting Blended out."""
+    recs = [record(a, d, 0, ca=80, asr=asr) for a in ("badnets", "blended")
+            for d, asr in (("no_defense", 100), ("abl", 5), ("pipd", 1))]
+    recs.append(record("badnets", "pipd", 0, ["pipd.training=unlearning"], ca=50, asr=0))
+    recs.append(record("badnets", "pipd_median", 0, ca=81, asr=1))
+    board = leaderboard.leaderboard(frame(recs))
+    assert board.shared == {"cifar10": ["badnets", "blended"]}
+    assert list(board.ranked["defense"]) == ["no_defense", "pipd", "abl"]
+    (note,) = [n for n in board.notes if "not ranked" in n]
+    assert "pipd[training=unlearning] (lacks blended)" in note and "pipd_median (lacks blended)" in note

@@ -7,9 +7,11 @@
   the dataset has, at their defaults (variant rows, the clean baseline and attacks No Defense did
   not learn left out), per seed, then mean +- sd over seeds with a 95% interval (Student's t).
   Each row shows its coverage (the attacks it has of all the dataset's attacks); the shared set
-  is named. Beside the score: DER, BackdoorBench's defense effectiveness rating
-  [max(0, ASR drop) - max(0, CA drop) + 1] / 2 against No Defense on the same attack and seed (1 =
-  perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
+  is named. The shared set is what the defaults have in common: a variant (a registered one such
+  as ``pipd_median``, or a row with its own ``--set``) does not shrink it; one that lacks an
+  attack of it is named in a note, not ranked. Beside the score: DER, BackdoorBench's defense
+  effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2 against No Defense on the
+  same attack and seed (1 = perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
 - Neighbouring ranks whose 95% intervals overlap are within noise, and say so; ranks from one
   seed are not tested against noise.
 - A preset may mark a defense whose own training does not converge at its scale (``caveats``
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from benchmark.reports.records import LEARNED_ASR, not_learned
+from benchmark.reports.records import LEARNED_ASR, is_variant, not_learned
 
 # Student's t, two-sided 95%, by degrees of freedom (normal beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -119,11 +121,17 @@ def leaderboard(df: pd.DataFrame) -> Board:
         base = d[d["defense"] == "no_defense"]
         trained = d[d["trains_model"].astype(bool) & ~d["detector"].astype(bool)]
         contenders = trained[trained["defense"] != "no_defense"]
-        covers = {lab: set(g["attack_label"]) for lab, g in contenders.groupby("defense_label")}
-        shared = sorted(set.intersection(*covers.values())) if covers else []
+        by_label = contenders.groupby("defense_label")
+        covers = {lab: set(g["attack_label"]) for lab, g in by_label}
+        defaults = [covers[lab] for lab, g in by_label
+                    if "[" not in lab and not is_variant(g["defense"].iloc[0])]
+        shared = sorted(set.intersection(*(defaults or list(covers.values())))) if covers else []
         shared_of[dataset] = shared
-        rows = []
+        rows, short = [], []
         for lab, g in contenders.groupby("defense_label"):
+            if not set(shared) <= covers[lab]:
+                short.append(f"{lab} (lacks {', '.join(sorted(set(shared) - covers[lab]))})")
+                continue
             mark = " †" if g["defense"].iloc[0] in caveats else ""
             rows.append(_scored(dataset, lab + mark, g[g["attack_label"].isin(shared)],
                                 len(shared), f"{len(covers[lab])}/{len(all_attacks)}"))
@@ -137,6 +145,9 @@ def leaderboard(df: pd.DataFrame) -> Board:
             ranked_rows.append({**ref, "rank": "ref"})
         ranked_rows += rows
         notes += _noise_notes(dataset, rows)
+        if short:
+            notes.append(f"{dataset}: not ranked, a variant without every attack of the shared "
+                         f"set: {'; '.join(short)}")
         if covers and not shared:
             notes.append(f"{dataset}: no attack is shared by every ranked defense: no ranking")
         for lab, g in d[d["detector"].astype(bool)].groupby("defense_label"):
