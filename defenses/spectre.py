@@ -163,9 +163,9 @@ def dimensions(p: SpectreParams, dims: int) -> list[int]:
 
 
 def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
-                  on_k: Callable[[int], None] = lambda _: None) -> dict:
-    """The auto filter on one class: the chosen k, its op, scores and flags (``on_k(i)`` after
-    the i-th k, for progress)."""
+                  on_k: Callable[[int, dict], None] = lambda i, tried: None) -> dict:
+    """The auto filter on one class: the chosen k, its op, scores and flags (``on_k(i, tried)``
+    after the i-th k, with that k's op, scores and flags: for progress and analyses)."""
     x = as_rows(feats)
     x = x - x.mean(0)
     dims = min(p.pca_dims, x.shape[1], len(x) - 1)
@@ -178,9 +178,10 @@ def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
         white = z @ sqrt_inv(sigma)
         m, sp = que(white, p.alpha)
         op = float(torch.trace(sp @ m) / torch.trace(m))
+        tried = {"op": op, "k": k, "scores": scores, "flagged": ~kept}
         if op > best["op"]:
-            best = {"op": op, "k": k, "scores": scores, "flagged": ~kept}
-        on_k(i)
+            best = tried
+        on_k(i, tried)
     return best
 
 
@@ -201,7 +202,7 @@ def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
     phase = Phase("SPECTRE k sweep (epoch: class)", len(classes), len(dimensions(p, p.pca_dims)))
     for done, (c, rows) in enumerate(classes, 1):
         eps = max(1.0, round(class_eps(expected, len(rows))))
-        found = spectre_class(feats[rows], eps, p, on_k=lambda i, done=done: phase.step(done, i))
+        found = spectre_class(feats[rows], eps, p, on_k=lambda i, _, done=done: phase.step(done, i))
         phase.epoch_done(done, {"class": c, "k": found["k"], "op": found["op"]})
         per_class[c] = (rows, found)
     return per_class
