@@ -28,7 +28,8 @@ Reference: SCLBD/Effective_backdoor_defense (63fda0e): ``train_attack_noTrans.py
 - the last epoch's model is kept; the reference picks the epoch of the best test accuracy minus
   ASR, which uses the test labels and the attack.
 The record's isolation is D_p, its scores the FCT (the uncertain and D_c rows count as not
-flagged).
+flagged); D_c is the named mask ``d_c`` (its TPR: the share of the poisoned samples that D_c
+relearns on).
 
 D_c is larger than ``clean_ratio`` where FCT ties at the quantile: every sample at or below it
 is clean, as in the reference (``separate_samples.py``: ``<= gamma_low``). At quick D_c held
@@ -130,19 +131,25 @@ class DBR(Defense):
                                               seed=ctx.seed + 4, desc="D-BR L_intra")
         return model, curves
 
-    def run(self, ctx: DefenseContext) -> DefenseResult:
+    def distinguish(self, ctx: DefenseContext
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, list[dict]]]:
+        """Sample distinguishment: (FCT, D_c mask, D_p mask, the SD model's curves)."""
         p: DBRParams = self.params
-        tr = ctx.trainer
         sd, curves = self.sd_model(ctx)
-        fct = consistency(sd, tr, ctx.train.images, p.degrees, p.translate,
+        fct = consistency(sd, ctx.trainer, ctx.train.images, p.degrees, p.translate,
                           torch.Generator().manual_seed(ctx.seed + 5))
         clean, poisoned = split_by_quantiles(fct, p.clean_ratio, p.poison_ratio)
+        return fct, clean, poisoned, curves
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        fct, clean, poisoned, curves = self.distinguish(ctx)
         backdoored, _, reused = ctx.backdoored_model()
-        model = tr.prepare_model(copy.deepcopy(backdoored))
+        model = ctx.trainer.prepare_model(copy.deepcopy(backdoored))
         curves["removal"] = self.remove(ctx, model, clean, poisoned)
         info = {"backdoored_model": "reused from cache" if reused else "trained",
                 "n_clean": int(clean.sum()), "n_poisoned": int(poisoned.sum())}
-        return DefenseResult(model=model, isolated=poisoned, scores=fct, curves=curves, info=info)
+        return DefenseResult(model=model, isolated=poisoned, scores=fct, curves=curves, info=info,
+                             masks={"d_c": clean})
 
     def remove(self, ctx: DefenseContext, model: nn.Module, clean: torch.Tensor,
                poisoned: torch.Tensor) -> list[dict]:

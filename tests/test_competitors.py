@@ -358,3 +358,6 @@ def test_dbr_isolates_its_quantile_and_unlearns_from_the_cached_backdoored_model
     assert res.info["n_clean"] == int(0.2 * n) + 1 and res.info["backdoored_model"] == "reused from cache"
     assert set(res.curves) == {"sd", "intra", "removal"} and len(res.curves["removal"]) == 2
     assert res.scores.shape == (n,) and (res.scores >= 0).all()
+    d_c = res.masks["d_c"]  # D_c is reported: every row at or below the 20% quantile of FCT
+    assert int(d_c.sum()) == res.info["n_clean"] and not (d_c & res.isolated).any()
+    assert (res.scores[d_c].max() <= res.scores[~d_c].min())
