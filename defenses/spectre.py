@@ -192,17 +192,22 @@ def class_eps(expected: float, n: int) -> float:
     return min(eps, 0.1 * n if n < 500 else 0.33 * n)
 
 
+def class_count(p: SpectreParams, n_set: int, n_class: int) -> float:
+    """The eps a class of ``n_class`` rows of an ``n_set``-row set is filtered with: the
+    toolbox's eps rounded to a count of at least one."""
+    return max(1.0, round(class_eps(p.expected_rate * n_set, n_class)))
+
+
 def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
                    ) -> dict[int, tuple[torch.Tensor, dict]]:
     """Every class (of at least 4 rows) filtered: class -> (its rows, ``spectre_class``'s
     result), with a progress line per k and per class."""
-    expected = p.expected_rate * len(labels)
     per_class = {}
     classes = list(class_rows(labels, at_least=4))
     phase = Phase("SPECTRE k sweep (epoch: class)", len(classes), len(dimensions(p, p.pca_dims)))
     for done, (c, rows) in enumerate(classes, 1):
-        eps = max(1.0, round(class_eps(expected, len(rows))))
-        found = spectre_class(feats[rows], eps, p, on_k=lambda i, _, done=done: phase.step(done, i))
+        found = spectre_class(feats[rows], class_count(p, len(labels), len(rows)), p,
+                              on_k=lambda i, _, done=done: phase.step(done, i))
         phase.epoch_done(done, {"class": c, "k": found["k"], "op": found["op"]})
         per_class[c] = (rows, found)
     return per_class

@@ -124,11 +124,11 @@ def leaderboard(df: pd.DataFrame) -> Board:
         by_label = contenders.groupby("defense_label")
         covers = {lab: set(g["attack_label"]) for lab, g in by_label}
         defaults = [covers[lab] for lab, g in by_label
-                    if "[" not in lab and not is_variant(g["defense"].iloc[0])]
+                    if not g["defense_overrides"].iloc[0] and not is_variant(g["defense"].iloc[0])]
         shared = sorted(set.intersection(*(defaults or list(covers.values())))) if covers else []
         shared_of[dataset] = shared
         rows, short = [], []
-        for lab, g in contenders.groupby("defense_label"):
+        for lab, g in by_label:
             if not set(shared) <= covers[lab]:
                 short.append(f"{lab} (lacks {', '.join(sorted(set(shared) - covers[lab]))})")
                 continue

@@ -17,7 +17,14 @@ import torch
 
 from benchmark.clustering import as_rows
 from defenses.base import DefenseResult, GroundTruthAnalysis, backdoored_features, register_defense
-from defenses.spectre import Spectre, SpectreParams, class_eps, filter_classes, flag_largest_op, spectre_class
+from defenses.spectre import (
+    Spectre,
+    SpectreParams,
+    class_count,
+    filter_classes,
+    flag_largest_op,
+    spectre_class,
+)
 
 
 @dataclass
@@ -36,6 +43,13 @@ def inspected(ctx):
     return model, feats, info, ctx.train.labels.cpu(), ctx.ground_truth.cpu()
 
 
+def on_rows(rows: torch.Tensor, part: torch.Tensor, n: int) -> torch.Tensor:
+    """An n-row mask that is ``part`` at ``rows`` and False elsewhere."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[rows] = part
+    return mask
+
+
 def spread(x: torch.Tensor) -> float:
     """Mean squared distance of the rows to their mean."""
     return float(((x - x.mean(0)) ** 2).sum(1).mean())
@@ -51,10 +65,8 @@ class SpectreProbe(GroundTruthAnalysis, Spectre):
         model, feats, info, labels, truth = inspected(ctx)
         per_class = filter_classes(feats, labels, self.params)
         flagged, scores, found = flag_largest_op(per_class, len(labels))
-        masks = {}
-        for c, (rows, f) in per_class.items():
-            masks[f"class_{c}"] = torch.zeros(len(labels), dtype=torch.bool)
-            masks[f"class_{c}"][rows] = f["flagged"]
+        masks = {f"class_{c}": on_rows(rows, f["flagged"], len(labels))
+                 for c, (rows, f) in per_class.items()}
         info.update(found)
         info["class_poisoned"] = {str(c): int(truth[rows].sum()) for c, (rows, _) in per_class.items()}
         return DefenseResult(model=model, isolated=flagged, scores=scores, masks=masks, info=info)
@@ -70,14 +82,13 @@ class SpectreKProbe(GroundTruthAnalysis, Spectre):
         p = self.params
         model, feats, info, labels, truth = inspected(ctx)
         rows = (labels == p.probe_class).nonzero().flatten()
-        eps = max(1.0, round(class_eps(p.expected_rate * len(labels), len(rows))))
+        eps = class_count(p, len(labels), len(rows))
         tried = []
         found = spectre_class(feats[rows], eps, p, on_k=lambda i, t: tried.append(t))
         poisoned = truth[rows]
         masks, per_k = {}, {}
         for t in tried:
-            masks[f"k_{t['k']}"] = torch.zeros(len(labels), dtype=torch.bool)
-            masks[f"k_{t['k']}"][rows] = t["flagged"]
+            masks[f"k_{t['k']}"] = on_rows(rows, t["flagged"], len(labels))
             per_k[str(t["k"])] = {
                 "op": t["op"], "flagged": int(t["flagged"].sum()),
                 "flagged_poisoned": int((t["flagged"] & poisoned).sum()),
@@ -88,8 +99,5 @@ class SpectreKProbe(GroundTruthAnalysis, Spectre):
                      "n_poisoned": int(poisoned.sum()), "chosen_k": found["k"], "per_k": per_k,
                      "spread_poisoned": spread(x[poisoned]), "spread_clean": spread(x[~poisoned]),
                      "mean_distance": float((x[poisoned].mean(0) - x[~poisoned].mean(0)).norm() ** 2)})
-        isolated = torch.zeros(len(labels), dtype=torch.bool)
-        isolated[rows] = found["flagged"]
-        scores = -torch.ones(len(labels))
-        scores[rows] = found["scores"].float()
+        isolated, scores, _ = flag_largest_op({p.probe_class: (rows, found)}, len(labels))
         return DefenseResult(model=model, isolated=isolated, scores=scores, masks=masks, info=info)
