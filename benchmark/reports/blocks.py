@@ -28,6 +28,7 @@ KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "headline": lambda df: tables.headline(df).split("\n\n")[0] + "\n",
     "isolation": tables.isolation,
     "records": tables.inventory,
+    "seed_quantile": tables.seed_quantiles,
 }
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)", re.S)
 # registry names, or the tables' row and column labels (those without spaces)

@@ -155,6 +155,8 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),
         "fault_ratio": dp.get("fault_ratio"), "rounds": dp.get("rounds"),
+        # PIPD's seed statistic (Eq. 4's max is the quantile 1; records before the option: 1)
+        "seed_quantile": dp.get("seed_quantile", 1.0) if "rounds" in dp else None,
         "training": dp.get("training", "selective") if "rounds" in dp else None,
         "round_fpr": [_num(v.get("fpr")) for _, v in rounds],
         "round_tpr": [_num(v.get("tpr")) for _, v in rounds],
