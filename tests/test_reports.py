@@ -274,10 +274,10 @@ def test_a_variant_with_fewer_attacks_does_not_shrink_the_shared_set():
 
 
 def test_seed_quantile_table_marks_misses_and_says_which_quantile_holds_on_every_row():
-    """Quantile 1 is PIPD's max (also for records made before the option); each cell is TPR /
-    FPR averaged over seeds and marked where it misses TPR >= 95 / FPR <= 2; the last row says
-    yes only for a quantile that meets the bar on every row, and counts the rows a quantile
-    that misses nowhere was not run on."""
+    """Quantile 1 is PIPD's max (also for records made before the option); a row per seed, each
+    cell TPR / FPR, marked where it misses TPR >= 95 / FPR <= 2; the last row says yes only for
+    a quantile that meets the bar on every row, and counts the rows a quantile that misses
+    nowhere was not run on."""
     def iso(attack, q, tpr, fpr, seed=0, fault=None, pp=100.0):
         sets = ["pipd.selective_epochs=0"] + ([f"pipd.seed_quantile={q}"] if q != 1 else [])
         sets += [f"pipd.fault_ratio={fault}"] if fault is not None else []
@@ -286,20 +286,19 @@ def test_seed_quantile_table_marks_misses_and_says_which_quantile_holds_on_every
         return rec
 
     recs = [iso("badnets", 1, 100.0, 0.0), iso("badnets", 0.5, 100.0, 0.0),
-            iso("badnets", 0.75, 96.0, 1.0, seed=0), iso("badnets", 0.75, 98.0, 2.0, seed=1),
+            iso("badnets", 0.75, 96.0, 1.0, seed=0), iso("badnets", 0.75, 98.0, 3.0, seed=1, pp=90.0),
             iso("blended", 1, 99.0, 0.1, fault=0.8, pp=20.0),
             iso("blended", 0.5, 98.8, 27.9, fault=0.8, pp=20.0),
-            iso("blended", 0.75, 99.0, 0.5, fault=0.8, pp=20.0),
-            iso("sig", 1, 60.0, 30.0, pp=80.0), iso("sig", 0.75, 99.0, 0.2, pp=80.0),
-            iso("badnets", 0.9, 100.0, 0.0)]
+            iso("blended", 0.75, 99.0, 0.5, fault=0.8, pp=20.0), iso("badnets", 0.9, 100.0, 0.0)]
     del recs[0]["config"]["defense_params"]["seed_quantile"]  # a record older than the option
-    head, _, badnets, blended, sig, verdict, _, note = tables.seed_quantiles(frame(recs)).splitlines()
-    assert head == ("| preset | attack | fault ratio | P_p precision | q = 0.5 | q = 0.75 | q = 0.9 "
+    head, _, seed0, seed1, blended, verdict, _, note = tables.seed_quantiles(frame(recs)).splitlines()
+    assert head == ("| preset | attack | fault ratio | seed | P_p precision | q = 0.5 | q = 0.75 | q = 0.9 "
                     "| q = 1 (max) |")
-    assert badnets == ("| quick | badnets | - | 100.0 | 100.00 / 0.00 | 97.00 / 1.50 | 100.00 / 0.00 "
-                       "| 100.00 / 0.00 |")
-    assert blended == ("| quick | blended | 0.8 | 20.0 | 98.80 / 27.90 **x** | 99.00 / 0.50 |  "
+    assert seed0 == ("| quick | badnets | - | 0 | 100.0 | 100.00 / 0.00 | 96.00 / 1.00 | 100.00 / 0.00 "
+                     "| 100.00 / 0.00 |")
+    assert seed1 == "| quick | badnets | - | 1 | 90.0 |  | 98.00 / 3.00 **x** |  |  |"
+    assert blended == ("| quick | blended | 0.8 | 0 | 20.0 | 98.80 / 27.90 **x** | 99.00 / 0.50 |  "
                        "| 99.00 / 0.10 |")
-    assert sig == "| quick | sig | - | 80.0 |  | 99.00 / 0.20 |  | 60.00 / 30.00 **x** |"
-    assert verdict == "| meets TPR >= 95 / FPR <= 2 on every row | | | | no | yes | not run on 2 | no |"
-    assert note.startswith("(TPR / FPR, %, mean of 1-2 seeds per cell")
+    assert verdict == ("| meets TPR >= 95 / FPR <= 2 on every row | | | | | no | no | not run on 2 "
+                       "| not run on 1 |")
+    assert note == "(TPR / FPR, %; P_p: the poisoned seed's precision)"

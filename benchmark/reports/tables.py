@@ -424,25 +424,27 @@ ISOLATION_TARGET = (0.95, 0.02)  # issue 24's bar for an isolation: TPR >= 95%, 
 
 def seed_quantiles(df: pd.DataFrame) -> str:
     """PIPD's isolation by seed statistic (``seed_quantile``, 1 = Eq. 4's max): one row per
-    (preset, attack, fault ratio), one column per quantile with TPR / FPR averaged over seeds,
-    **x** where it misses ``ISOLATION_TARGET``, and a last row saying whether a quantile meets
-    it on every row: "no" where it misses one, how many rows it was not run on where it misses
-    none but lacks some. Current method versions only (an older PIPD's isolation differs)."""
+    (preset, attack, fault ratio, seed), since a statistic is judged on every seed's own
+    poisoned seed P_p; one column per quantile with TPR / FPR, **x** where it misses
+    ``ISOLATION_TARGET``; a last row saying whether a quantile meets it on every row: "no" where
+    it misses one, how many rows it was not run on where it misses none but lacks some. Current
+    method versions only (an older PIPD's isolation differs)."""
     rows = (df[(df["status"] == "ok") & df["seed_quantile"].notna() & df["current"].astype(bool)]
             if not df.empty else df)
     if rows.empty:
         return "no PIPD records\n"
-    rows = rows.assign(fault=rows["fault_ratio"].map(lambda f: "-" if pd.isna(f) else f"{f:.1f}"))
-    keys = ["preset", "attack_label", "fault"]
+    rows = rows.assign(fault=rows["fault_ratio"].map(lambda f: "-" if pd.isna(f) else f"{f:.1f}"),
+                       seed_=rows["seed"].astype(str))
+    keys = ["preset", "attack_label", "fault", "seed_"]
+    # several records of one cell (re-runs on other hosts) are averaged
     mean = rows.groupby([*keys, "seed_quantile"])[["tpr", "fpr", "pp_precision"]].mean()
-    seeds = rows.groupby([*keys, "seed_quantile"])["seed"].nunique()
     quantiles = sorted(rows["seed_quantile"].unique())
     tpr_min, fpr_max = ISOLATION_TARGET
     missed, absent = dict.fromkeys(quantiles, 0), dict.fromkeys(quantiles, 0)
-    lines = ["| preset | attack | fault ratio | P_p precision | "
+    lines = ["| preset | attack | fault ratio | seed | P_p precision | "
              + " | ".join(f"q = {q:g}" + (" (max)" if q == 1 else "") for q in quantiles) + " |",
-             "|" + "---|" * (4 + len(quantiles))]
-    for key in sorted({k[:3] for k in mean.index}):
+             "|" + "---|" * (5 + len(quantiles))]
+    for key in sorted({k[:4] for k in mean.index}):
         cells, pp = [], set()
         for q in quantiles:
             if (*key, q) not in mean.index:
@@ -456,9 +458,6 @@ def seed_quantiles(df: pd.DataFrame) -> str:
             cells.append(f"{100 * m['tpr']:.2f} / {100 * m['fpr']:.2f}" + ("" if ok else " **x**"))
         lines.append("| " + " | ".join([*key, " / ".join(sorted(pp)), *cells]) + " |")
     verdicts = ["no" if missed[q] else f"not run on {absent[q]}" if absent[q] else "yes" for q in quantiles]
-    lines.append(f"| meets TPR >= {100 * tpr_min:.0f} / FPR <= {100 * fpr_max:.0f} on every row | | | | "
+    lines.append(f"| meets TPR >= {100 * tpr_min:.0f} / FPR <= {100 * fpr_max:.0f} on every row | | | | | "
                  + " | ".join(verdicts) + " |")
-    low, high = int(seeds.min()), int(seeds.max())
-    note = "one seed" if high == 1 else f"mean of {low if low == high else f'{low}-{high}'} seeds"
-    return "\n".join(lines) + f"\n\n(TPR / FPR, %, {note} per cell; P_p: the poisoned seed's precision)\n"
-
+    return "\n".join(lines) + "\n\n(TPR / FPR, %; P_p: the poisoned seed's precision)\n"
