@@ -202,8 +202,9 @@ def detector_cells(g: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every ranked defense has "
-         "(named per dataset), mean ± sd over seeds; No Defense is the reference row, not ranked; "
+INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every default defense has "
+         "(named per dataset; a variant lacking one is named below, not ranked), mean ± sd over "
+         "seeds; No Defense is the reference row, not ranked; "
          "only cells that train a final model are ranked; detectors are listed apart.")
 
 
