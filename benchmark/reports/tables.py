@@ -433,9 +433,8 @@ def seed_quantiles(df: pd.DataFrame) -> str:
             if not df.empty else df)
     if rows.empty:
         return "no PIPD records\n"
-    rows = rows.assign(fault=rows["fault_ratio"].map(lambda f: "-" if pd.isna(f) else f"{f:.1f}"),
-                       seed_=rows["seed"].astype(str))
-    keys = ["preset", "attack_label", "fault", "seed_"]
+    rows = rows.assign(fault=rows["fault_ratio"].map(lambda f: "-" if pd.isna(f) else f"{f:.1f}"))
+    keys = ["preset", "attack_label", "fault", "seed"]
     # several records of one cell (re-runs on other hosts) are averaged
     mean = rows.groupby([*keys, "seed_quantile"])[["tpr", "fpr", "pp_precision"]].mean()
     quantiles = sorted(rows["seed_quantile"].unique())
@@ -444,7 +443,7 @@ def seed_quantiles(df: pd.DataFrame) -> str:
     lines = ["| preset | attack | fault ratio | seed | P_p precision | "
              + " | ".join(f"q = {q:g}" + (" (max)" if q == 1 else "") for q in quantiles) + " |",
              "|" + "---|" * (5 + len(quantiles))]
-    for key in sorted({k[:4] for k in mean.index}):
+    for key in mean.index.droplevel("seed_quantile").unique().sort_values():
         cells, pp = [], set()
         for q in quantiles:
             if (*key, q) not in mean.index:
@@ -456,7 +455,7 @@ def seed_quantiles(df: pd.DataFrame) -> str:
             missed[q] += not ok
             pp.add(f"{100 * m['pp_precision']:.1f}")
             cells.append(f"{100 * m['tpr']:.2f} / {100 * m['fpr']:.2f}" + ("" if ok else " **x**"))
-        lines.append("| " + " | ".join([*key, " / ".join(sorted(pp)), *cells]) + " |")
+        lines.append("| " + " | ".join([*map(str, key), " / ".join(sorted(pp)), *cells]) + " |")
     verdicts = ["no" if missed[q] else f"not run on {absent[q]}" if absent[q] else "yes" for q in quantiles]
     lines.append(f"| meets TPR >= {100 * tpr_min:.0f} / FPR <= {100 * fpr_max:.0f} on every row | | | | | "
                  + " | ".join(verdicts) + " |")

@@ -2,16 +2,16 @@
 records (docs/results/quick): the rule's TPR / FPR, the ROC's AUROC and its best threshold in
 hindsight beside the paper's operating point. Run from the repository root:
 python docs/results/analysis/detector-operating-points/summary.py"""
-import json
 import sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(root))
 from benchmark.reports import paper  # noqa: E402
-from benchmark.reports.records import load, not_learned  # noqa: E402
+from benchmark.reports.records import frame, not_learned, read_records  # noqa: E402
 
-df = load([root / "docs/results/quick"])
+recs = {r["id"]: r for r in read_records([root / "docs/results/quick"])}
+df = frame(list(recs.values()))
 df = df[(df["status"] == "ok") & df["current"] & df["default"] & (df["seed"] == 0)]
 weak = not_learned(df)
 print("| detector | attack | No Defense ASR | suite TPR / FPR | AUROC | best threshold TPR / FPR "
@@ -20,8 +20,7 @@ print("|---|---|---|---|---|---|---|")
 for det in ("scale_up", "dbalfa"):
     rows = df[df["defense"] == det].sort_values("attack")
     for r in rows.itertuples():
-        rec = json.loads((root / "docs/results/quick" / f"{r.id}.json").read_text())
-        best = rec["isolation"]["best_threshold"]
+        best = recs[r.id]["isolation"]["best_threshold"]
         nd = df[(df["defense"] == "no_defense") & (df["attack_label"] == r.attack_label)]["asr"]
         p = paper.lookup("table2_isolation", dataset="CIFAR-10",
                          attack=paper.ATTACKS.get(r.attack), method=paper.DEFENSES[det])
