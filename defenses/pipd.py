@@ -6,8 +6,8 @@
    1x1 shortcuts after their BN), spatial max f; d = max_{P_p} f - (mean_{P_b} f + beta std_{P_b} f);
    keep the top ceil(rho C) channels per layer; score = raw sum of kept values; 2-class Jenks
    split; the upper class is the predicted poisoned set D_p. ``seed_quantile`` < 1 replaces
-   Eq. 4's max over P_p by that quantile (``pipd_median``: 0.5), which one benign member of
-   P_p cannot drag (docs/calibration.md, "PIPD beyond BadNets").
+   Eq. 4's max over P_p by that quantile (``pipd_median``: 0.5, ``pipd_q90``: 0.9), which one
+   benign member of P_p cannot drag (docs/calibration.md, "PIPD beyond BadNets").
 3. Progressive isolation: T rounds, P_b := P_b U D_b after each, P_p fixed, no retraining.
    The features are fixed (frozen model), so they are extracted once and every round reuses them.
 4. Selective training (Eq. 10), from the pre-isolation model: CE on D_b, gradient ascent
@@ -211,6 +211,23 @@ class PIPDMedian(PIPD):
     name = "pipd_median"
     title = "PIPD, median of the poisoned seed in Eq. 4"
     Params = PIPDMedianParams
+
+
+@dataclass
+class PIPDQ90Params(PIPDParams):
+    seed_quantile: float = 0.9
+
+
+@register_defense
+class PIPDQ90(PIPD):
+    """PIPD with the 90th percentile of P_p in Eq. 4: it skips the top tenth of the seed's values
+    per channel, so benign members that are bright on a channel do not select it while they are
+    fewer than a tenth of the seed, and keeps a trigger channel while more than a tenth of the
+    seed carries the trigger (Table 3's 80% fault ratio leaves a fifth)."""
+
+    name = "pipd_q90"
+    title = "PIPD, 90th percentile of the poisoned seed in Eq. 4"
+    Params = PIPDQ90Params
 
 
 @dataclass

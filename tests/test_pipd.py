@@ -87,6 +87,30 @@ def test_a_benign_outlier_in_the_seed_drags_the_max_but_not_the_median():
     assert sorted(kept_median.tolist()) == [7, 28]
 
 
+def test_the_90th_percentile_ignores_a_benign_outlier_and_keeps_a_seed_that_is_80_percent_benign():
+    """q = 0.9 over a 20-sample seed skips its top two values per channel (an outlier is one of
+    them) and stays on a trigger channel while more than two seed samples carry the trigger."""
+    from benchmark.isolation import channel_discrepancy
+
+    f, slices, poisoned = synthetic_features(n_poison=30)
+    idx_p, idx_b = poisoned.nonzero().flatten(), (~poisoned).nonzero().flatten()
+    benign = ~poisoned & (torch.arange(300) >= 150)
+    outlier_seed = torch.zeros(300, dtype=torch.bool)
+    outlier_seed[idx_p[:19]] = True
+    outlier_seed[idx_b[0]] = True  # one benign image in the seed, very bright on channel 12
+    f[idx_b[0], 12] = 50.0
+    for q, want in ((1.0, 12), (0.9, 7)):
+        _, kept = channel_scores(f, slices, outlier_seed, benign, 3.0, 0.04, None, seed_quantile=q)
+        assert kept[0].item() == want
+    faulty = torch.zeros(300, dtype=torch.bool)  # Table 3's 80% fault ratio: 4 poisoned of 20
+    faulty[idx_p[:4]] = True
+    faulty[idx_b[1:17]] = True
+    for q, separated in ((0.9, True), (0.5, False)):
+        d = channel_discrepancy(f, faulty, benign, 3.0, q)
+        others = torch.cat([d[:7], d[8:28], d[29:]])
+        assert bool(min(d[7], d[28]) > others.max() + 2.0) is separated
+
+
 def test_fault_ratio_seed_has_the_exact_share_of_benign_samples():
     from defenses.pipd import faulty_seed
 
@@ -107,16 +131,19 @@ def test_fault_ratio_seed_has_the_exact_share_of_benign_samples():
                        faulty_seed(order, k, benign_seed, truth, 0.4, seed=3))
 
 
-def test_pipd_median_is_pipd_with_the_median_and_inherits_its_settings():
-    from benchmark.config import parse_sets, resolve_cell
+def test_pipd_median_and_q90_are_pipd_with_their_quantile_and_inherit_its_settings():
+    from benchmark.config import cell_id, parse_sets, resolve_cell
     from benchmark.registry import UsageError
     from defenses import DEFENSES
 
-    c = resolve_cell("quick", "badnets", "pipd_median", 0, parse_sets(["pipd.rounds=3"]))
-    assert c["defense_params"]["seed_quantile"] == 0.5 and c["defense_params"]["rounds"] == 3
-    assert c["defense_params"]["pre_epochs"] == 8  # the quick preset's pipd settings
+    for name, q in (("pipd_median", 0.5), ("pipd_q90", 0.9)):
+        c = resolve_cell("quick", "badnets", name, 0, parse_sets(["pipd.rounds=3"]))
+        assert c["defense_params"]["seed_quantile"] == q and c["defense_params"]["rounds"] == 3
+        assert c["defense_params"]["pre_epochs"] == 8  # the quick preset's pipd settings
+        assert issubclass(DEFENSES.get(name), DEFENSES.get("pipd"))
+    plain = resolve_cell("quick", "badnets", "pipd", 0, parse_sets(["pipd.seed_quantile=0.9"]))
+    assert cell_id(plain) != cell_id(resolve_cell("quick", "badnets", "pipd_q90", 0, []))
     assert resolve_cell("quick", "badnets", "pipd", 0, [])["defense_params"]["seed_quantile"] == 1.0
-    assert issubclass(DEFENSES.get("pipd_median"), DEFENSES.get("pipd"))
     with pytest.raises(UsageError, match="seed_quantile must be in"):
         resolve_cell("smoke", "badnets", "pipd", 0, parse_sets(["pipd.seed_quantile=2"]))
 
