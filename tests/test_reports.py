@@ -302,3 +302,12 @@ def test_seed_quantile_table_marks_misses_and_says_which_quantile_holds_on_every
     assert verdict == ("| meets TPR >= 95 / FPR <= 2 on every row | | | | | no | no | not run on 2 "
                        "| not run on 1 |")
     assert note == "(TPR / FPR, %; P_p: the poisoned seed's precision)"
+
+
+def test_only_pipd_and_its_variants_carry_a_seed_statistic_and_a_training_scheme():
+    from benchmark.reports.records import row
+
+    none = row(record("badnets", "none", 0, ["none.rounds=2"], ca=78, asr=2))
+    q90 = row(record("badnets", "pipd_q90", 0, ca=79, asr=2))
+    assert none["rounds"] == 2 and none["seed_quantile"] is None and none["training"] is None
+    assert q90["seed_quantile"] == 0.9 and q90["training"] == "selective"

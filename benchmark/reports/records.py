@@ -78,6 +78,15 @@ def is_variant(defense: str) -> bool:
     return defense in DEFENSES and len(lineage(DEFENSES.get(defense))) > 1
 
 
+def _is_pipd(defense: str) -> bool:
+    """PIPD or a registered variant of it: the records whose seed statistic and post-isolation
+    training mean something (NONE also has ``rounds``)."""
+    from benchmark.config import lineage
+    from defenses import DEFENSES
+
+    return defense in DEFENSES and "pipd" in lineage(DEFENSES.get(defense))
+
+
 def _trains_model(defense: str, params: dict[str, Any]) -> bool:
     """``Defense.trains_final_model`` of the record's settings (fields a later version dropped
     are ignored); an unknown defense counts as training one unless it is a detector."""
@@ -134,6 +143,7 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     # bf16 cell never averages with an fp32 one of the same config
     precision = str((rec.get("hardware") or {}).get("precision") or "")
     stale = _stale_version("attack", c["attack"], c), _stale_version("defense", c["defense"], c)
+    pipd = _is_pipd(c["defense"])
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
         "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
@@ -156,8 +166,8 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),
         "fault_ratio": dp.get("fault_ratio"), "rounds": dp.get("rounds"),
         # PIPD's seed statistic (Eq. 4's max is the quantile 1; records before the option: 1)
-        "seed_quantile": dp.get("seed_quantile", 1.0) if "rounds" in dp else None,
-        "training": dp.get("training", "selective") if "rounds" in dp else None,
+        "seed_quantile": dp.get("seed_quantile", 1.0) if pipd else None,
+        "training": dp.get("training", "selective") if pipd else None,
         "round_fpr": [_num(v.get("fpr")) for _, v in rounds],
         "round_tpr": [_num(v.get("tpr")) for _, v in rounds],
         "total_s": _num((rec.get("timings") or {}).get("total_s")),
