@@ -106,40 +106,65 @@ def _epoch_curve(curves: dict, phases: list[str]) -> pd.DataFrame:
     return pd.DataFrame(pts)
 
 
+def _scheme(cell: pd.Series) -> str:
+    """A Fig. 5 line's name: the method whose isolation it trains on (PIPD or a variant, with
+    its overrides other than ``training``) and the scheme."""
+    from benchmark.config import label
+    from benchmark.reports.records import column_name
+
+    own = {k: v for k, v in cell["defense_overrides"].items() if k != "training"}
+    who = column_name(cell["defense"]) + (f"[{label(own)}]" if own else "")
+    if cell["training"] == "selective":
+        return f"{who} selective training"
+    return f"ABL's scheme on {who}'s isolation: train on D_b, then unlearn D_p"
+
+
+def fig5_lines(df: pd.DataFrame) -> list[pd.DataFrame]:
+    """Per (dataset, attack, seed) with both schemes: the per-epoch CA / ASR after isolation,
+    one ``scheme`` per method, so a variant's selective training (``pipd_q90``) is its own line,
+    never averaged into PIPD's. Isolation-only cells (no selective epochs) draw nothing."""
+    rows = df[(df["status"] == "ok") & df["training"].isin(["selective", "unlearning"])] \
+        if not df.empty and "training" in df else pd.DataFrame()
+    panels = []
+    for _, g in (rows.groupby(["dataset", "attack_label", "seed"]) if not rows.empty else []):
+        parts = []
+        for _, cell in g.iterrows():
+            phases = ["selective"] if cell["training"] == "selective" else ["finetune", "unlearning"]
+            c = _epoch_curve(cell["curves"], phases)
+            if not c.empty:
+                parts.append(c.assign(scheme=_scheme(cell), training=cell["training"],
+                                      attack_label=cell["attack_label"], seed=cell["seed"]))
+        if len({p["training"].iloc[0] for p in parts}) == 2:
+            panels.append(pd.concat(parts, ignore_index=True))
+    return panels
+
+
 def fig5_selective_vs_unlearning(df: pd.DataFrame, out: Path) -> list[Path]:
     """CA and ASR per epoch after isolation: PIPD's selective training against ABL's
     train-then-unlearn scheme on the same isolation (pipd.training=unlearning); a dotted line
     where unlearning starts, the legend below the panels."""
-    rows = df[(df["status"] == "ok") & df["training"].isin(["selective", "unlearning"])] \
-        if not df.empty and "training" in df else pd.DataFrame()
-    pairs = [g for _, g in rows.groupby(["dataset", "attack_label", "seed"])
-             if set(g["training"]) >= {"selective", "unlearning"}] if not rows.empty else []
-    if not pairs:
+    panels = fig5_lines(df)
+    if not panels:
         return []
     plt, sns = _plt()
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(9, 3.2 * len(pairs)), squeeze=False)
-    for i, g in enumerate(pairs):
-        parts, unlearn_from = [], None
-        for _, cell in g.iterrows():
-            phases = ["selective"] if cell["training"] == "selective" else ["finetune", "unlearning"]
-            c = _epoch_curve(cell["curves"], phases)
-            c["scheme"] = ("PIPD selective training" if cell["training"] == "selective"
-                           else "ABL: train on D_b, then unlearn D_p")
-            if cell["training"] == "unlearning" and (c["phase"] == "unlearning").any():
-                unlearn_from = c.loc[c["phase"] == "unlearning", "epoch"].min() - 0.5
-            parts.append(c)
-        data = pd.concat(parts)
-        seed = g["seed"].iloc[0]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    handles, labels = [], []
+    for i, data in enumerate(panels):
+        unlearning = data[data["phase"] == "unlearning"]
+        unlearn_from = unlearning["epoch"].min() - 0.5 if not unlearning.empty else None
         for ax, metric in zip(axes[i], ("CA", "ASR"), strict=True):
             sns.lineplot(data=data, x="epoch", y=metric, hue="scheme", marker=".", ax=ax)
-            ax.set(title=f"{g['attack_label'].iloc[0]} seed {seed}: {metric}", ylabel="%",
-                   ylim=(0, 100))
+            ax.set(title=f"{data['attack_label'].iloc[0]} seed {data['seed'].iloc[0]}: {metric}",
+                   ylabel="%", ylim=(0, 100))
             if unlearn_from is not None:
                 ax.axvline(unlearn_from, color="grey", linestyle=":", linewidth=1)
                 ax.text(unlearn_from + 0.3, 95, "unlearning", fontsize=7, color="grey", va="top")
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
             ax.get_legend().remove()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1,
                frameon=False)
     fig.suptitle("Fig. 5: selective training vs unlearning on one isolation", y=1.0)
     fig.tight_layout()

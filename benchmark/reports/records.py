@@ -49,7 +49,7 @@ def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
     return list(by_id.values())
 
 
-def _column_name(defense: str) -> str:
+def column_name(defense: str) -> str:
     from defenses import DEFENSES
 
     return (DEFENSES.get(defense).column or defense) if defense in DEFENSES else defense
@@ -151,7 +151,7 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "attack_label": " ".join(filter(None, [c["attack"], label(upstream)]))
         + stale[0],
         "defense": c["defense"],
-        "defense_label": _column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
+        "defense_label": column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
         + stale[1] + (" (bf16)" if "bf16" in precision else ""),
         "current": not any(stale),  # both methods at their registered versions
         "train_precision": precision,
