@@ -314,7 +314,7 @@ def test_only_pipd_and_its_variants_carry_a_seed_statistic_and_a_training_scheme
 
 
 def test_fig5_draws_each_method_and_scheme_as_its_own_line_and_skips_isolation_only_cells():
-    """A variant's selective training must not average into PIPD's line; a cell without
+    """A variant's (or a bf16 run's) selective training must not average into PIPD's line; a cell without
     selective epochs draws nothing; an (attack, seed) without both schemes has no panel."""
     from benchmark.reports.figures import fig5_lines
 
@@ -324,8 +324,9 @@ def test_fig5_draws_each_method_and_scheme_as_its_own_line_and_skips_isolation_o
     recs = [record("badnets", "pipd", 0), record("badnets", "pipd_q90", 0),
             record("badnets", "pipd", 0, ["pipd.training=unlearning"]),
             record("badnets", "pipd_q90", 0, ["pipd_q90.selective_epochs=0"]),
-            record("blended", "pipd", 0)]
+            record("blended", "pipd", 0), record("badnets", "pipd", 0)]
     recs[0]["curves"] = {"selective": curve(60, 70)}
+    recs[5]["curves"], recs[5]["hardware"] = {"selective": curve(90, 91)}, {"precision": "bf16"}
     recs[1]["curves"] = {"selective": curve(20, 30)}
     recs[2]["curves"] = {"finetune": curve(50), "unlearning": curve(40)}
     recs[4]["curves"] = {"selective": curve(65, 75)}
@@ -333,4 +334,5 @@ def test_fig5_draws_each_method_and_scheme_as_its_own_line_and_skips_isolation_o
     assert len(panels) == 1 and set(panels[0]["attack_label"]) == {"badnets"}
     by = panels[0].groupby("scheme")["CA"].apply(list).to_dict()
     assert by == {"pipd selective training": [60, 70], "pipd_q90 selective training": [20, 30],
-                  "ABL's scheme on pipd's isolation: train on D_b, then unlearn D_p": [50, 40]}
+                  "ABL's scheme on pipd's isolation: train on D_b, then unlearn D_p": [50, 40],
+                  "pipd (bf16) selective training": [90, 91]}

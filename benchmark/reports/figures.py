@@ -108,12 +108,16 @@ def _epoch_curve(curves: dict, phases: list[str]) -> pd.DataFrame:
 
 def _scheme(cell: pd.Series) -> str:
     """A Fig. 5 line's name: the method whose isolation it trains on (PIPD or a variant, with
-    its overrides other than ``training``) and the scheme."""
+    its overrides other than ``training``, its version and precision marks) and the scheme."""
     from benchmark.config import label
     from benchmark.reports.records import column_name
 
-    own = {k: v for k, v in cell["defense_overrides"].items() if k != "training"}
-    who = column_name(cell["defense"]) + (f"[{label(own)}]" if own else "")
+    def name(own: dict) -> str:
+        return column_name(cell["defense"]) + (f"[{label(own)}]" if own else "")
+
+    own = cell["defense_overrides"]
+    marks = cell["defense_label"][len(name(own)):]  # " (v2)", " (bf16)"
+    who = name({k: v for k, v in own.items() if k != "training"}) + marks
     if cell["training"] == "selective":
         return f"{who} selective training"
     return f"ABL's scheme on {who}'s isolation: train on D_b, then unlearn D_p"
