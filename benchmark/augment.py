@@ -107,6 +107,24 @@ class StrongAugment:
         return random_grayscale(x, self.gray_p, gen=gen)
 
 
+def cutout(x: torch.Tensor, length: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """One square hole of zeros per image (DeVries and Taylor's Cutout, ``n_holes`` 1), any dtype.
+
+    The hole's centre (cy, cx) is uniform over the pixels and the hole spans rows
+    [cy - length // 2, cy + length // 2) and the same columns, clipped at the border: the
+    reference implementation's arithmetic, so an odd ``length`` cuts a hole of ``length - 1``
+    (CBD's Cutout(1, 3) zeroes 2x2 pixels, fewer at a border).
+    """
+    b, _, h, w = x.shape
+    half = length // 2
+    centre = (torch.rand(2, b, generator=gen) * torch.tensor([[h], [w]])).long().to(x.device)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    inside_r = (rows[None, :] >= centre[0][:, None] - half) & (rows[None, :] < centre[0][:, None] + half)
+    inside_c = (cols[None, :] >= centre[1][:, None] - half) & (cols[None, :] < centre[1][:, None] + half)
+    hole = inside_r[:, None, :, None] & inside_c[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(hole, 0)
+
+
 def rotate_translate(x: torch.Tensor, degrees: float = 180.0, translate: float = 0.2,
                      gen: torch.Generator | None = None) -> torch.Tensor:
     """torchvision's RandomRotation(``degrees``) then RandomAffine(translate=(``translate``,) * 2)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import devrun
+from benchmark.augment import cutout as augment_cutout
 from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
 from benchmark.progress import Phase
 from benchmark.registry import UsageError
@@ -73,6 +74,8 @@ class TrainConfig:
     augment: bool = True  # random crop + horizontal flip
     crop_padding: int = 4
     crop_mode: str = field(default="zeros", metadata=OMIT_AT_DEFAULT)  # padding: zeros or reflect
+    # after crop and flip, one square hole of this side zeroed per image (augment.cutout); 0: none
+    cutout: int = field(default=0, metadata=at_least(0, **OMIT_AT_DEFAULT))
     label_smoothing: float = 0.0
     # training-step precision: auto = bf16 on CUDA, fp32 on the CPU (see resolve_precision)
     precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
@@ -236,8 +239,9 @@ class Trainer:
 
     @staticmethod
     def augment(x: torch.Tensor, padding: int, generator: torch.Generator | None = None,
-                mode: str = "zeros") -> torch.Tensor:
-        """Batched random crop (zero or reflect padding) plus horizontal flip, on uint8 images."""
+                mode: str = "zeros", cutout: int = 0) -> torch.Tensor:
+        """Batched random crop (zero or reflect padding) plus horizontal flip, on uint8 images,
+        then, with ``cutout`` > 0, one zeroed square of that side per image."""
         b, c, h, w = x.shape
         dev = x.device
         if padding > 0:
@@ -252,7 +256,8 @@ class Trainer:
                        torch.arange(c, device=dev)[None, :, None, None],
                        rows[:, None, :, None], cols[:, None, None, :]]
         flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return augment_cutout(x, cutout, generator) if cutout > 0 else x
 
     def training_precision(self, cfg: TrainConfig) -> str:
         """The precision ``cfg``'s training steps run in here (notes a fallback once)."""
@@ -356,7 +361,7 @@ class Trainer:
 
         def supervised(forward, x, y, idx, g):  # noqa: ANN001, ANN202 - the default StepFn
             if cfg.augment:
-                x = self.augment(x, cfg.crop_padding, g, cfg.crop_mode)
+                x = self.augment(x, cfg.crop_padding, g, cfg.crop_mode, cfg.cutout)
             logits = forward(self.normalize(x))
             return loss_fn(logits.float(), y, idx), logits
 

@@ -17,8 +17,10 @@ The final f_C is the defended model; CBD isolates nothing (no TPR/FPR).
 
 Reference: zaixizhang/CBD (8a7bd37), ``train.py``, ``utils/util.py``, ``config.py``: f_B at lr 0.1
 (SGD, Nesterov, momentum 0.9, weight decay 1e-4), f_C for 100 epochs at 0.1, 0.01 from epoch 20,
-0.001 from epoch 70, batch 64, crop and flip; its model selector offers WideResNets (WRN-16-1 by
-default) and a ResNet-34, no ResNet-18: the suite runs its grid's model. Departures: the
+0.001 from epoch 70, batch 64, crop, flip and Cutout(1, 3) for both models (``data_loader.py``:
+one zeroed square per image, 2x2 pixels by its arithmetic; ``cutout`` 0 turns it off, as
+version 1 ran); its model selector offers WideResNets (WRN-16-1 by default) and a ResNet-34, no
+ResNet-18: the suite runs its grid's model. Departures: the
 reference's ``--disentangle`` defaults to 0 (no MI term); the paper's method has it, so it is on
 here (``--set cbd.disentangle=false`` is the code's default run). The reference's discriminator
 pass runs f_C in training mode, so it moves f_C's BatchNorm statistics; so does this one.
@@ -51,6 +53,7 @@ class CBDParams(DefenseParams):
     disc_lr: float = 0.2
     disc_step: int = 20  # epochs between the discriminator's x0.1 steps
     dropout: float = 0.2
+    cutout: int = field(default=3, metadata=at_least(0))  # the reference's Cutout(1, 3); 0: none
 
 
 class Discriminator(nn.Module):
@@ -99,13 +102,14 @@ class CBD(Defense):
     name = "cbd"
     title = "CBD (causality-inspired deconfounded training, CVPR 2023)"
     Params = CBDParams
+    version = 2  # 2: both models train under the reference's Cutout(1, 3) (was crop and flip only)
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: CBDParams = self.params
         tr = ctx.trainer
         base = ctx.train_cfg.replace(batch_size=p.batch_size, lr=p.lr, momentum=0.9, nesterov=True,
                                      weight_decay=p.weight_decay, optimizer="sgd", warmup=0.0,
-                                     augment=True, label_smoothing=0.0)
+                                     augment=True, label_smoothing=0.0, cutout=p.cutout)
         bias_cfg = base.replace(epochs=p.bias_epochs, schedule="constant")
         key = {**ctx.cache_key, "phase": "cbd-bias", "cfg": bias_cfg.key()}
         bias, bias_curve, _ = ctx.trained_once("models", key, bias_cfg, None, "CBD backdoored model")
@@ -125,7 +129,7 @@ class CBD(Defense):
         disc_gen = torch.Generator().manual_seed(ctx.seed + 7)
 
         def inputs(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            return tr.normalize(tr.augment(x, cfg.crop_padding, g, cfg.crop_mode))
+            return tr.normalize(tr.augment(x, cfg.crop_padding, g, cfg.crop_mode, cfg.cutout))
 
         def train_discriminator(epoch: int, f_c: nn.Module) -> None:
             """A full pass that trains T alone to maximise the MI estimate (the reference steps

@@ -10,8 +10,9 @@ Sample distinguishment (SD):
    mean over the penultimate features of (f(x) - f(t(x)))^2, t a random rotation of up to 180
    degrees then a random shift of up to 20% per axis (torchvision's RandomRotation and
    RandomAffine, nearest, zero fill); poisoned samples are the sensitive ones (high FCT);
-3. sorted ascending: FCT <= the value at rank ``clean_ratio`` x N (0.20) is clean (D_c), FCT >=
-   the value at rank N - ``poison_ratio`` x N (0.05) is poisoned (D_p), the rest uncertain.
+3. sorted ascending: FCT <= the value at rank ``clean_ratio`` x N (0.20) is clean (D_c); of the
+   rest, FCT >= the value at rank N - ``poison_ratio`` x N (0.05) is poisoned (D_p); the rest is
+   uncertain. A sample is in one set at most: the reference assigns with if/elif, clean first.
 Backdoor removal (BR): from the backdoored model, ``epochs`` (20) epochs of one gradient-ascent
 pass over D_p then one cross-entropy pass over D_c, crop and flip, SGD at a constant lr 1e-4
 (momentum 0.9, weight decay 5e-4), one optimiser throughout.
@@ -27,12 +28,19 @@ Reference: SCLBD/Effective_backdoor_defense (63fda0e): ``train_attack_noTrans.py
   restores the first's momentum;
 - the last epoch's model is kept; the reference picks the epoch of the best test accuracy minus
   ASR, which uses the test labels and the attack.
+Each removal epoch records the train-mode ascent loss on D_p (what the optimiser saw) and, after
+the epoch, the eval-mode cross entropy on D_p (``d_p_eval_loss``: whether the ascent has raised the loss
+of the isolated samples, which the train-mode loss, under crop, flip and batch statistics of D_p
+alone, does not show).
 The record's isolation is D_p, its scores the FCT (the uncertain and D_c rows count as not
 flagged); D_c is the named mask ``d_c`` (its TPR: the share of the poisoned samples that D_c
 relearns on).
 
 D_c is larger than ``clean_ratio`` where FCT ties at the quantile: every sample at or below it
-is clean, as in the reference (``separate_samples.py``: ``<= gamma_low``). At quick D_c held
+is clean, as in the reference (``separate_samples.py``: ``<= gamma_low``, then ``elif >=
+gamma_high``). Where the ties reach past rank N - ``poison_ratio`` x N both thresholds are the
+tied value, and D_p is only what lies above it (version 1 also put the tied samples in D_p, so
+that its ascent ran on most of the set). At quick D_c held
 14,289 (BadNets) and 18,832 (Trojan) of 20,000 samples (``info.n_clean``): a tie of thousands
 of floats, so FCT exactly 0, the L_intra model's features unchanged by the transformation (not
 inspected further; all-zero features after the last ReLU would do it). The reference's README
@@ -96,11 +104,21 @@ def consistency(model: nn.Module, trainer: Trainer, images: torch.Tensor, degree
 
 def split_by_quantiles(fct: torch.Tensor, clean_ratio: float, poison_ratio: float
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(D_c mask, D_p mask): FCT <= sorted[int(clean_ratio N)], FCT >= sorted[N - int(poison_ratio N)]."""
+    """(D_c mask, D_p mask), disjoint: D_c is FCT <= sorted[int(clean_ratio N)], D_p the rest
+    with FCT >= sorted[N - int(poison_ratio N)] (the reference's if/elif: a tie is clean)."""
     ordered, n = fct.sort().values, len(fct)
     low = ordered[min(int(n * clean_ratio), n - 1)]
     high = ordered[min(n - int(n * poison_ratio), n - 1)]
-    return fct <= low, fct >= high
+    clean = fct <= low
+    return clean, (fct >= high) & ~clean
+
+
+def eval_loss(trainer: Trainer, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              mask: torch.Tensor) -> float | None:
+    """Mean eval-mode cross entropy over the masked samples (None for an empty mask)."""
+    if not bool(mask.any()):
+        return None
+    return float(trainer.per_sample_loss(model, images[mask], labels[mask]).mean())
 
 
 @register_defense
@@ -108,6 +126,7 @@ class DBR(Defense):
     name = "dbr"
     title = "D-BR (transformation-sensitivity split, unlearn and relearn; NeurIPS 2022)"
     Params = DBRParams
+    version = 2  # 2: D_p excludes D_c (the reference's if/elif); was: both masks took FCT ties
 
     def sd_model(self, ctx: DefenseContext) -> tuple[nn.Module, dict[str, list[dict]]]:
         """The sample-distinguishment model: cross entropy, then L_intra."""
@@ -184,7 +203,9 @@ class DBR(Defense):
                     sums[sign] += float(loss.detach()) * len(idx)
             stats = {"epoch": epoch + 1, "lr": p.lr,
                      "ascent_loss": -sums[-1.0] / max(1, len(parts[0][1])),
-                     "relearn_loss": sums[1.0] / max(1, len(parts[1][1]))}
+                     "relearn_loss": sums[1.0] / max(1, len(parts[1][1])),
+                     "d_p_eval_loss": eval_loss(tr, model, ctx.train.images, ctx.train.labels,
+                                                poisoned)}
             if ctx.monitor is not None:
                 stats.update(ctx.monitor(epoch + 1, model) or {})
             curve.append(stats)

@@ -313,10 +313,20 @@ def test_cbd_discriminator_follows_the_reference_estimator_and_normalisation():
     assert disc.out.weight[0, 0].item() == pytest.approx(2.0, rel=1e-5)
 
 
-def test_cbd_trains_its_backdoored_model_once_and_the_clean_model_with_the_discriminator(tmp_path):
+def test_cbd_trains_its_backdoored_model_once_and_the_clean_model_with_the_discriminator(
+        tmp_path, monkeypatch):
+    import benchmark.train as train_module
+
+    holes = []  # every batch of both models and the discriminator's pass: the reference's Cutout(1, 3)
+    real = train_module.augment_cutout
+    monkeypatch.setattr(train_module, "augment_cutout",
+                        lambda x, length, gen: holes.append((len(x), length)) or real(x, length, gen))
     train, _ = easy_backdoor()
     ctx = context(train, tmp_path)
     res = run("cbd", ctx, bias_epochs=2, epochs=2, milestones=[1], disc_step=1, batch_size=32)
+    batches = -(-len(train.labels) // 32)
+    assert {length for _, length in holes} == {3}
+    assert len(holes) == batches * (2 + 2 + 2)  # f_B's 2 epochs, f_C's 2 and the discriminator's 2
     assert [p["epoch"] for p in res.curves["train"]] == [1, 2] and len(res.curves["bias"]) == 2
     assert res.curves["train"][1]["lr"] == pytest.approx(0.01)  # x0.1 from epoch 1
     again = run("cbd", ctx, bias_epochs=2, epochs=1, milestones=[], disc_step=1, batch_size=32,
@@ -336,6 +346,11 @@ def test_dbr_split_losses_and_transformation_follow_the_reference():
     fct = torch.arange(100.0).flip(0)
     clean, poisoned = split_by_quantiles(fct, 0.2, 0.05)
     assert torch.equal(clean, fct <= 20) and torch.equal(poisoned, fct >= 95)
+    ties = torch.zeros(100)  # 97% tie at FCT 0: both quantiles are 0
+    ties[97:] = torch.tensor([0.5, 1.0, 2.0])
+    clean, poisoned = split_by_quantiles(ties, 0.2, 0.05)
+    assert torch.equal(clean, ties == 0)  # the reference's if/elif: a tie is clean, never D_p
+    assert poisoned.nonzero().flatten().tolist() == [97, 98, 99]
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 1, 2] = 1.0
     draws = iter([torch.tensor([180.0]), torch.tensor([2.0]), torch.tensor([1.0])])
@@ -361,3 +376,6 @@ def test_dbr_isolates_its_quantile_and_unlearns_from_the_cached_backdoored_model
     d_c = res.masks["d_c"]  # D_c is reported: every row at or below the 20% quantile of FCT
     assert int(d_c.sum()) == res.info["n_clean"] and not (d_c & res.isolated).any()
     assert (res.scores[d_c].max() <= res.scores[~d_c].min())
+    d_p = res.isolated  # the last epoch's eval-mode loss on D_p is the final model's
+    final = ctx.trainer.per_sample_loss(res.model, train.images[d_p], train.labels[d_p]).mean()
+    assert res.curves["removal"][-1]["d_p_eval_loss"] == pytest.approx(float(final), rel=1e-5)

@@ -40,6 +40,32 @@ def test_reflect_padded_crops_mirror_the_border_without_repeating_it():
         TrainConfig(crop_mode="wrap")
 
 
+def test_cutout_zeroes_the_reference_square_around_each_drawn_centre():
+    from benchmark.augment import cutout
+
+    x = torch.full((200, 3, 8, 8), 7, dtype=torch.uint8)
+    centres = (torch.rand(2, 200, generator=torch.Generator().manual_seed(5))
+               * torch.tensor([[8], [8]])).long()  # the draws cutout makes with this seed
+    for length in (3, 4):
+        out = cutout(x, length, torch.Generator().manual_seed(5))
+        assert out.dtype == torch.uint8 and out.shape == x.shape
+        for i in range(200):  # the reference's arithmetic: rows clip(cy - L//2, 0, h) .. clip(cy + L//2)
+            cy, cx, half = int(centres[0, i]), int(centres[1, i]), length // 2
+            expect = torch.full((8, 8), 7, dtype=torch.uint8)
+            expect[max(cy - half, 0):min(cy + half, 8), max(cx - half, 0):min(cx + half, 8)] = 0
+            assert all(torch.equal(out[i, c], expect) for c in range(3))
+        zeros = (out[:, 0] == 0).sum((1, 2))
+        full = (length // 2 * 2) ** 2  # Cutout(1, 3) cuts 2x2; 4 cuts 4x4
+        assert zeros.max() == full and zeros.min() >= 1  # clipped at a border, never empty
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain = Trainer.augment(x, 2, gen_a)  # cutout 0 draws nothing more: today's crops unchanged
+    assert torch.equal(plain, Trainer.augment(x, 2, gen_b, cutout=0))
+    assert torch.equal(torch.rand(4, generator=gen_a), torch.rand(4, generator=gen_b))
+    from benchmark.validate import check_fields
+    with pytest.raises(UsageError, match="train.cutout: must be >= 0"):
+        check_fields(TrainConfig, {"cutout": -1}, "train")
+
+
 def test_lr_schedules():
     cos = TrainConfig(epochs=10, schedule="cosine")
     assert lr_factor(cos, 0, 100, 10) == pytest.approx(1.0)
