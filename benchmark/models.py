@@ -129,6 +129,35 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(m.avgpool(x), 1)
 
 
+@torch.no_grad()
+def stage_output(model: nn.Module, x: torch.Tensor, stage: int = 3) -> torch.Tensor:
+    """The last block of residual stage ``stage``, flattened, before the ReLU that ends it:
+    the residual sum bn2(conv2(.)) + shortcut for a post-activation block (this suite's
+    ``BasicBlock``, torchvision's), the block's output for a pre-activation one (no ReLU ends
+    it). SPECTRE's authors read layer 3's last block of their ResNet-18 this way."""
+    block = getattr(model, f"layer{stage}")[-1]
+    if isinstance(block, PreActBlock):
+        parts = {"out": block}
+    else:
+        short = getattr(block, "shortcut", None)
+        short = getattr(block, "downsample", None) if short is None else short
+        parts = {"res": block.bn2, "short": short if short is not None and len(short) else None}
+    store: dict[str, torch.Tensor] = {}
+    # copies: torchvision's block adds the shortcut and applies its ReLU in place
+    handles = [m.register_forward_hook(lambda _m, _i, out, k=k: store.__setitem__(k, out.clone()))
+               for k, m in parts.items() if m is not None]
+    if parts.get("short", block) is None:  # identity shortcut: the block's input
+        handles.append(block.register_forward_pre_hook(
+            lambda _m, args: store.__setitem__("short", args[0].clone())))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    out = store["out"] if "out" in store else store["res"] + store["short"]
+    return out.flatten(1)
+
+
 class Backbone(nn.Module):
     """A classifier without its head: ``forward`` gives the pooled features (SimCLR trains it)."""
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from benchmark.cache import ArtifactCache
 from benchmark.data import ImageSet
+from benchmark.models import stage_output
 from benchmark.registry import Registry
 from benchmark.train import EpochData, LossFn, TrainConfig, Trainer
 
@@ -207,12 +208,18 @@ def finetune_then_unlearn(ctx: DefenseContext, model: nn.Module, isolated: torch
     return curves
 
 
-def backdoored_features(ctx: DefenseContext) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
-    """The cached backdoored model, the penultimate features of every training image under it
-    (eval mode, no augmentation, fp32 CPU) and the record's note on where the model came from:
-    what the feature-space detectors (Spectral Signatures, AC, SPECTRE, SCAn) inspect."""
+def backdoored_features(ctx: DefenseContext, layer: str = "penultimate"
+                        ) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """The cached backdoored model, the features of every training image under it (eval mode,
+    no augmentation, fp32 CPU) and the record's note on where the model came from: what the
+    feature-space detectors (Spectral Signatures, AC, SPECTRE, SCAn) inspect. ``layer``:
+    ``penultimate`` (the pooled features the head reads) or ``layer3`` (stage 3's last block
+    before its ReLU, flattened: ``models.stage_output``)."""
     model, _, reused = ctx.backdoored_model()
-    feats = ctx.trainer.embeddings(model, ctx.train.images)
+    if layer == "layer3":
+        feats = ctx.trainer.logits(model, ctx.train.images, head=lambda m, x: stage_output(m, x, 3))
+    else:
+        feats = ctx.trainer.embeddings(model, ctx.train.images)
     return model, feats, {"inspected_model": "reused from cache" if reused else "trained",
                           "feature_dim": int(feats.shape[1])}
 

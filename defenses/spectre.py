@@ -1,26 +1,33 @@
-"""SPECTRE (Hayase, Kong, Somani, Oh, ICML 2021): a detector on the backdoored model's
-penultimate features (the cached No Defense model; it trains nothing).
+"""SPECTRE (Hayase, Kong, Somani, Oh, ICML 2021): a detector on the backdoored model's features
+(the cached No Defense model; it trains nothing).
 
 Per class, with eps the expected number of poisoned samples:
-1. centre the class's features and project them on their top ``pca_dims`` (100) principal axes;
-2. for every k of {1, 4, 9, ..., 100} (squares up to ``pca_dims``): project on the top k axes,
-   estimate a robust covariance (the DKK17 filter: whiten by the second moment, drop
+1. centre the class's features and project them on their top ``pca_dims`` (64) principal axes;
+2. for every k of {1, 4, 9, ..., pca_dims} (the squares of 1 .. sqrt(pca_dims)): project on the
+   top k axes, estimate a robust covariance (the DKK17 filter: whiten by the second moment, drop
    points by the top eigenvector of the fourth-moment operator until it looks Gaussian, at most
    2 eps points), whiten every point by it, and score each by QUE, x^T M x with
    M = exp(alpha (S' - I) / (||S'|| - 1)) / tr(...), S' the whitened covariance, alpha 4
    (k = 1: the squared projection, no robust step);
 3. keep the k whose kept set gives the largest QUE "op" statistic, tr(S'M) / tr(M), on the
-   100-dimensional features, and flag that k's 1.5 eps highest scores.
+   ``pca_dims``-dimensional features, and flag that k's 1.5 eps highest scores.
 The class with the largest op is the one flagged (the defender does not know the target).
 
-Reference: SewoongLab/spectre-defense (ccf594a; ``quantum_filters.jl``, ``dkk17.jl``, Julia;
-its filter inspects the known target class with the true poison count); the class choice and
-the per-class eps are vtu81/backdoor-toolbox's (9d4d909, ``cleanser.py`` with its copy of the
-Julia code): eps is ``expected_rate`` x the whole set (the toolbox passes the true rate; the
-suite's default is 0.05, its attacks' rate), capped at a third of the class (a tenth below
-500 samples). The toolbox's Python port ``spectre_python.py`` (unused by the toolbox itself: a
-robust mean instead of the covariance filter, an element-wise exp) is not followed. The
-top eigenpair is Lanczos with restarts (KrylovKit's ``eigsolve`` there).
+References, and which one each choice follows. The authors' SewoongLab/spectre-defense (ccf594a;
+``quantum_filters.jl``, ``dkk17.jl``, ``rep_saver.py``) filters the known target class with the
+true poison count as eps, on layer 3's last block before its ReLU (flattened; ``rep_saver.py``
+layer 13 of its ResNet-18), 100 PCA dimensions, k up to 100. vtu81/backdoor-toolbox (9d4d909,
+``cleanser.py`` and its copy of the Julia code), which a defender without the target can run,
+filters every class with eps = the whole set's expected count (capped at a third of the class,
+a tenth below 500 samples), flags the class of the largest op, and reads the penultimate
+(pooled) features with 64 PCA dimensions, k up to 64. The defaults are the toolbox's, the
+choices it makes together; ``pca_dims=100`` and ``features=layer3`` are the authors' (their
+target-class oracle is not offered: a defense here never learns the target). ``expected_rate``
+is the toolbox's rate (it passes the true one; the default 0.05 is the suite's attacks' rate).
+The authors also read their features under the training augmentation (crop and flip, model in
+eval mode); here they are read without it, as the toolbox does. The toolbox's Python port
+``spectre_python.py`` (unused by the toolbox itself) is not followed. The top eigenpair is
+Lanczos with restarts (KrylovKit's ``eigsolve`` there).
 
 The record's score is each sample's QUE score in the chosen class, the others -1 (the rule:
 the 1.5 eps highest); per class, op, the chosen k and eps go to the record's info.
@@ -37,7 +44,7 @@ import torch
 from benchmark import devrun
 from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
 from benchmark.progress import Phase
-from benchmark.validate import within
+from benchmark.validate import at_least, one_of, within
 from defenses.base import (
     Defense,
     DefenseContext,
@@ -55,7 +62,8 @@ SHIFT = 3  # the filter's shift of the median deviation
 class SpectreParams(DefenseParams):
     expected_rate: float = field(default=0.05, metadata=within(0, 1))
     alpha: float = 4.0
-    pca_dims: int = 100
+    pca_dims: int = field(default=64, metadata=at_least(1))  # the toolbox's; the authors' 100
+    features: str = field(default="penultimate", metadata=one_of("penultimate", "layer3"))
     tau: float = 0.1
     limit_filter: float = 2.0  # at most this x eps points dropped by the robust estimate
     limit_remove: float = 1.5  # this x eps points flagged
@@ -157,9 +165,9 @@ def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams
 
 
 def dimensions(p: SpectreParams, dims: int) -> list[int]:
-    """The k of the sweep: squares up to ``pca_dims`` (10 values), at most ``dims``."""
-    return [k for k in sorted({round(v ** 2) for v in torch.linspace(1, math.sqrt(p.pca_dims), 10).tolist()})
-            if k <= dims]
+    """The k of the sweep: the squares of 1 .. sqrt(``pca_dims``) (both references' grid: 10
+    values up to 100, 8 up to 64), at most ``dims``."""
+    return [i * i for i in range(1, math.isqrt(p.pca_dims) + 1) if i * i <= dims]
 
 
 def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
@@ -243,9 +251,10 @@ class Spectre(Defense):
     title = "SPECTRE (robust covariance, QUE scores)"
     Params = SpectreParams
     is_detector = True
+    version = 2  # 2: the toolbox's 64 PCA dimensions and k grid by default (was the authors' 100)
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
-        model, feats, info = backdoored_features(ctx)
+        model, feats, info = backdoored_features(ctx, self.params.features)
         flagged, scores, found = spectre(feats, ctx.train.labels.cpu(), self.params)
         info.update(found)
         return DefenseResult(model=model, isolated=flagged, scores=scores, info=info)

@@ -379,3 +379,20 @@ def test_dbr_isolates_its_quantile_and_unlearns_from_the_cached_backdoored_model
     d_p = res.isolated  # the last epoch's eval-mode loss on D_p is the final model's
     final = ctx.trainer.per_sample_loss(res.model, train.images[d_p], train.labels[d_p]).mean()
     assert res.curves["removal"][-1]["d_p_eval_loss"] == pytest.approx(float(final), rel=1e-5)
+
+
+def test_spectre_reads_layer3_before_its_relu_when_asked(tmp_path):
+    """``spectre.features=layer3`` (the authors' choice) inspects stage 3's last block, flattened
+    (width 8: 32 channels x 4 x 4 at 16 px), the default the pooled penultimate features."""
+    from benchmark.models import stage_output
+    from defenses.base import backdoored_features
+
+    train, _ = easy_backdoor()
+    ctx = context(train, tmp_path, epochs=1)
+    model, feats, info = backdoored_features(ctx, "layer3")
+    assert feats.shape == (len(train.labels), 32 * 4 * 4) and info["feature_dim"] == 512
+    x = ctx.trainer.normalize(train.images[:4])
+    assert torch.allclose(feats[:4], stage_output(model.eval(), x, 3), atol=1e-5)
+    res = run("spectre", ctx, features="layer3", pca_dims=4)
+    assert res.info["feature_dim"] == 512 and res.isolated.shape == (len(train.labels),)
+    assert run("spectre", ctx, pca_dims=4).info["feature_dim"] == 64  # penultimate: 8 x 8 channels

@@ -145,3 +145,12 @@ def test_spectre_picks_the_poisoned_class_and_flags_its_planted_rows():
     assert flagged[planted].all()  # every planted row among the 1.5 eps = 60 flagged
     assert int(flagged.sum()) == 60 and not flagged[labels != 0].any()
     assert class_eps(1000, 3000) == 990 and class_eps(1000, 400) == 40 and class_eps(0, 600) == 60
+
+
+def test_spectre_sweeps_the_squares_up_to_its_pca_dimensions_as_both_references():
+    from defenses.spectre import SpectreParams, dimensions
+
+    assert SpectreParams().pca_dims == 64 and SpectreParams().features == "penultimate"  # the toolbox's
+    assert dimensions(SpectreParams(), 64) == [1, 4, 9, 16, 25, 36, 49, 64]  # the toolbox's 8
+    assert dimensions(SpectreParams(pca_dims=100), 100) == [i * i for i in range(1, 11)]  # the authors' 10
+    assert dimensions(SpectreParams(pca_dims=100), 30) == [1, 4, 9, 16, 25]  # a class of 31 rows

@@ -57,3 +57,38 @@ def test_conv_layers_names_every_conv():
     assert len(names) == 20 and "conv1" in names and "layer4.1.conv2" in names
     feats = collect_features(m, names, lambda: iter([torch.randn(2, 3, 32, 32)]))
     assert feats["conv1"].shape == (2, 8) and feats["layer2.0.shortcut.0"].shape == (2, 16)
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("preact_resnet18", 32),
+                                       ("resnet18_imagenet", 64)])
+def test_stage_output_is_layer3s_last_block_before_its_relu(name, size):
+    """SPECTRE's authors' features: the residual sum of layer 3's last block, flattened; after
+    the block's ReLU it is the block's output (pre-activation blocks end without one)."""
+    import torch.nn.functional as F
+
+    from benchmark.models import stage_output
+
+    torch.manual_seed(0)
+    m = build_model(name, 10, width=8).eval() if name != "resnet18_imagenet" else \
+        build_model(name, 10).eval()
+    x = torch.randn(3, 3, size, size)
+    seen = {}
+    h = m.layer3.register_forward_hook(lambda _m, _i, o: seen.setdefault("o", o))
+    with torch.no_grad():
+        m(x)
+    h.remove()
+    feats = stage_output(m, x, 3)
+    block_out = seen["o"].flatten(1)
+    assert feats.shape == block_out.shape
+    if name == "preact_resnet18":
+        assert torch.allclose(feats, block_out)
+    else:
+        assert (feats < 0).any() and torch.allclose(F.relu(feats), block_out, atol=1e-6)
+        blk, inp = m.layer3[-1], {}
+        h = blk.register_forward_pre_hook(lambda _m, a: inp.setdefault("x", a[0]))
+        with torch.no_grad():
+            m(x)
+            h.remove()
+            relu = F.relu
+            manual = blk.bn2(blk.conv2(relu(blk.bn1(blk.conv1(inp["x"]))))) + inp["x"]  # identity shortcut
+        assert torch.allclose(feats, manual.flatten(1), atol=1e-6)

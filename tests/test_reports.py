@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import statistics
 import subprocess
 
 import pytest
@@ -141,11 +142,13 @@ def test_leaderboard_ranks_defenses_on_their_shared_attacks_with_no_defense_as_r
 
 
 def test_leaderboard_says_when_neighbouring_ranks_are_within_noise_and_marks_scale_caveats():
-    recs = [record("badnets", d, s, ca=80, asr=asr + 4 * s) for s in (0, 1)
-            for d, asr in (("abl", 5), ("dbd", 6))]
+    recs = [record("badnets", d, s, ca=80, asr=asr) for d, asrs in (("abl", (5, 9)), ("dbd", (9, 6)))
+            for s, asr in enumerate(asrs)]  # scores 75, 71 against 71, 74: paired differences 4, -3
     board = leaderboard.leaderboard(frame(recs))
     assert [d for d in board.ranked["defense"]] == ["abl", "dbd †"]
-    assert any("ranks 1 (abl) and 2 (dbd †) are within noise" in n for n in board.notes)
+    (note,) = [n for n in board.notes if "within noise" in n]
+    assert "ranks 1 (abl) and 2 (dbd †) are within noise (difference 0.50" in note
+    assert "over 2 paired seeds" in note
     assert any(n.startswith("† dbd") and "docs/calibration.md#dbd-and-asd-at-quick-scale" in n
                for n in board.notes)
 
@@ -336,3 +339,39 @@ def test_fig5_draws_each_method_and_scheme_as_its_own_line_and_skips_isolation_o
     assert by == {"pipd selective training": [60, 70], "pipd_q90 selective training": [20, 30],
                   "ABL's scheme on pipd's isolation: train on D_b, then unlearn D_p": [50, 40],
                   "pipd (bf16) selective training": [90, 91]}
+
+
+def test_the_headline_ranks_on_the_attacks_with_every_seed_and_tests_neighbours_paired_by_seed():
+    """BadNets and Blended have seeds 0-2 for PIPD and ABL, SIG seed 0 only, DBD (†, a scale
+    artefact at quick) seed 0 only: the headline ranks on BadNets and Blended at seeds 0-2 with
+    intervals; the ranking over all three attacks follows on seed 0. PIPD beats ABL by 10-12
+    points on every seed (held); ABL and CBD swap order between seeds (within noise)."""
+    recs = []
+    for a in ("badnets", "blended"):
+        for s, (pipd, abl, cbd) in enumerate(((1, 11, 12), (2, 14, 11), (1, 12, 15))):
+            recs += [record(a, "no_defense", s, ca=80, asr=100), record(a, "pipd", s, ca=80, asr=pipd),
+                     record(a, "abl", s, ca=80, asr=abl), record(a, "cbd", s, ca=80, asr=cbd)]
+        recs.append(record(a, "dbd", 0, ca=60, asr=30))
+    recs += [record("sig", d, 0, ca=80, asr=asr) for d, asr in
+             (("no_defense", 90), ("pipd", 1), ("abl", 2), ("cbd", 3), ("dbd", 40))]
+    board = leaderboard.leaderboard(frame(recs))
+    assert board.shared == {"cifar10": ["badnets", "blended", "sig"]}
+    assert board.seeded_on == {"cifar10": {"attacks": ["badnets", "blended"], "seeds": [0, 1, 2]}}
+    top = board.seeded.set_index("defense")
+    assert list(top.index) == ["no_defense", "pipd", "abl", "cbd", "dbd †"]
+    assert list(top["seeds"]) == [3, 3, 3, 3, 1]
+    assert top.at["pipd", "score"] == pytest.approx(80 - 4 / 3)
+    assert top.at["pipd", "CA"] - top.at["pipd", "ASR"] == pytest.approx(top.at["pipd", "score"])
+    sd = statistics.stdev([79.0, 78.0, 79.0])
+    assert top.at["pipd", "ci_high"] - top.at["pipd", "score"] == pytest.approx(4.303 * sd / 3 ** 0.5)
+    assert list(board.ranked["seeds"]) == [1, 1, 1, 1, 1]  # every shared attack: seed 0 only
+    head = "cifar10 on badnets, blended at seeds 0, 1, 2 (headline)"
+    held = [n for n in board.notes if n.startswith(head + ": held")]
+    assert len(held) == 1 and "1 over 2 by 11.00 (8.52 to 13.48)" in held[0]  # diffs 10, 12, 11
+    assert any(n.startswith(head + ": ranks 2 (abl) and 3 (cbd) are within noise") for n in board.notes)
+    assert any(n.startswith(head + ": ranks 3, 4 rest on a single seed") for n in board.notes)
+    md = leaderboard.markdown(board)
+    assert md.index("Headline: ranked on badnets, blended at seeds 0, 1, 2") < \
+        md.index("Over every shared attack: badnets, blended, sig")
+    assert leaderboard.paired_difference({0: 3.0, 1: 5.0}, {0: 1.0, 1: 1.0, 2: 9.0}) == \
+        pytest.approx((3.0, 3.0 - 12.706, 3.0 + 12.706, 2))

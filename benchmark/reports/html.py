@@ -42,13 +42,11 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
         parts.append("<p>no defense records yet</p>")
     for dataset in sorted(set(board.ranked["dataset"]) | set(board.detectors["dataset"])):
         parts.append(f"<h3>{html.escape(str(dataset))}</h3>")
-        g = board.ranked[board.ranked["dataset"] == dataset]
-        if not g.empty:
-            shared = ", ".join(board.shared.get(dataset, [])) or "no shared attack"
+        for n, (caption, g) in enumerate(leaderboard.sections(board, dataset)):
             header, rows = leaderboard.ranked_cells(g)
-            parts += [f"<p>Ranked on: {html.escape(shared)}</p>",
+            parts += [f"<p>{html.escape(caption)}</p>",
                       _table(header, [[(x, r[0] == "1" and i == 1) for i, x in enumerate(r)]
-                                      for r in rows], f"leaderboard-{dataset}")]
+                                      for r in rows], f"leaderboard-{dataset}" + (f"-{n}" if n else ""))]
         dg = board.detectors[board.detectors["dataset"] == dataset]
         if not dg.empty:
             header, rows = leaderboard.detector_cells(dg)

@@ -12,8 +12,14 @@
   attack of it is named in a note, not ranked. Beside the score: DER, BackdoorBench's defense
   effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2 against No Defense on the
   same attack and seed (1 = perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
-- Neighbouring ranks whose 95% intervals overlap are within noise, and say so; ranks from one
-  seed are not tested against noise.
+- Neighbouring ranks are within noise where the 95% interval of their score difference, paired
+  by seed (the same seed poisons the same samples and starts from the same weights), includes 0;
+  the notes say so. Ranks from one seed are not tested against noise.
+- Where some shared attacks have fewer seeds than others, a second ranking, the headline, runs
+  on the shared attacks where every ranked defense not marked † has at least two seeds in
+  common, over those common seeds (``Board.seeded``; e.g. BadNets and Blended at seeds 0-2 while
+  SIG and Trojan have seed 0): its ranks carry intervals. The ranking over every shared attack
+  follows it, with the seeds each row has.
 - A preset may mark a defense whose own training does not converge at its scale (``caveats``
   in ``benchmark.config.PRESETS``): its row carries a dagger and the note links the diagnosis.
 - Detectors have their own table: TPR, FPR, AUROC and F1 over the attacks they ran on.
@@ -32,7 +38,7 @@ from benchmark.reports.records import LEARNED_ASR, is_variant, not_learned
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 RANKED_COLUMNS = ["dataset", "rank", "defense", "score", "score_sd", "ci_low", "ci_high", "DER", "F1",
-                  "CA", "ASR", "coverage", "seeds"]
+                  "CA", "ASR", "coverage", "seeds", "seed_scores"]
 DETECTOR_COLUMNS = ["dataset", "detector", "TPR", "FPR", "AUROC", "F1", "attacks", "seeds"]
 
 
@@ -42,6 +48,10 @@ class Board:
     detectors: pd.DataFrame  # DETECTOR_COLUMNS
     shared: dict[str, list[str]] = field(default_factory=dict)  # dataset -> the ranking's attacks
     notes: list[str] = field(default_factory=list)
+    # the headline where seeds differ across the shared attacks: RANKED_COLUMNS, on the attacks
+    # and seeds of ``seeded_on`` (dataset -> {"attacks": [...], "seeds": [...]})
+    seeded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANKED_COLUMNS))
+    seeded_on: dict[str, dict[str, list]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -100,10 +110,51 @@ def _scored(dataset: str, label: str, g: pd.DataFrame, n_attacks: int, coverage:
     sd = float(scores.std(ddof=1)) if n > 1 else math.nan
     half = _t95(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
     mean = float(scores.mean()) if n else math.nan
+    g = g[g["seed"].isin(per_seed.index)] if n else g
     return {"dataset": dataset, "defense": label, "score": mean, "score_sd": sd,
             "ci_low": mean - half, "ci_high": mean + half, "DER": g["der"].mean(),
             "F1": g["f1"].mean(), "CA": 100 * g["ca"].mean(), "ASR": 100 * g["asr"].mean(),
-            "coverage": coverage, "seeds": n}
+            "coverage": coverage, "seeds": n, "seed_scores": scores.to_dict()}
+
+
+def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str],
+             n_all: int, caveats: dict[str, str], seeds: list[int] | None = None
+             ) -> tuple[list[dict], list[str]]:
+    """(rows ranked by score, labels lacking an attack) over ``attacks`` (and ``seeds``)."""
+    rows, short = [], []
+    for lab, g in by_label.items():
+        covers = set(g["attack_label"])
+        if not set(attacks) <= covers:
+            short.append(f"{lab} (lacks {', '.join(sorted(set(attacks) - covers))})")
+            continue
+        mark = " †" if g["defense"].iloc[0] in caveats else ""
+        cells = g[g["attack_label"].isin(attacks)]
+        if seeds is not None:
+            cells = cells[cells["seed"].isin(seeds)]
+        rows.append(_scored(dataset, lab + mark, cells, len(attacks), f"{len(covers)}/{n_all}"))
+    rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
+    for i, r in enumerate(rows, 1):
+        r["rank"] = str(i)
+    return rows, short
+
+
+def _seeded_set(by_label: dict[str, pd.DataFrame], shared: list[str], caveats: dict[str, str]
+                ) -> tuple[list[str], list[int]]:
+    """(attacks, seeds) of the headline ranking: the shared attacks on which every default
+    defense not marked † has at least two seeds in common, and the seeds common to all of them;
+    ([], []) where that is every shared attack at the seeds the full ranking has already, or
+    fewer than two seeds."""
+    judged = [g for g in by_label.values() if not g["defense_overrides"].iloc[0]
+              and not is_variant(g["defense"].iloc[0]) and g["defense"].iloc[0] not in caveats]
+    if not judged:
+        return [], []
+    common = {a: set.intersection(*(set(g.loc[g["attack_label"] == a, "seed"]) for g in judged))
+              for a in shared}
+    attacks = [a for a in shared if len(common[a]) >= 2]
+    seeds = sorted(set.intersection(*(common[a] for a in attacks))) if attacks else []
+    if len(seeds) < 2 or (attacks == shared and all(common[a] == set(seeds) for a in shared)):
+        return [], []
+    return attacks, [int(x) for x in seeds]
 
 
 def leaderboard(df: pd.DataFrame) -> Board:
@@ -114,6 +165,8 @@ def leaderboard(df: pd.DataFrame) -> Board:
     ok["f1"] = [_f1(p, t) for p, t in zip(ok["precision"], ok["tpr"], strict=True)]
     caveats = _caveats(df)
     ranked_rows, detector_rows, shared_of, notes = [], [], {}, []
+    seeded_rows: list[dict] = []
+    seeded_on: dict[str, dict[str, list]] = {}
     for dataset, d in ok.groupby("dataset"):
         all_attacks = sorted(d["attack_label"].unique())
         d = d.assign(der=_der(d, d[d["defense"] == "no_defense"]
@@ -127,24 +180,30 @@ def leaderboard(df: pd.DataFrame) -> Board:
                     if not g["defense_overrides"].iloc[0] and not is_variant(g["defense"].iloc[0])]
         shared = sorted(set.intersection(*(defaults or list(covers.values())))) if covers else []
         shared_of[dataset] = shared
-        rows, short = [], []
-        for lab, g in by_label:
-            if not set(shared) <= covers[lab]:
-                short.append(f"{lab} (lacks {', '.join(sorted(set(shared) - covers[lab]))})")
-                continue
-            mark = " †" if g["defense"].iloc[0] in caveats else ""
-            rows.append(_scored(dataset, lab + mark, g[g["attack_label"].isin(shared)],
-                                len(shared), f"{len(covers[lab])}/{len(all_attacks)}"))
-        rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
-        for i, r in enumerate(rows, 1):
-            r["rank"] = str(i)
+        groups = dict(tuple(by_label))
+        rows, short = _ranking(dataset, groups, shared, len(all_attacks), caveats)
+        base_cov = f"{base['attack_label'].nunique()}/{len(all_attacks)}"
         if not base.empty:
             ref = _scored(dataset, "no_defense", base[base["attack_label"].isin(shared)]
                           if shared else base, len(shared) or base["attack_label"].nunique(),
-                          f"{base['attack_label'].nunique()}/{len(all_attacks)}")
+                          base_cov)
             ranked_rows.append({**ref, "rank": "ref"})
         ranked_rows += rows
-        notes += _noise_notes(dataset, rows)
+        attacks, seeds = _seeded_set(groups, shared, caveats)
+        if attacks:
+            top, _ = _ranking(dataset, groups, attacks, len(all_attacks), caveats, seeds)
+            where = f"{dataset} on {', '.join(attacks)} at seeds {', '.join(map(str, seeds))}"
+            ref_cells = base[base["attack_label"].isin(attacks) & base["seed"].isin(seeds)]
+            if not ref_cells.empty:
+                seeded_rows.append({**_scored(dataset, "no_defense", ref_cells, len(attacks),
+                                              base_cov), "rank": "ref"})
+            seeded_rows += top
+            seeded_on[dataset] = {"attacks": attacks, "seeds": seeds}
+            notes += _noise_notes(where + " (headline)", top)
+            where_all = f"{dataset} on every shared attack"
+        else:
+            where_all = dataset
+        notes += _noise_notes(where_all, rows)
         if short:
             notes.append(f"{dataset}: not ranked, a variant without every attack of the shared "
                          f"set: {'; '.join(short)}")
@@ -164,21 +223,42 @@ def leaderboard(df: pd.DataFrame) -> Board:
         notes.append(f"left out, not learned by No Defense (ASR below {100 * LEARNED_ASR:.0f}%): "
                      + ", ".join(f"{a} ({d})" for d, a in weak))
     return Board(pd.DataFrame(ranked_rows, columns=RANKED_COLUMNS),
-                 pd.DataFrame(detector_rows, columns=DETECTOR_COLUMNS), shared_of, notes)
+                 pd.DataFrame(detector_rows, columns=DETECTOR_COLUMNS), shared_of, notes,
+                 pd.DataFrame(seeded_rows, columns=RANKED_COLUMNS), seeded_on)
 
 
-def _noise_notes(dataset: str, rows: list[dict]) -> list[str]:
-    notes, single = [], []
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): the score difference a - b over their common seeds with its 95%
+    interval (Student's t on the paired differences); NaN bounds below two seeds."""
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    n = len(diffs)
+    if n < 2:
+        return (sum(diffs) / n if n else math.nan), math.nan, math.nan, n
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = _t95(n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def _noise_notes(where: str, rows: list[dict]) -> list[str]:
+    notes, single, held = [], [], []
     for a, b in zip(rows, rows[1:], strict=False):
-        if a["seeds"] < 2 or b["seeds"] < 2:
+        mean, low, high, n = paired_difference(a["seed_scores"], b["seed_scores"])
+        pair = f"{a['rank']} ({a['defense']}) and {b['rank']} ({b['defense']})"
+        if n < 2:
             single += [a["rank"], b["rank"]]
-        elif a["ci_low"] <= b["ci_high"]:
-            notes.append(f"{dataset}: ranks {a['rank']} ({a['defense']}) and {b['rank']} "
-                         f"({b['defense']}) are within noise (95% intervals over seeds overlap)")
+        elif low <= 0:
+            notes.append(f"{where}: ranks {pair} are within noise (difference {mean:.2f}, 95% "
+                         f"interval {low:.2f} to {high:.2f} over {n} paired seeds)")
+        else:
+            held.append(f"{a['rank']} over {b['rank']} by {mean:.2f} ({low:.2f} to {high:.2f})")
+    if held:
+        notes.append(f"{where}: held over paired seeds (difference, 95% interval): "
+                     + "; ".join(held))
     if single:
         ranks = sorted(set(single), key=int)
-        notes.append(f"{dataset}: ranks {', '.join(ranks)} rest on a single seed, so their order "
-                     "is not tested against noise")
+        notes.append(f"{where}: ranks {', '.join(ranks)} rest on a single seed (or none paired "
+                     "with a neighbour), so their order is not tested against noise")
     return notes
 
 
@@ -204,8 +284,31 @@ def detector_cells(g: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every default defense has "
          "(named per dataset; a variant lacking one is named below, not ranked), mean ± sd over "
-         "seeds; No Defense is the reference row, not ranked; "
-         "only cells that train a final model are ranked; detectors are listed apart.")
+         "seeds with a 95% interval; No Defense is the reference row, not ranked; "
+         "only cells that train a final model are ranked; detectors are listed apart. Where some "
+         "of those attacks have fewer seeds, the headline ranks on the attacks where every "
+         "defense not marked † has the same seeds (at least two), and the ranking over every "
+         "shared attack follows it. Neighbouring ranks are within noise where the 95% interval "
+         "of their difference, paired by seed, includes 0.")
+
+
+def sections(board: Board, dataset: str) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, rows) of the dataset's rankings, the headline first."""
+    out = []
+    on = board.seeded_on.get(dataset)
+    g = board.ranked[board.ranked["dataset"] == dataset]
+    shared = ", ".join(board.shared.get(dataset, [])) or "no shared attack"
+    if on:
+        seeded = board.seeded[board.seeded["dataset"] == dataset]
+        out.append((f"Headline: ranked on {', '.join(on['attacks'])} at seeds "
+                    f"{', '.join(map(str, on['seeds']))} (the shared attacks where every defense "
+                    "not marked † has these seeds)", seeded))
+        if not g.empty:
+            out.append((f"Over every shared attack: {shared} (the seeds each row has on all of "
+                        "them)", g))
+    elif not g.empty:
+        out.append((f"Ranked on: {shared}", g))
+    return out
 
 
 def markdown(board: Board) -> str:
@@ -215,9 +318,8 @@ def markdown(board: Board) -> str:
     datasets = sorted(set(board.ranked["dataset"]) | set(board.detectors["dataset"]))
     for dataset in datasets:
         lines += [f"### {dataset}", ""]
-        g = board.ranked[board.ranked["dataset"] == dataset]
-        if not g.empty:
-            lines += [f"Ranked on: {', '.join(board.shared.get(dataset, [])) or 'no shared attack'}", ""]
+        for caption, g in sections(board, dataset):
+            lines += [caption, ""]
             lines += _md_table(*ranked_cells(g))
         dg = board.detectors[board.detectors["dataset"] == dataset]
         if not dg.empty:
