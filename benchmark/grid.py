@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,23 +188,101 @@ def deliver(store: ResultStore, result: dict[str, Any] | None) -> dict[str, Any]
     return record
 
 
-def ray_resources(cluster: dict[str, float], gpus_per_trial: float | None,
+def alive_nodes() -> list[dict[str, float]]:
+    """Each alive node's CPU and GPU count, from the running Ray."""
+    import ray
+
+    return [{"CPU": float(n["Resources"].get("CPU", 0.0)), "GPU": float(n["Resources"].get("GPU", 0.0))}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _node_text(node: dict[str, float]) -> str:
+    return f"{node.get('CPU', 0.0):g} CPU / {node.get('GPU', 0.0):g} GPU"
+
+
+def fits(node: dict[str, float], res: dict[str, float]) -> int:
+    """How many trials of request ``res`` one node holds at once."""
+    by_cpu = int(node.get("CPU", 0.0) // res["cpu"]) if res["cpu"] > 0 else 10 ** 6
+    by_gpu = int(node.get("GPU", 0.0) // res["gpu"]) if res["gpu"] > 0 else 10 ** 6
+    return min(by_cpu, by_gpu)
+
+
+def ray_resources(nodes: list[dict[str, float]], gpus_per_trial: float | None,
                   cpus_per_trial: float | None) -> dict[str, float]:
-    """Per-trial request derived from what the cluster has: never asks for a GPU that is not
-    there (such a trial would stay PENDING forever)."""
-    gpus, cpus = cluster.get("GPU", 0.0), max(1.0, cluster.get("CPU", 1.0))
+    """Per-trial request derived from the nodes, never from their sum: a trial runs on one
+    node. Default: with GPUs one GPU (or ``gpus_per_trial``) and that GPU's share of the CPUs of
+    the GPU node with the fewest per GPU; without, the CPUs of the smallest node, so every node
+    of a heterogeneous cluster takes trials. Never asks for a GPU that no node has (such a
+    trial would stay pending forever: a warning, then CPUs); an explicit request that fits on
+    no node is a ``UsageError`` naming the largest node."""
+    nodes = [n for n in nodes if n.get("CPU", 0.0) >= 1 or n.get("GPU", 0.0) > 0] or [{"CPU": 1.0}]
+    gpu_nodes = [n for n in nodes if n.get("GPU", 0.0) > 0]
     if gpus_per_trial is None:
-        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_trial > 0 and gpus == 0:
+        gpus_per_trial = 1.0 if any(n["GPU"] >= 1 for n in gpu_nodes) else 0.0
+    if gpus_per_trial > 0 and not gpu_nodes:
         print("warning: --gpus-per-trial given but the cluster has no GPU; running on CPUs",
               file=sys.stderr)
         gpus_per_trial = 0.0
-    gpus_per_trial = min(gpus_per_trial, gpus) if gpus_per_trial else 0.0
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+    if gpus_per_trial > max((n["GPU"] for n in gpu_nodes), default=0.0):
+        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} fits on no node of the cluster: "
+                         f"the largest has {_node_text(largest)}")
+    hosts = [n for n in gpu_nodes if n["GPU"] >= gpus_per_trial] if gpus_per_trial else nodes
     if cpus_per_trial is None:
-        # with GPUs: share the CPUs among the concurrent trials; without: one trial, all cores
-        parallel = int(gpus / gpus_per_trial) if gpus_per_trial else 1
-        cpus_per_trial = max(1.0, float(int(cpus // max(parallel, 1))))
-    return {"cpu": min(cpus_per_trial, cpus), "gpu": gpus_per_trial}
+        shares = [n.get("CPU", 0.0) // (n["GPU"] // gpus_per_trial) if gpus_per_trial
+                  else n.get("CPU", 0.0) for n in hosts]
+        cpus_per_trial = max(1.0, float(min(shares)))
+    res = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
+    if not any(fits(n, res) for n in nodes):
+        biggest = max(nodes, key=lambda n: (n.get("CPU", 0.0), n.get("GPU", 0.0)))
+        raise UsageError(f"a trial of {res['cpu']:g} CPU / {res['gpu']:g} GPU fits on no node of "
+                         f"the cluster: the largest has {_node_text(biggest)}")
+    return res
+
+
+def placement(nodes: list[dict[str, float]], res: dict[str, float]) -> str:
+    """What the request means on these nodes, for the driver's line."""
+    per_node = [fits(n, res) for n in nodes]
+    used = sum(1 for k in per_node if k)
+    return (f"up to {sum(per_node)} at once on {used} of {len(nodes)} node(s)"
+            + ("" if used == len(nodes) else " (the others are too small for one)"))
+
+
+UNPLACED_S = float(os.environ.get("BDBENCH_UNPLACED_S", "120"))
+
+
+class UnplacedWatch:
+    """Whether trials of request ``res`` have been unplaceable for ``bound`` seconds: no alive
+    node can hold one (a node left the cluster, or shrank). Re-reads the nodes every ``every``
+    seconds; a node that can hold one again resets the clock."""
+
+    def __init__(self, res: dict[str, float], bound: float = UNPLACED_S,
+                 nodes: Callable[[], list[dict[str, float]]] = alive_nodes,
+                 clock: Callable[[], float] = time.monotonic, every: float = 5.0) -> None:
+        self.res, self.bound, self.nodes, self.clock, self.every = res, bound, nodes, clock, every
+        self.since: float | None = None
+        self.checked = -math.inf
+        self.largest: dict[str, float] = {}
+        self.tripped = False
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if not self.tripped and now - self.checked >= self.every:
+            self.checked = now
+            nodes = self.nodes()
+            if any(fits(n, self.res) for n in nodes):
+                self.since = None
+            else:
+                self.since = now if self.since is None else self.since
+                self.largest = max(nodes, key=lambda n: (n["CPU"], n["GPU"]), default={})
+            self.tripped = self.since is not None and now - self.since >= self.bound
+        return self.tripped
+
+    def message(self) -> str:
+        largest = _node_text(self.largest) if self.largest else "none alive"
+        return (f"unplaced: for {self.bound:g} s no node of the cluster could hold a trial of "
+                f"{self.res['cpu']:g} CPU / {self.res['gpu']:g} GPU (the largest alive node: "
+                f"{largest}); re-run when the cluster has such a node")
 
 
 def one_trial_at_a_time(gpus_per_trial: float | None, cpus_per_trial: float | None) -> bool:
@@ -293,7 +372,6 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in front of trial output
     import ray
-    from ray import tune
 
     quiet_ray_logs()
     init = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING}
@@ -302,8 +380,12 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
     else:
         ray.init(**init)
     try:
-        res = ray_resources(ray.cluster_resources(), gpus_per_trial, cpus_per_trial)
-        print(f"ray: {len(cells)} trial(s), each {res['cpu']:g} CPU / {res['gpu']:g} GPU", flush=True)
+        nodes = alive_nodes()
+        res = ray_resources(nodes, gpus_per_trial, cpus_per_trial)  # refused before Tune loads
+        from ray import tune
+
+        print(f"ray: {len(cells)} trial(s), each {res['cpu']:g} CPU / {res['gpu']:g} GPU; "
+              f"{placement(nodes, res)}", flush=True)
         runtime = {k: (str(v) if isinstance(v, Path) else v)
                    for k, v in dataclasses.asdict(rt).items()}
         runtime["threads"] = rt.threads or int(res["cpu"])
@@ -343,6 +425,22 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             print(f"ray: {nodes} node(s); the decoded data ({mb:.0f} MB) goes to the trials through "
                   f"the object store ({use})", flush=True)
             trainable = tune.with_parameters(_ray_trial, shipped=shipped)
+        watch = UnplacedWatch(res)
+
+        class Unplaced(tune.Stopper):
+            """Stops the grid once no alive node has been able to hold a trial for the bound."""
+
+            def __call__(self, trial_id, result):  # noqa: ANN001, ANN204
+                return False
+
+            said = False
+
+            def stop_all(self) -> bool:
+                if watch() and not self.said:
+                    self.said = True
+                    print(f"ray: {watch.message()}", flush=True)
+                return watch.tripped
+
         tuner = tune.Tuner(
             tune.with_resources(trainable, res),
             param_space={"cell": tune.grid_search(cells), "runtime": runtime},
@@ -350,6 +448,7 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
             run_config=tune.RunConfig(
                 name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(rt.results / "ray"), verbose=0, callbacks=[Progress()],
+                stop=Unplaced(),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
         )
         tuner.fit()
@@ -363,6 +462,9 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
         rec = store.read(cid)
         if rec is None and cid in crashed:  # died without writing: recorded failed, retried
             rec = failed_record(config, "trial process died without a result (see ray logs)")
+            store.write(rec)
+        if rec is None and watch.tripped and cid not in busy:  # never placed: failed, retried
+            rec = failed_record(config, watch.message())
             store.write(rec)
         if rec is None:
             not_run += cid not in busy  # never started (an interrupted grid): stays to do
