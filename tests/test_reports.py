@@ -375,3 +375,14 @@ def test_the_headline_ranks_on_the_attacks_with_every_seed_and_tests_neighbours_
         md.index("Over every shared attack: badnets, blended, sig")
     assert leaderboard.paired_difference({0: 3.0, 1: 5.0}, {0: 1.0, 1: 1.0, 2: 9.0}) == \
         pytest.approx((3.0, 3.0 - 12.706, 3.0 + 12.706, 2))
+
+
+def test_a_defense_with_older_version_records_only_is_named_not_ranked(monkeypatch):
+    from defenses import DEFENSES
+
+    recs = [record("badnets", d, 0, ca=80, asr=asr) for d, asr in
+            (("no_defense", 100), ("pipd", 2), ("dbr", 3))]
+    monkeypatch.setattr(DEFENSES.get("dbr"), "version", DEFENSES.get("dbr").version + 1)
+    board = leaderboard.leaderboard(frame(recs))
+    assert list(board.ranked["defense"]) == ["no_defense", "pipd"]
+    assert any(n.endswith("(re-run them at the current version): dbr") for n in board.notes)

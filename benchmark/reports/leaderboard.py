@@ -218,6 +218,10 @@ def leaderboard(df: pd.DataFrame) -> Board:
         if any(name == r["defense"].split(" ")[0] for r in ranked_rows):
             notes.append(f"† {name}: its own training does not converge at this scale; its row "
                          f"is a scale artefact, not the method's merit (diagnosis: {where})")
+    stale = _older_versions_only(df)
+    if stale:
+        notes.append("not ranked, records of an older method version only (re-run them at the "
+                      "current version): " + ", ".join(stale))
     weak = sorted((d, a) for d, a in not_learned(df) if " " not in a)
     if weak:
         notes.append(f"left out, not learned by No Defense (ASR below {100 * LEARNED_ASR:.0f}%): "
@@ -238,6 +242,13 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = _t95(n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half, n
+
+
+def _older_versions_only(df: pd.DataFrame) -> list[str]:
+    """Defenses that train a model and have ok records, none at the current versions."""
+    ok = df[(df["status"] == "ok") & df["trains_model"].astype(bool) & ~df["detector"].astype(bool)]
+    current = set(ok.loc[ok["current"].astype(bool), "defense"])
+    return sorted(set(ok["defense"]) - current)
 
 
 def _noise_notes(where: str, rows: list[dict]) -> list[str]:
