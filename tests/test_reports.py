@@ -386,3 +386,17 @@ def test_a_defense_with_older_version_records_only_is_named_not_ranked(monkeypat
     board = leaderboard.leaderboard(frame(recs))
     assert list(board.ranked["defense"]) == ["no_defense", "pipd"]
     assert any(n.endswith("(re-run them at the current version): dbr") for n in board.notes)
+
+
+def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(monkeypatch):
+    from defenses import DEFENSES
+
+    old = record("badnets", "dbr", 0, ca=80, asr=3)
+    monkeypatch.setattr(DEFENSES.get("dbr"), "version", DEFENSES.get("dbr").version + 1)
+    df = frame([old, record("badnets", "dbr", 0, ca=81, asr=2), record("badnets", "no_defense", 0, ca=80, asr=99)])
+    head = tables.headline(df).splitlines()[0]
+    assert "dbr CA / ASR" in head and "(v" not in head
+    both = tables.headline(df, older=True).splitlines()
+    version = old["config"].get("defense_version", 1)
+    assert f"dbr (v{version}) CA / ASR" in both[0]
+    assert both[2].startswith("| badnets | 80.00 / 99.00 | 81.00 / 2.00 |") and "80.00 / 3.00" in both[2]

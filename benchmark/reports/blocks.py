@@ -27,6 +27,9 @@ ROOT = Path(__file__).parents[2]
 KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "headline": lambda df: tables.headline(df).split("\n\n")[0] + "\n",
     "isolation": tables.isolation,
+    # the same with older method versions' records as columns of their own ("dbr (v1)")
+    "headline_versions": lambda df: tables.headline(df, older=True).split("\n\n")[0] + "\n",
+    "isolation_versions": lambda df: tables.isolation(df, older=True),
     "records": tables.inventory,
     "seed_quantile": tables.seed_quantiles,
 }

@@ -341,10 +341,18 @@ def with_averages(t: Table) -> Table:
     return t
 
 
-def _default_means(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, list[str]]:
+def _default_means(df: pd.DataFrame, older: bool = False
+                   ) -> tuple[pd.DataFrame, pd.Series, list[str]]:
     """The default cells' metrics in percent, averaged over seeds, by (attack_label,
-    defense_label); the seeds behind each; the defenses in the tables' column order."""
-    rows = df[(df["status"] == "ok") & df["default"].astype(bool)] if not df.empty else df
+    defense_label); the seeds behind each; the defenses in the tables' column order. ``older``:
+    also the records of older method versions, each version its own column ("dbr (v1)")."""
+    if df.empty:
+        rows = df
+    else:
+        keep = df["default"].astype(bool)
+        if older:  # an older defense version on a default attack at its current version
+            keep = keep | (~df["current"].astype(bool) & ~df["attack_label"].str.contains(" "))
+        rows = df[(df["status"] == "ok") & keep]
     keys = ["attack_label", "defense_label"]
     mean = rows.groupby(keys)[["ca", "asr", "tpr", "fpr", "auroc"]].mean() * 100
     seeds = rows.groupby(keys)["seed"].nunique()
@@ -372,11 +380,12 @@ def _markdown_grid(mean: pd.DataFrame, seeds: pd.Series,
     return "\n".join(lines) + f"\n\n({note} per cell; %)\n"
 
 
-def headline(df: pd.DataFrame) -> str:
+def headline(df: pd.DataFrame, older: bool = False) -> str:
     """One compact Markdown table of the default cells, registered variants included (the
     demo's pipd beside pipd_median): per attack, each defense's CA / ASR and, where it isolates,
-    TPR / FPR, in percent, averaged over seeds (the README's first table)."""
-    mean, seeds, defenses = _default_means(df)
+    TPR / FPR, in percent, averaged over seeds (the README's first table). ``older``: older
+    method versions as columns of their own beside the current ones."""
+    mean, seeds, defenses = _default_means(df, older)
     columns = []
     for d in defenses:
         columns.append((f"{d} CA / ASR", d, ["ca", "asr"], "{:.2f} / {:.2f}"))
@@ -385,10 +394,11 @@ def headline(df: pd.DataFrame) -> str:
     return _markdown_grid(mean, seeds, columns)
 
 
-def isolation(df: pd.DataFrame) -> str:
+def isolation(df: pd.DataFrame, older: bool = False) -> str:
     """Per attack, each isolating method's TPR / FPR at its own rule and its AUROC, in percent,
-    averaged over seeds (default cells; defenses that isolate nothing are left out)."""
-    mean, seeds, defenses = _default_means(df)
+    averaged over seeds (default cells; defenses that isolate nothing are left out; ``older``
+    as in ``headline``)."""
+    mean, seeds, defenses = _default_means(df, older)
     columns = [(f"{d} TPR / FPR (AUROC)", d, ["tpr", "fpr", "auroc"], "{:.2f} / {:.2f} ({:.2f})")
                for d in defenses if mean.xs(d, level=1)["tpr"].notna().any()]
     return _markdown_grid(mean, seeds, columns)
