@@ -393,7 +393,8 @@ def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(mon
 
     old = record("badnets", "dbr", 0, ca=80, asr=3)
     monkeypatch.setattr(DEFENSES.get("dbr"), "version", DEFENSES.get("dbr").version + 1)
-    df = frame([old, record("badnets", "dbr", 0, ca=81, asr=2), record("badnets", "no_defense", 0, ca=80, asr=99)])
+    df = frame([old, record("badnets", "dbr", 0, ca=81, asr=2),
+                record("badnets", "no_defense", 0, ca=80, asr=99)])
     head = tables.headline(df).splitlines()[0]
     assert "dbr CA / ASR" in head and "(v" not in head
     both = tables.headline(df, older=True).splitlines()
