@@ -17,7 +17,8 @@ from benchmark.cache import OMIT_AT_DEFAULT, ArtifactCache, safe_artifact
 from benchmark.data import ImageSet
 from benchmark.registry import Registry, UsageError
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry(
+    "attack", hint="an attack of your own is named with --plugin FILE, which registers it")
 
 
 @dataclass

@@ -19,8 +19,9 @@ class UsageError(ValueError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, hint: str = "") -> None:
         self.kind = kind
+        self.hint = hint  # appended to the unknown-name error (where a user's own ones come from)
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None, *, replace: bool = False) -> Any:
@@ -42,6 +43,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise UsageError(
                 f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
+                + (f" ({self.hint})" if self.hint else "")
             ) from None
 
     def names(self) -> list[str]:

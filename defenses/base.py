@@ -21,7 +21,8 @@ from benchmark.models import stage_output
 from benchmark.registry import Registry
 from benchmark.train import EpochData, LossFn, TrainConfig, Trainer
 
-DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES: Registry[type[Defense]] = Registry(
+    "defense", hint="a defense of your own is named with --plugin FILE, which registers it")
 
 
 @dataclass

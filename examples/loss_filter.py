@@ -12,16 +12,19 @@ model on the rest. A deliberately simple baseline to compare with PIPD:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from benchmark.validate import at_least, within
 from defenses import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 from defenses.base import isolate_lowest_loss
 
 
 @dataclass
 class LossFilterParams(DefenseParams):
-    probe_epochs: int = 2  # standard training before the losses are read
-    ratio: float = 0.05  # share of samples dropped: the lowest losses
+    # a field's metadata declares its valid range: `--set loss_filter.ratio=1.5` is refused
+    # (one line, exit 2) like a built-in method's option
+    probe_epochs: int = field(default=2, metadata=at_least(1))  # training before the losses
+    ratio: float = field(default=0.05, metadata=within(0, 1))  # share dropped: the lowest losses
 
 
 @register_defense

@@ -80,6 +80,8 @@ def test_failing_cell_is_recorded_and_the_rest_go_on(args, tmp_path, capsys):
 @pytest.mark.parametrize("extra,message", [
     (["--attacks", "nope"], "unknown attack 'nope'; valid choices"),
     (["--defenses", "pipd,abc"], "unknown defense 'abc'"),
+    (["--defenses", "loss_spread"],
+     "(a defense of your own is named with --plugin FILE, which registers it)"),
     (["--grid", "huge"], "unknown grid 'huge'"),
     (["--set", "attack.rate=0"], "poison rate must be in (0, 1)"),
     (["--set", "train.nope=1"], "unknown --set key 'train.nope'"),
@@ -89,6 +91,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, tmp_path, caps
     assert main([*args, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_plugin_parameter_outside_its_declared_range_is_refused_in_one_line(args, tmp_path, capsys):
+    """The example plugin declares ``ratio`` within (0, 1) in its field metadata, as the
+    suite's own methods do: a value outside is checked like a built-in option's."""
+    from pathlib import Path
+
+    plugin = str(Path(__file__).parents[1] / "examples" / "loss_filter.py")
+    assert main([*args, "--plugin", plugin, "--defenses", "loss_filter",
+                 "--set", "loss_filter.ratio=1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: loss_filter.ratio: must be <= 1, got 1.5"
     assert not (tmp_path / "res").exists()
 
 
