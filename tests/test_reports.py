@@ -401,3 +401,28 @@ def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(mon
     version = old["config"].get("defense_version", 1)
     assert f"dbr (v{version}) CA / ASR" in both[0]
     assert both[2].startswith("| badnets | 80.00 / 99.00 | 81.00 / 2.00 |") and "80.00 / 3.00" in both[2]
+
+
+def test_a_plugins_records_read_without_the_plugin_keep_their_settings_apart():
+    """The report read without ``--plugin``: the defense's defaults are unknown, so each record's
+    settings label its row; two settings never pool into one row, and the comparison names them
+    in one line instead of a traceback."""
+    from benchmark.registry import UsageError
+
+    def plugin_record(seed, drop, asr):
+        rec = record("badnets", "pipd", seed, ca=80, asr=asr)
+        rec["config"] = {**rec["config"], "defense": "loss_spread",
+                         "defense_params": {"drop": drop, "warmup_epochs": 2}}
+        rec["id"] = f"plugin-{seed}-{drop}"
+        return rec
+
+    base = [record("badnets", "pipd", s, ca=80, asr=2) for s in (0, 1)]
+    one = frame(base + [plugin_record(s, 0.05, 4) for s in (0, 1)])
+    labels = set(one.loc[one["defense"] == "loss_spread", "defense_label"])
+    assert labels == {"loss_spread[drop=0.05 warmup_epochs=2]"}
+    table = compare.compare(one, "loss_spread", "pipd")
+    assert list(table["seeds"]) == [2] and table["dASR"].iloc[0] == pytest.approx(2.0)
+    two = frame(base + [plugin_record(s, d, 4) for s in (0, 1) for d in (0.05, 0.1)])
+    assert two.loc[two["defense"] == "loss_spread", "defense_label"].nunique() == 2
+    with pytest.raises(UsageError, match="loss_spread has several variants here"):
+        compare.compare(two, "loss_spread", "pipd")

@@ -70,6 +70,12 @@ def _is_default(rec: dict[str, Any], base: dict[str, Any] | None) -> bool:
     return base is not None and "fast_dev_run" not in rec["config"] and cell_id(base) == rec.get("id")
 
 
+def _registered(defense: str) -> bool:
+    from defenses import DEFENSES
+
+    return defense in DEFENSES
+
+
 def is_variant(defense: str) -> bool:
     """A registered variant of another defense (``pipd_median`` of ``pipd``)."""
     from benchmark.config import lineage
@@ -135,6 +141,10 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
     base = preset_cell(c)
     upstream, own = overrides(c, attack_train=False, base=base)
+    if base is None and not _registered(c["defense"]):
+        # a plugin's defense read without its --plugin: its defaults are unknown here, so every
+        # recorded setting is part of the label and records of different settings never pool
+        own = dict(c.get("defense_params") or {})
     m = rec.get("metrics") or {}
     masks = (rec.get("isolation") or {}).get("masks") or {}
     dp = c.get("defense_params", {})
