@@ -86,7 +86,8 @@ def test_a_generated_block_is_rewritten_from_its_folder(tmp_path):
     assert kept.count("\n|") == 3 and "no records" in dropped
     with pytest.raises(ValueError, match="valid: attack, defense"):
         blocks.render(text.replace("recs -->", "recs seed=1 -->"), root=tmp_path)
-    with pytest.raises(ValueError, match="valid: headline, isolation, headline_versions, isolation_versions, records"):
+    with pytest.raises(ValueError, match="valid: headline, isolation, headline_versions, "
+                                         "isolation_versions, records"):
         blocks.render("<!-- generated: nope recs -->\n<!-- /generated -->", root=tmp_path)
 
 
