@@ -200,6 +200,12 @@ def _node_text(node: dict[str, float]) -> str:
     return f"{node.get('CPU', 0.0):g} CPU / {node.get('GPU', 0.0):g} GPU"
 
 
+def _largest(nodes: list[dict[str, float]], first: str = "CPU") -> dict[str, float]:
+    """The node with the most of ``first`` (then of the other resource); {} for none."""
+    other = "GPU" if first == "CPU" else "CPU"
+    return max(nodes, key=lambda n: (n.get(first, 0.0), n.get(other, 0.0)), default={})
+
+
 def fits(node: dict[str, float], res: dict[str, float]) -> int:
     """How many trials of request ``res`` one node holds at once."""
     by_cpu = int(node.get("CPU", 0.0) // res["cpu"]) if res["cpu"] > 0 else 10 ** 6
@@ -223,10 +229,9 @@ def ray_resources(nodes: list[dict[str, float]], gpus_per_trial: float | None,
         print("warning: --gpus-per-trial given but the cluster has no GPU; running on CPUs",
               file=sys.stderr)
         gpus_per_trial = 0.0
-    largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
     if gpus_per_trial > max((n["GPU"] for n in gpu_nodes), default=0.0):
         raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} fits on no node of the cluster: "
-                         f"the largest has {_node_text(largest)}")
+                         f"the largest has {_node_text(_largest(nodes, 'GPU'))}")
     hosts = [n for n in gpu_nodes if n["GPU"] >= gpus_per_trial] if gpus_per_trial else nodes
     if cpus_per_trial is None:
         shares = [n.get("CPU", 0.0) // (n["GPU"] // gpus_per_trial) if gpus_per_trial
@@ -234,9 +239,8 @@ def ray_resources(nodes: list[dict[str, float]], gpus_per_trial: float | None,
         cpus_per_trial = max(1.0, float(min(shares)))
     res = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
     if not any(fits(n, res) for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.get("CPU", 0.0), n.get("GPU", 0.0)))
         raise UsageError(f"a trial of {res['cpu']:g} CPU / {res['gpu']:g} GPU fits on no node of "
-                         f"the cluster: the largest has {_node_text(biggest)}")
+                         f"the cluster: the largest has {_node_text(_largest(nodes))}")
     return res
 
 
@@ -274,7 +278,7 @@ class UnplacedWatch:
                 self.since = None
             else:
                 self.since = now if self.since is None else self.since
-                self.largest = max(nodes, key=lambda n: (n["CPU"], n["GPU"]), default={})
+                self.largest = _largest(nodes)
             self.tripped = self.since is not None and now - self.since >= self.bound
         return self.tripped
 
