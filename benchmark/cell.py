@@ -34,6 +34,7 @@ from benchmark.data import (
 )
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
+from benchmark.sources import current_sources
 from benchmark.train import TrainConfig, Trainer, cpu_native_bf16
 
 
@@ -427,7 +428,7 @@ def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
                         "n_poisoned": int(poisoned.poison_mask.sum()),
                         "n_cover": int(poisoned.cover_mask.sum()), "n_triggered_test": len(triggered)},
         "data_source": dataset.source, "timings": times, "versions": versions(),
-        "hardware": hardware(trainer),
+        "sources": current_sources(config), "hardware": hardware(trainer),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

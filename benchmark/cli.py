@@ -9,6 +9,7 @@ Exit codes: 0 every cell ok, 1 some cell failed, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -170,8 +171,10 @@ def _main(argv: list[str]) -> int:
 
     if args.dry_run:
         from benchmark.plans import print_plan, save_plan
+        from benchmark.sources import current_sources
 
-        plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c)) for c in cells]
+        plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c), json.dumps(current_sources(c)))
+                for c in cells]
         from benchmark.plans import has_dev_runs
 
         estimates = not args.fast_dev_run and has_dev_runs(plan, rt.results)
@@ -186,6 +189,12 @@ def _main(argv: list[str]) -> int:
         _check_data(rt, todo)
     print(f"grid {args.grid}: {len(cells)} cell(s), {len(cells) - len(todo)} already done, "
           f"{len(todo)} to run; results in {rt.results}", flush=True)
+    from benchmark.sources import changed_note, stale
+
+    changed = changed_note(x for c in cells if status[cell_id(c)] == "ok"
+                           for x in stale(store.read(cell_id(c)) or {}))
+    if changed:
+        print(changed, flush=True)
     if todo:
         if args.executor == "serial":
             run_serial(todo, rt, store)

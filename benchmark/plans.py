@@ -73,7 +73,7 @@ def usable(argv: list[str]) -> bool:
 
 def save_plan(argv: list[str], cells: list[tuple[str, ...]]) -> None:
     """Store a finished plan: (cell id, the text after its status, its development run's id,
-    its speed key) per cell."""
+    its speed key, its methods' source digests as JSON) per cell."""
     if usable(argv):
         try:
             atomic_write_bytes(plan_path(argv), json.dumps({"cells": cells}).encode())
@@ -88,13 +88,17 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
     from benchmark.cost import units
     from benchmark.devrun import FOLDER
     from benchmark.progress import duration
+    from benchmark.sources import changed_note, stale
     from benchmark.store import ResultStore
 
     store, dev = ResultStore(results), ResultStore(results / FOLDER)
     todo, total, unknown = 0, 0.0, 0
+    changed: list[tuple[str, str, str]] = []
     for cid, text, *extra in cells:
         status = store.status(cid)
         todo += status != "ok"
+        if status == "ok" and len(extra) > 2:  # today's source digests of the cell's methods
+            changed += stale(store.read(cid) or {}, json.loads(extra[2]))
         est = ""
         if speeds is not None and extra and status != "ok":
             rec = dev.read(extra[0])
@@ -108,6 +112,9 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
                 est = "  ~?"
         print(f"{cid}  {status:6}  {text}{est}")
     print(f"{len(cells)} cell(s): {len(cells) - todo} done, {todo} to run")
+    note = changed_note(changed)
+    if note:
+        print(note)
     if speeds is not None and todo:
         hours = total / 3600
         print(f"estimated time to run on {device}: {duration(total)} ({hours:.2f} device-hours)"

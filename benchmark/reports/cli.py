@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark import sources
 from benchmark.cliutil import split_csv
 from benchmark.reports import compare, figures, html, leaderboard, records, render, tables
 
@@ -66,7 +67,8 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
                  curves: list[str] | None = None) -> tuple[Path, dict]:
     """Tables, figures, leaderboard and ``index.html`` of the records in ``folders`` under
     ``out``: (path of index.html, what was built: frame, board, missing, written files)."""
-    df = records.load(folders)
+    recs = records.read_records(folders)
+    df = records.frame(recs)
     grid = grid or (Counter(df["preset"]).most_common(1)[0][0] if not df.empty else "quick")
     written: list[Path] = []
     built = [f(df, grid) for f in (tables.table1, tables.table2, tables.table3, tables.table4)]
@@ -85,13 +87,16 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     missing = missing_cells(df, grid)
     notes = [f"{len(df)} record(s) from {', '.join(map(str, folders))}; "
              f"{int((df['status'] == 'ok').sum()) if not df.empty else 0} ok"]
+    changed = sources.changed_note(x for r in recs for x in sources.stale(r))
+    if changed:
+        notes.append(changed)
     (out / "index.html").write_text(html.page(board, built, figs, "backdoor-defense-bench report", notes))
     (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
                                                               or "none") + "\n")
     written += [out / "leaderboard.md", out / "headline.md", out / "records.md",
                 out / "index.html", out / "missing.md"]
     return out / "index.html", {"frame": df, "board": board, "missing": missing,
-                                "written": written}
+                                "written": written, "changed_sources": changed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         written.append(out / "compare.md")
         print(text)
     print(leaderboard.markdown(built["board"]))
+    if built["changed_sources"]:
+        print(built["changed_sources"])
     print(f"{len(built['missing'])} missing or failed cell group(s): {out / 'missing.md'}")
     print(f"report: {len(written)} files under {out} ({time.perf_counter() - t0:.1f} s); "
           f"open {index}")
