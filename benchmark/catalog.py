@@ -98,7 +98,8 @@ def listing(cat: dict[str, Any]) -> str:
     """The ``--list`` text."""
     lines = [f"{kind}: {', '.join(cat[kind])}" for kind in ("datasets", "attacks", "models")]
     lines.append("defenses:")
+    width = max(map(len, cat["defenses"]), default=0)
     for name, d in cat["defenses"].items():
         kind = " [detector: isolation only]" if d["is_detector"] else ""
-        lines.append(f"  {name:14s} {d['title'] or ''}{kind}")
+        lines.append(f"  {name:{width}s} {d['title'] or ''}{kind}")
     return "\n".join(lines)

@@ -55,6 +55,7 @@ def sce_per_sample(logits: torch.Tensor, y: torch.Tensor, alpha: float = 0.1, be
 
 
 def sce_loss(alpha: float = 0.1, beta: float = 1.0) -> LossFn:
+    """The batch mean of ``sce_per_sample``, in the trainer's ``loss_fn`` form."""
     def loss(logits: torch.Tensor, y: torch.Tensor, _rows: torch.Tensor) -> torch.Tensor:
         return sce_per_sample(logits, y, alpha, beta).mean()
     return loss

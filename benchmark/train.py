@@ -491,6 +491,7 @@ class Trainer:
         return self.logits(model, images, head=embed)
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Predicted class of every image (eval mode), on the CPU."""
         return self.logits(model, images).argmax(1)
 
     def per_sample_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor

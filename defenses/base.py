@@ -34,9 +34,9 @@ class DefenseParams:
 class DefenseContext:
     train: ImageSet  # the training set as received: images and (possibly poisoned) labels
     make_model: Callable[[], nn.Module]  # a fresh, randomly initialised model
-    trainer: Trainer
+    trainer: Trainer  # fits, predicts and ranks on the cell's device (ctx.trainer.fit, ...)
     train_cfg: TrainConfig  # the base recipe (a No Defense run uses exactly this)
-    seed: int
+    seed: int  # the cell's seed: pass it to fit() and to any generator of your own
     cache: ArtifactCache  # for defense-side artifacts shared across cells (e.g. a pre-isolation model)
     # identity of everything upstream (dataset, attack, model, recipe, seed) + the defense's version
     cache_key: dict
@@ -45,7 +45,7 @@ class DefenseContext:
     # trusted clean samples (Defense.trusted_per_class): held-out images in ``trusted``, or rows
     # of the training set in ``trusted_rows`` (then left out of TPR/FPR); how, in words
     trusted_rows: torch.Tensor | None = None
-    trusted_source: str = ""
+    trusted_source: str = ""  # where the trusted samples came from, in words (for the record)
     # the poison mask, given only to analyses that declare needs_ground_truth (PIPD's Table 3
     # fault-ratio study); None in every defense run
     ground_truth: torch.Tensor | None = None
@@ -101,22 +101,23 @@ class DefenseContext:
 
 @dataclass
 class DefenseResult:
-    model: nn.Module
+    model: nn.Module  # the defended model: the cell's CA / ASR are measured on it
     isolated: torch.Tensor | None = None  # bool (N,): samples the defense flags as poisoned
     scores: torch.Tensor | None = None  # float (N,): higher = more suspicious
+    # per phase, one dict per epoch (what fit() returns with callback=ctx.monitor: CA/ASR curves)
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # further named isolations
     excluded: torch.Tensor | None = None  # bool (N,): rows left out of TPR/FPR (trusted ones)
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # anything else for the record (defense_info)
 
 
 class Defense:
     """Base class. Subclasses set ``name`` and ``Params`` and implement ``run``."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the registry name: lower-case, used by --defenses and --set NAME.key
     title: ClassVar[str] = ""  # what --list and records print beside the name
     column: ClassVar[str] = ""  # the name in table columns, where it differs from ``name``
-    Params: ClassVar[type[DefenseParams]] = DefenseParams
+    Params: ClassVar[type[DefenseParams]] = DefenseParams  # the options dataclass (--set NAME.field)
     is_detector: ClassVar[bool] = False  # isolation only (SCALE-UP, DBALFA); no defended model
     version: ClassVar[int] = 1  # bump when results change for the same params (re-keys cells)
     # runs against an attack that re-poisons every epoch (training-time control): only a defense

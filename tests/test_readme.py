@@ -86,9 +86,13 @@ def test_a_generated_block_is_rewritten_from_its_folder(tmp_path):
     assert kept.count("\n|") == 3 and "no records" in dropped
     with pytest.raises(ValueError, match="valid: attack, defense"):
         blocks.render(text.replace("recs -->", "recs seed=1 -->"), root=tmp_path)
-    with pytest.raises(ValueError, match="valid: headline, isolation, headline_versions, "
-                                         "isolation_versions, records"):
+    with pytest.raises(ValueError, match="valid: headline FOLDER, isolation FOLDER, headline_versions "
+                                         "FOLDER, .*, defense_context, defense_result"):
         blocks.render("<!-- generated: nope recs -->\n<!-- /generated -->", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown generated block 'records' "):  # needs a folder
+        blocks.render("<!-- generated: records -->\n<!-- /generated -->", root=tmp_path)
+    code = blocks.render("<!-- generated: defense_result -->\nstale\n<!-- /generated -->\n")
+    assert "| `isolated` | `torch.Tensor \\| None` | `None` |" in code and "stale" not in code
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:

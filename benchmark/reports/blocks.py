@@ -5,6 +5,7 @@ never typed. A block is
     ...
     <!-- /generated -->
 
+(or ``<!-- generated: KIND -->`` for a table read from the code: ``apidoc.RENDERERS``),
 where KIND names a renderer below, FOLDER a records folder relative to the repository root (or
 several, comma-separated) and
 the optional filters keep the records of those attacks / defenses (registry names; or
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.reports import records, tables
+from benchmark.reports import apidoc, records, tables
 
 ROOT = Path(__file__).parents[2]
 KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
@@ -33,7 +34,9 @@ KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "records": tables.inventory,
     "seed_quantile": tables.seed_quantiles,
 }
-BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)", re.S)
+# a block from the code has no folder: <!-- generated: defense_context --> (benchmark.reports.apidoc)
+BLOCK = re.compile(r"(<!-- generated: (\S+)(?: ([^\s=]+))?((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)",
+                   re.S)
 # registry names, or the tables' row and column labels (those without spaces)
 FILTERS = ("attack", "defense", "attack_label", "defense_label")
 
@@ -52,8 +55,11 @@ def render(text: str, root: Path = ROOT) -> str:
     """``text`` with every generated block's body replaced by its renderer's output."""
     def fill(m: re.Match) -> str:
         kind, folder = m.group(2), m.group(3)
-        if kind not in KINDS:
-            raise ValueError(f"unknown generated block {kind!r}; valid: {', '.join(KINDS)}")
+        if kind in apidoc.RENDERERS and folder is None:
+            return m.group(1) + apidoc.RENDERERS[kind]() + m.group(6)
+        if kind not in KINDS or folder is None:
+            raise ValueError(f"unknown generated block {kind!r} {folder or ''}; valid: "
+                             f"{', '.join(f'{k} FOLDER' for k in KINDS)}, {', '.join(apidoc.RENDERERS)}")
         rows = select(records.load([root / f for f in folder.split(",")]), m.group(4))
         return m.group(1) + KINDS[kind](rows) + m.group(6)
 

@@ -1,0 +1,151 @@
+"""Reference tables for method authors, read from the code: what a defense receives, what it
+returns, the class attributes it may set, and the shared helpers with one line each. Rendered
+into docs/authors.md by its generated blocks (``benchmark.reports.blocks``), so the page follows
+the code: a renamed field or a new helper shows up on the next render, and a test keeps the
+committed page equal to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+from collections.abc import Callable
+
+# (module, names): the pieces a new method reuses instead of writing its own
+SHARED = (
+    ("defenses.base", ("isolate_lowest_loss", "backdoored_features", "finetune_then_unlearn",
+                       "own_recipe")),
+    ("benchmark.losses", ("lga_loss", "selective_loss", "ascent_loss", "sce_loss", "nt_xent")),
+    ("benchmark.jenks", ("jenks_break_2class", "jenks_upper")),
+    ("benchmark.clustering", ("class_rows", "pca", "top_directions", "fast_ica", "kmeans")),
+    ("benchmark.augment", ("cutout", "resized_crop_flip", "StrongAugment")),
+    ("benchmark.semisup", ("MixMatch",)),
+    ("benchmark.validate", ("at_least", "within", "one_of")),
+)
+TRAINER = ("fit", "fit_cached", "per_sample_loss", "predict", "logits", "embeddings", "augment")
+CONTEXT_METHODS = ("backdoored_model", "lga_model", "trained_once", "note_split")
+DEFENSE_HOOKS = ("validation_fraction", "trusted_per_class", "trains_final_model",
+                 "needs_ground_truth")
+FIELD = re.compile(r"^\s+(\w+): ([^=#]+?)(?: = [^#]*?)?\s*(?:#\s*(.*))?$")
+
+
+def first_sentence(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    text = " ".join(doc.split("\n\n")[0].split())
+    end = re.search(r"(?<!e\.g)(?<!i\.e)(?<!Eq)(?<!al)\.(\s|$)", text)
+    return text[:end.start() + 1] if end else text
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def commented_fields(cls: type) -> list[tuple[str, str, str]]:
+    """(name, annotation, comment) of a class's annotated attributes, in source order; a comment
+    is the one on the line, or the comment lines just above it."""
+    out, above, indent = [], [], None
+    lines = inspect.getsource(cls).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("class "))
+    for line in lines[start + 1:]:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        here = len(line) - len(line.lstrip())
+        indent = here if indent is None else indent
+        if here != indent:  # a continuation or a method's body
+            continue
+        if stripped.startswith(("def ", "@")):  # attributes come before the methods
+            break
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        m = FIELD.match(line)
+        if m:
+            out.append((m.group(1), m.group(2).strip(), " ".join([*above, m.group(3) or ""]).strip()))
+        above = []
+    return out
+
+
+def fields_table(cls: type) -> str:
+    """A dataclass's fields: name, type, default, what it holds (the source's comment)."""
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    rows = ["| field | type | default | what it holds |", "|---|---|---|---|"]
+    for name, hint, comment in commented_fields(cls):
+        f = defaults.get(name)
+        if f is None:
+            continue
+        default = ("required" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   else "empty" if f.default is dataclasses.MISSING else f"`{f.default!r}`")
+        rows.append(f"| `{name}` | `{_cell(hint)}` | {default} | {_cell(comment)} |")
+    return "\n".join(rows) + "\n"
+
+
+def class_attributes_table(cls: type) -> str:
+    """The ``ClassVar`` attributes a subclass sets, with their defaults and comments."""
+    rows = ["| attribute | default | what it means |", "|---|---|---|"]
+    for name, hint, comment in commented_fields(cls):
+        if hint.startswith("ClassVar"):
+            rows.append(f"| `{name}` | `{getattr(cls, name)!r}` | {_cell(comment)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _signature(obj: object) -> str:
+    try:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "(...)"
+    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    params = [star.get(p.kind, "") + p.name + ("" if p.default is inspect.Parameter.empty else "=...")
+              for p in sig.parameters.values() if p.name not in ("self", "cls")]
+    return f"({', '.join(params)})"
+
+
+def members_list(owner: str, obj: object, names: tuple[str, ...]) -> str:
+    return "".join(f"- `{owner}.{n}{_signature(getattr(obj, n))}`: {first_sentence(getattr(obj, n))}\n"
+                   for n in names)
+
+
+def shared_helpers() -> str:
+    out = []
+    for module_name, names in SHARED:
+        module = importlib.import_module(module_name)
+        out.append(f"**`{module_name}`**: {first_sentence(module)}\n\n")
+        out.append("".join(f"- `{n}{_signature(getattr(module, n))}`: {first_sentence(getattr(module, n))}\n"
+                           for n in names) + "\n")
+    return "".join(out).rstrip("\n") + "\n"
+
+
+def _context() -> str:
+    from defenses import DefenseContext
+
+    return (fields_table(DefenseContext) + "\nMethods:\n\n"
+            + members_list("ctx", DefenseContext, CONTEXT_METHODS))
+
+
+def _result() -> str:
+    from defenses import DefenseResult
+
+    return fields_table(DefenseResult)
+
+
+def _defense_class() -> str:
+    from defenses import Defense
+
+    return (class_attributes_table(Defense) + "\nClass methods a defense may override (each takes "
+            "its `Params`):\n\n" + members_list("Defense", Defense, DEFENSE_HOOKS))
+
+
+def _trainer() -> str:
+    from benchmark.train import Trainer
+
+    return members_list("ctx.trainer", Trainer, TRAINER)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "defense_context": _context,
+    "defense_result": _result,
+    "defense_class": _defense_class,
+    "trainer": _trainer,
+    "shared_helpers": shared_helpers,
+}
