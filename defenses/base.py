@@ -103,12 +103,14 @@ class DefenseContext:
 class DefenseResult:
     model: nn.Module  # the defended model: the cell's CA / ASR are measured on it
     isolated: torch.Tensor | None = None  # bool (N,): samples the defense flags as poisoned
-    scores: torch.Tensor | None = None  # float (N,): higher = more suspicious
+    # float (N,): higher = more suspicious; AUROC ranks all N rows at once (not per class)
+    scores: torch.Tensor | None = None
     # per phase, one dict per epoch (what fit() returns with callback=ctx.monitor: CA/ASR curves)
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # further named isolations
     excluded: torch.Tensor | None = None  # bool (N,): rows left out of TPR/FPR (trusted ones)
-    info: dict[str, Any] = field(default_factory=dict)  # anything else for the record (defense_info)
+    # anything else for the record's defense_info: plain values (numbers, strings, lists, dicts)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Defense:

@@ -31,6 +31,10 @@ def test_the_page_plugin_runs_a_grid_and_a_comparison_with_pipd(tiny_cifar, tmp_
     assert main(["report", "--plugin", plugin, "--results", str(tmp_path / "res"), "--out",
                  str(tmp_path / "rep"), "--compare", "class_loss_filter", "--baseline", "pipd"]) == 0
     assert "class_loss_filter vs pipd" in capsys.readouterr().out
+    # from the records alone (the plugin not loaded): the same comparison, no traceback
+    assert main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "rep2"),
+                 "--compare", "class_loss_filter", "--baseline", "pipd"]) == 0
+    assert "class_loss_filter vs pipd" in capsys.readouterr().out
 
     assert main([*grid, "--set", "class_loss_filter.drop=1.5"]) == 2
     assert capsys.readouterr().err.strip() == "error: class_loss_filter.drop: must be <= 1, got 1.5"

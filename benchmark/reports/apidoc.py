@@ -37,6 +37,11 @@ def first_sentence(obj: object) -> str:
     return text[:end.start() + 1] if end else text
 
 
+def first_paragraph(obj: object) -> str:
+    """A member's docstring up to its first blank line, on one line (what it returns is there)."""
+    return " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -102,7 +107,7 @@ def _signature(obj: object) -> str:
 
 
 def members_list(owner: str, obj: object, names: tuple[str, ...]) -> str:
-    return "".join(f"- `{owner}.{n}{_signature(getattr(obj, n))}`: {first_sentence(getattr(obj, n))}\n"
+    return "".join(f"- `{owner}.{n}{_signature(getattr(obj, n))}`: {first_paragraph(getattr(obj, n))}\n"
                    for n in names)
 
 
@@ -111,7 +116,7 @@ def shared_helpers() -> str:
     for module_name, names in SHARED:
         module = importlib.import_module(module_name)
         out.append(f"**`{module_name}`**: {first_sentence(module)}\n\n")
-        out.append("".join(f"- `{n}{_signature(getattr(module, n))}`: {first_sentence(getattr(module, n))}\n"
+        out.append("".join(f"- `{n}{_signature(getattr(module, n))}`: {first_paragraph(getattr(module, n))}\n"
                            for n in names) + "\n")
     return "".join(out).rstrip("\n") + "\n"
 
