@@ -1,0 +1,67 @@
+"""Contract tests over every registered attack and defense (timm's pattern): a new method is
+tested by being registered. Each gets the same checks of its declaration; what it computes is
+tested in its own module's tests, and every built-in method runs end to end in the full grid's
+development run (tests/test_devrun.py)."""
+
+import dataclasses
+import importlib
+import sys
+
+import pytest
+
+from attacks import ATTACKS, Attack, AttackParams
+from benchmark.sources import source_digest
+from benchmark.validate import check_fields
+from defenses import DEFENSES, Defense, DefenseParams
+from defenses.base import GroundTruthAnalysis
+
+
+def builtin(registry, package: str) -> list[str]:
+    """The suite's own entries (plugins other tests registered in this process left out)."""
+    return [n for n in registry.names() if registry.get(n).__module__.startswith(package + ".")]
+
+
+def declared(cls: type, params_base: type, base: type, name: str, implements: str) -> None:
+    assert cls.name == name and name == name.lower(), "the registry key is the class's name"
+    assert issubclass(cls, base) and getattr(cls, implements) is not getattr(base, implements)
+    assert isinstance(cls.version, int) and cls.version >= 1
+    params = cls.Params
+    assert dataclasses.is_dataclass(params) and issubclass(params, params_base)
+    defaults = params()  # every option has a default (the published method's)
+    check_fields(params, dataclasses.asdict(defaults), name)  # defaults within declared ranges
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    assert doc.strip(), "the module docstring states the method"
+    assert source_digest(cls, base)
+
+
+@pytest.mark.parametrize("name", builtin(DEFENSES, "defenses"))
+def test_every_defense_declares_its_method(name):
+    cls = DEFENSES.get(name)
+    declared(cls, DefenseParams, Defense, name, "run")
+    assert cls.title, "--list and the records print it"
+    p = cls.Params()
+    assert 0 <= cls.validation_fraction(p) < 1 and cls.trusted_per_class(p) >= 0
+    if cls.is_detector:  # CA / ASR of a model it inspected: never in a CA / ASR ranking
+        assert cls.trains_final_model(p) is False
+    # no defense proper sees the poison mask: only declared ground-truth analyses do
+    assert cls.needs_ground_truth(p) == issubclass(cls, GroundTruthAnalysis)
+
+
+@pytest.mark.parametrize("name", builtin(ATTACKS, "attacks"))
+def test_every_attack_declares_its_method(name):
+    cls = ATTACKS.get(name)
+    declared(cls, AttackParams, Attack, name, "apply_trigger")
+    assert cls.rate_of and isinstance(cls.clean_label, bool)
+
+
+def test_every_method_class_of_the_packages_is_registered():
+    """A method class that registers nothing (a forgotten decorator) is caught here."""
+    import inspect
+    import pkgutil
+
+    for package, registry, base in (("attacks", ATTACKS, Attack), ("defenses", DEFENSES, Defense)):
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            module = importlib.import_module(f"{package}.{info.name}")
+            for _, obj in inspect.getmembers(module, inspect.isclass):
+                if issubclass(obj, base) and obj.__module__ == module.__name__ and obj.name:
+                    assert obj.name in registry and registry.get(obj.name) is obj, obj
