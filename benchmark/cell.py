@@ -32,6 +32,7 @@ from benchmark.data import (
     load_dataset,
     unpack_splits,
 )
+from benchmark.facts import record_facts
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.sources import current_sources
@@ -428,7 +429,8 @@ def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
                         "n_poisoned": int(poisoned.poison_mask.sum()),
                         "n_cover": int(poisoned.cover_mask.sum()), "n_triggered_test": len(triggered)},
         "data_source": dataset.source, "timings": times, "versions": versions(),
-        "sources": current_sources(config), "hardware": hardware(trainer),
+        "sources": current_sources(config), "facts": record_facts(config, cell_id(config)),
+        "hardware": hardware(trainer),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -443,5 +445,5 @@ def run_cell_safe(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
 
 def failed_record(config: dict[str, Any], error: str, tb: str = "") -> dict[str, Any]:
     return {"id": cell_id(config), "status": "failed", "config": config, "error": error,
-            "traceback": tb, "versions": versions(),
+            "traceback": tb, "versions": versions(), "facts": record_facts(config, cell_id(config)),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -48,6 +48,8 @@ RECORD_KEYS: dict[str, str] = {
     "timings": "seconds per stage and in total; defense_phases: the defense's time by phase",
     "versions": "python, torch and package versions",
     "sources": "digests of the attack's and the defense's code (benchmark.sources)",
+    "facts": ("what the record means, fixed when written: preset default, overrides, column, "
+              "lineage, detector, trains a model, the preset's notes (benchmark.facts)"),
     "hardware": "device, threads, precision the training steps ran in",
     "finished_at": "UTC time the record was written",
     "fast_dev_run": "only in development-run records: its settings and each phase's planned work",

@@ -110,10 +110,9 @@ def _scheme(cell: pd.Series) -> str:
     """A Fig. 5 line's name: the method whose isolation it trains on (PIPD or a variant, with
     its overrides other than ``training``, its version and precision marks) and the scheme."""
     from benchmark.config import label
-    from benchmark.reports.records import column_name
 
     def name(own: dict) -> str:
-        return column_name(cell["defense"]) + (f"[{label(own)}]" if own else "")
+        return cell["column"] + (f"[{label(own)}]" if own else "")
 
     own = cell["defense_overrides"]
     marks = cell["defense_label"][len(name(own)):]  # " (v2)", " (bf16)"

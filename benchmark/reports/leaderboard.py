@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from benchmark.reports.records import LEARNED_ASR, is_variant, not_learned
+from benchmark.reports.records import LEARNED_ASR, not_learned
 
 # Student's t, two-sided 95%, by degrees of freedom (normal beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -81,12 +81,7 @@ def _cells(df: pd.DataFrame) -> pd.DataFrame:
 
 def _caveats(df: pd.DataFrame) -> dict[str, str]:
     """defense -> where the diagnosis of its non-convergence at the records' preset lives."""
-    from benchmark.config import PRESETS
-
-    out: dict[str, str] = {}
-    for preset in df["preset"].dropna().unique():
-        out.update(PRESETS.get(preset, {}).get("caveats", {}))
-    return out
+    return {d: c for d, c in zip(df["defense"], df["caveat"], strict=True) if isinstance(c, str) and c}
 
 
 def _der(rows: pd.DataFrame, base: pd.DataFrame) -> list[float]:
@@ -145,7 +140,7 @@ def _seeded_set(by_label: dict[str, pd.DataFrame], shared: list[str], caveats: d
     ([], []) where that is every shared attack at the seeds the full ranking has already, or
     fewer than two seeds."""
     judged = [g for g in by_label.values() if not g["defense_overrides"].iloc[0]
-              and not is_variant(g["defense"].iloc[0]) and g["defense"].iloc[0] not in caveats]
+              and not g["variant"].iloc[0] and g["defense"].iloc[0] not in caveats]
     if not judged:
         return [], []
     common = {a: set.intersection(*(set(g.loc[g["attack_label"] == a, "seed"]) for g in judged))
@@ -177,7 +172,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
         by_label = contenders.groupby("defense_label")
         covers = {lab: set(g["attack_label"]) for lab, g in by_label}
         defaults = [covers[lab] for lab, g in by_label
-                    if not g["defense_overrides"].iloc[0] and not is_variant(g["defense"].iloc[0])]
+                    if not g["defense_overrides"].iloc[0] and not g["variant"].iloc[0]]
         shared = sorted(set.intersection(*(defaults or list(covers.values())))) if covers else []
         shared_of[dataset] = shared
         groups = dict(tuple(by_label))

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.config import label, overrides, preset_cell
+from benchmark.config import label
+from benchmark.facts import record_facts
 from benchmark.store import read_record
 
 METRICS = ("ca", "asr", "r_acc", "tpr", "fpr", "auroc")
@@ -49,67 +50,6 @@ def read_records(folders: Iterable[Path | str]) -> list[dict[str, Any]]:
     return list(by_id.values())
 
 
-def column_name(defense: str) -> str:
-    from defenses import DEFENSES
-
-    return (DEFENSES.get(defense).column or defense) if defense in DEFENSES else defense
-
-
-def _is_detector(defense: str) -> bool:
-    from defenses import DEFENSES
-
-    return defense in DEFENSES and DEFENSES.get(defense).is_detector
-
-
-def _is_default(rec: dict[str, Any], base: dict[str, Any] | None) -> bool:
-    """Whether the record is ``base``, its preset's own cell for its (attack, defense, seed): no
-    ``--set``, the methods' current versions (a preset's per-attack settings count as its
-    default)."""
-    from benchmark.config import cell_id
-
-    return base is not None and "fast_dev_run" not in rec["config"] and cell_id(base) == rec.get("id")
-
-
-def _registered(defense: str) -> bool:
-    from defenses import DEFENSES
-
-    return defense in DEFENSES
-
-
-def is_variant(defense: str) -> bool:
-    """A registered variant of another defense (``pipd_median`` of ``pipd``)."""
-    from benchmark.config import lineage
-    from defenses import DEFENSES
-
-    return defense in DEFENSES and len(lineage(DEFENSES.get(defense))) > 1
-
-
-def _is_pipd(defense: str) -> bool:
-    """PIPD or a registered variant of it: the records whose seed statistic and post-isolation
-    training mean something (NONE also has ``rounds``)."""
-    from benchmark.config import lineage
-    from defenses import DEFENSES
-
-    return defense in DEFENSES and "pipd" in lineage(DEFENSES.get(defense))
-
-
-def _trains_model(defense: str, params: dict[str, Any]) -> bool:
-    """``Defense.trains_final_model`` of the record's settings (fields a later version dropped
-    are ignored); an unknown defense counts as training one unless it is a detector."""
-    from dataclasses import fields
-
-    from defenses import DEFENSES
-
-    if defense not in DEFENSES:
-        return True
-    cls = DEFENSES.get(defense)
-    known = {f.name for f in fields(cls.Params)}
-    try:
-        return cls.trains_final_model(cls.Params(**{k: v for k, v in params.items() if k in known}))
-    except (TypeError, ValueError):
-        return not cls.is_detector
-
-
 def _num(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and x is not None else math.nan
 
@@ -139,12 +79,9 @@ def cpu_kind(hardware: dict[str, Any]) -> str:
 
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
-    base = preset_cell(c)
-    upstream, own = overrides(c, attack_train=False, base=base)
-    if base is None and not _registered(c["defense"]):
-        # a plugin's defense read without its --plugin: its defaults are unknown here, so every
-        # recorded setting is part of the label and records of different settings never pool
-        own = dict(c.get("defense_params") or {})
+    # what the record says of itself (benchmark.facts); records made before it, by today's code
+    facts = rec.get("facts") or record_facts(c, rec.get("id"))
+    upstream, own = facts["attack_overrides"], facts["defense_overrides"]
     m = rec.get("metrics") or {}
     masks = (rec.get("isolation") or {}).get("masks") or {}
     dp = c.get("defense_params", {})
@@ -153,7 +90,9 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     # bf16 cell never averages with an fp32 one of the same config
     precision = str((rec.get("hardware") or {}).get("precision") or "")
     stale = _stale_version("attack", c["attack"], c), _stale_version("defense", c["defense"], c)
-    pipd = _is_pipd(c["defense"])
+    # PIPD or a variant of it: the records whose seed statistic and post-isolation training mean
+    # something (NONE also has ``rounds``)
+    pipd = "pipd" in facts["lineage"]
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
         "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
@@ -161,16 +100,17 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
         "attack_label": " ".join(filter(None, [c["attack"], label(upstream)]))
         + stale[0],
         "defense": c["defense"],
-        "defense_label": column_name(c["defense"]) + (f"[{label(own)}]" if own else "")
+        "defense_label": facts["column"] + (f"[{label(own)}]" if own else "")
         + stale[1] + (" (bf16)" if "bf16" in precision else ""),
         "current": not any(stale),  # both methods at their registered versions
         "train_precision": precision,
         "defense_overrides": own,
         "attack_overrides": upstream,
         "seed": c["seed"], "rate": c.get("attack_params", {}).get("rate"),
-        "detector": _is_detector(c["defense"]),
-        "trains_model": _trains_model(c["defense"], dp),
-        "default": _is_default(rec, base),
+        "detector": facts["detector"], "trains_model": facts["trains_model"],
+        "default": facts["default"], "lineage": facts["lineage"], "column": facts["column"],
+        "variant": len(facts["lineage"]) > 1,
+        "preset_attack_train": facts["preset_attack_train"], "caveat": facts["caveat"],
         **{k: _num(m.get(k)) for k in METRICS},
         "precision": _num(((rec.get("isolation") or {}).get("isolated") or {}).get("precision")),
         "pp_precision": _num((masks.get("seed_poison") or {}).get("precision")),
@@ -190,7 +130,7 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per record (failed ones too, with ``status`` and ``error``)."""
     return pd.DataFrame([row(r) for r in records]) if records else pd.DataFrame(
         columns=["id", "status", "dataset", "attack", "attack_label", "defense", "defense_label",
-                 "seed", "detector", *METRICS])
+                 "seed", "detector", "default", "variant", "caveat", *METRICS])
 
 
 def load(folders: Iterable[Path | str]) -> pd.DataFrame:

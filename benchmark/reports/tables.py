@@ -129,21 +129,16 @@ def _paper_defense(method: str) -> str | None:
 def main_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The default cells of the suite's defenses and a user's own (not a registered variant of
     another)."""
-    from benchmark.reports.records import is_variant
-
     if df.empty:
         return df
-    return df[(df["status"] == "ok") & df["default"].astype(bool)
-              & ~df["defense"].map(is_variant).astype(bool)]
+    return df[(df["status"] == "ok") & df["default"].astype(bool) & ~df["variant"].astype(bool)]
 
 
 def _preset_notes(rows: pd.DataFrame) -> list[str]:
     """What a preset sets per attack (its ``attack_train``), said once under the table."""
-    from benchmark.config import PRESETS
-
     notes = sorted({f"{a}: {label({f'train.{k}': v for k, v in train.items()})}"
-                    for p, a in zip(rows["preset"], rows["attack"], strict=True)
-                    if (train := PRESETS.get(p, {}).get("attack_train", {}).get(a))})
+                    for a, train in zip(rows["attack"], rows["preset_attack_train"], strict=True)
+                    if train})
     return [f"the preset's per-attack training: {'; '.join(notes)}"] if notes else []
 
 
@@ -271,19 +266,15 @@ def table4(df: pd.DataFrame, grid: str = "quick") -> Table:
 
 def _study(row) -> str:  # noqa: ANN001 - a frame row
     """What a non-default record varies: older versions, a registered variant, or its keys."""
-    from benchmark.config import lineage
-    from benchmark.reports.records import is_variant
-    from defenses import DEFENSES
-
     if not row.current:
         return "older method versions"
-    family = lineage(DEFENSES.get(row.defense))[0] if row.defense in DEFENSES else row.defense
+    family = row.lineage[0]
     keys = sorted({("attack." + k.split(".", 1)[1]) if k.split(".", 1)[0] == row.attack else k
                    for k in row.attack_overrides}
                   | {f"{family}.{k}" for k in row.defense_overrides})
     if keys:
         return "varies " + ", ".join(keys)
-    return f"variants of {family}" if is_variant(row.defense) else "other settings"
+    return f"variants of {family}" if row.variant else "other settings"
 
 
 def studies(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
