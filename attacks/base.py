@@ -62,7 +62,7 @@ class AttackContext:
     """What an attack may use to build its artifacts (cached across cells and re-runs)."""
 
     cache: ArtifactCache
-    cache_key: dict  # identity of the inputs: dataset config, attack config, seed
+    cache_key: dict  # the attack's artifacts' key (benchmark.keys: "attack" / "attack_model")
     seed: int
     num_classes: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,6 +74,13 @@ class AttackContext:
     # the cell's ``train.precision``: models an attack trains (a reference model, Refool's
     # selection) train in it too, so ``--set train.precision=fp32`` is fp32 throughout
     precision: str = "auto"
+    # keys of the other kinds of artifact an attack builds on (benchmark.keys.ARTIFACTS)
+    keys: dict[str, dict] = field(default_factory=dict)
+
+    def key(self, kind: str) -> dict:
+        """The cell's key for artifacts of ``kind``; a context built by hand (tests) without
+        ``keys`` gets its own key marked with the kind."""
+        return self.keys.get(kind, {**self.cache_key, "kind": kind})
 
 
 class Attack:

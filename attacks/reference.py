@@ -15,9 +15,7 @@ def reference_model(ctx: AttackContext, train: ImageSet, epochs: int, lr: float 
         raise RuntimeError("this attack needs a trainer and a model factory in its AttackContext")
     cfg = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", warmup=0.2, precision=ctx.precision)
     # shared by every attack: nothing of the attack (its version included) is in the key
-    upstream = {k: v for k, v in ctx.cache_key.items()
-                if k not in ("attack", "attack_params", "attack_version")}
-    key = {**upstream, "phase": "clean-reference", "cfg": cfg.key()}
+    key = {**ctx.key("clean_reference"), "phase": "clean-reference", "cfg": cfg.key()}
 
     model, _, _ = ctx.trainer.fit_cached(ctx.cache, "models", key, ctx.make_model, train.images,
                                          train.labels, cfg, seed=ctx.seed,

@@ -22,7 +22,7 @@ import torch
 
 from benchmark import devrun
 from benchmark.cache import ArtifactCache, atomic_write, config_hash
-from benchmark.config import cell_id, identity
+from benchmark.config import cell_id
 from benchmark.data import (
     DataNotFoundError,
     Dataset,
@@ -33,6 +33,7 @@ from benchmark.data import (
     unpack_splits,
 )
 from benchmark.facts import record_facts
+from benchmark.keys import artifact_key, artifact_keys
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.sources import current_sources
@@ -237,24 +238,15 @@ def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
     from attacks import ATTACKS, AttackContext
 
     attack_cls = ATTACKS.get(config["attack"])
-    fields = ["dataset", "data", "attack", "attack_params", "attack_version", "seed", "fast_dev_run"]
     # reference models and generators: the architecture is part of the artifact's identity
     uses_model = attack_cls.uses_model(attack_cls.Params(**config["attack_params"]))
-    if uses_model:
-        fields += ["model", "model_params"]
-    ident = identity(config)
-    key = {k: ident[k] for k in fields if k in ident}  # a version is absent while it is 1
-    precision = config["train"].get("precision", "auto")
-    if uses_model and precision != "auto":  # the models it trains run in the cell's precision
-        key["precision"] = precision
-    # re-poisoning changes how training uses the poisoned set, not the set nor the trigger: the
-    # fixed-set cells' artifacts (generator, selection, epoch-0 set) serve it too
-    key["attack_params"] = {k: v for k, v in key["attack_params"].items() if k != "repoison_every_epoch"}
     device = trainer.device if trainer is not None else torch.device("cpu")
-    ctx = AttackContext(cache=rt.artifacts, cache_key=key, seed=config["seed"],
+    ctx = AttackContext(cache=rt.artifacts,
+                        cache_key=artifact_key(config, "attack_model" if uses_model else "attack"),
+                        keys=artifact_keys(config, ("clean_reference",)), seed=config["seed"],
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
                         make_model=make_model, held_out=dataset.held_out,
-                        precision=precision)
+                        precision=config["train"].get("precision", "auto"))
     return attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
 
 
@@ -357,17 +349,12 @@ def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     params = defense_cls.Params(**config["defense_params"])
     test, trig, validation = split_validation(dataset.test, triggered, target,
                                               defense_cls.validation_fraction(params), seed)
-    # everything the defense's artifacts depend on, its own version included
-    ident = identity(config)
-    upstream = {k: ident[k] for k in ("dataset", "data", "attack", "attack_params", "attack_version",
-                                      "model", "model_params", "train", "seed", "defense_version",
-                                      "fast_dev_run")
-                if k in ident}
     split: dict[str, float] = {}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
-        cache_key=upstream, trusted=validation,
+        cache_key=artifact_key(config, "defense"),
+        keys=artifact_keys(config, ("backdoored", "images")), trusted=validation,
         monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"], split),
         split_probe=split_prober(poisoned.poison_mask.cpu(), split))
     if attack.params.repoison_every_epoch:  # resolve_cell admits only defenses that accept it

@@ -38,7 +38,8 @@ class DefenseContext:
     train_cfg: TrainConfig  # the base recipe (a No Defense run uses exactly this)
     seed: int  # the cell's seed: pass it to fit() and to any generator of your own
     cache: ArtifactCache  # for defense-side artifacts shared across cells (e.g. a pre-isolation model)
-    # identity of everything upstream (dataset, attack, model, recipe, seed) + the defense's version
+    # key of the defense's own artifacts: everything upstream (dataset, attack, model, recipe,
+    # seed) and the defense's version (benchmark.keys: "defense")
     cache_key: dict
     monitor: Callable[[int, nn.Module], dict[str, float]] | None = None  # CA/ASR curves
     trusted: ImageSet | None = None  # a small clean set, for defenses that assume one
@@ -56,10 +57,17 @@ class DefenseContext:
     # an attack that controls training (``attack.repoison_every_epoch``): each epoch's images and
     # labels for the backdoored model; only defenses with ``accepts_repoisoning`` get one
     epoch_data: EpochData | None = None
+    # keys of the shared artifacts a defense builds on ("backdoored", "images": benchmark.keys)
+    keys: dict[str, dict] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
+
+    def key(self, kind: str) -> dict:
+        """The cell's key for artifacts of ``kind`` (``benchmark.keys.ARTIFACTS``); a context
+        built by hand (tests) without ``keys`` gets its own key marked with the kind."""
+        return self.keys.get(kind, {**self.cache_key, "kind": kind})
 
     def note_split(self, left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Show the harness this epoch's split (bool (N,), True: not trusted) and, if it ranked
@@ -73,9 +81,8 @@ class DefenseContext:
         what the detectors inspect and NONE starts from): trained once per (data, attack,
         model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
         curve, whether it came from the cache)."""
-        key = {k: v for k, v in self.cache_key.items() if k != "defense_version"}
-        return self.trained_once("backdoored", {**key, "phase": "backdoored"}, self.train_cfg,
-                                  None, "train", epoch_data=self.epoch_data)
+        return self.trained_once("backdoored", {**self.key("backdoored"), "phase": "backdoored"},
+                                 self.train_cfg, None, "train", epoch_data=self.epoch_data)
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
                   ) -> tuple[nn.Module, list[dict], bool]:

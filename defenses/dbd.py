@@ -113,8 +113,7 @@ class DBD(Defense):
                                     schedule_span=p.simclr_schedule_span, warmup=0.0,
                                     optimizer="sgd", nesterov=False)
         # the images decide it, not the labels or the training recipe
-        key = {k: v for k, v in ctx.cache_key.items() if k not in ("train", "defense_version")}
-        key = {**key, "phase": "simclr", "cfg": cfg.key(), "temperature": p.temperature,
+        key = {**ctx.key("images"), "phase": "simclr", "cfg": cfg.key(), "temperature": p.temperature,
                "symmetric": p.simclr_symmetric}
 
         def make() -> nn.Module:

@@ -110,11 +110,16 @@ def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(t
     from attacks.reference import reference_model
     from tests.attack_helpers import make_attack, make_set
 
+    from benchmark.grid import expand_grid
+    from benchmark.keys import artifact_key, artifact_keys
+
     ctx = make_attack("cl", cache_root=tmp_path).ctx
     train = make_set(60)
-    for key in ({"data": 1, "attack": "cl", "attack_params": {"eps": 8}},
-                {"data": 1, "attack": "trojan", "attack_params": {}, "attack_version": 2}):
-        reference_model(replace(ctx, cache_key=key), train, epochs=1)
+    cells = expand_grid("smoke", ["cl", "trojan"], ["no_defense"], [0], [])
+    assert {c["attack"] for c in cells} == {"cl", "trojan"}
+    for c in cells:  # the cells' own keys, as benchmark.cell gives them
+        reference_model(replace(ctx, cache_key=artifact_key(c, "attack_model"),
+                                keys=artifact_keys(c, ("clean_reference",))), train, epochs=1)
     assert len(list((tmp_path / "models").glob("*.pt"))) == 1
 
 
