@@ -354,7 +354,7 @@ def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
         cache_key=artifact_key(config, "defense"),
-        keys=artifact_keys(config, ("backdoored", "images")), trusted=validation,
+        keys=artifact_keys(config, ("shared", "images")), trusted=validation,
         monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"], split),
         split_probe=split_prober(poisoned.poison_mask.cpu(), split))
     if attack.params.repoison_every_epoch:  # resolve_cell admits only defenses that accept it

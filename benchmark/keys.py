@@ -29,11 +29,12 @@ ARTIFACTS: dict[str, tuple[str, ...]] = {
     "attack_model": _ATTACK + _MODEL,
     # the clean reference model CL and Trojan share: nothing of the attack
     "clean_reference": ("dataset", "data", "seed", "fast_dev_run") + _MODEL,
-    # a defense's own artifacts (its LGA model, CBD's backdoored model): everything upstream of
-    # the defense and its version
+    # a defense's own artifacts (CBD's backdoored model): everything upstream of the defense and
+    # its version
     "defense": _UPSTREAM + ("defense_version",),
-    # the backdoored model every defense shares (what No Defense trains): not a defense's version
-    "backdoored": _UPSTREAM,
+    # models defenses share (what No Defense trains; the LGA model PIPD and ABL train at equal
+    # settings, keyed further by its recipe): not a defense's version
+    "shared": _UPSTREAM,
     # what the training images decide alone (DBD's SimCLR backbone): not the training recipe
     "images": tuple(f for f in _UPSTREAM if f != "train"),
 }

@@ -57,7 +57,7 @@ class DefenseContext:
     # an attack that controls training (``attack.repoison_every_epoch``): each epoch's images and
     # labels for the backdoored model; only defenses with ``accepts_repoisoning`` get one
     epoch_data: EpochData | None = None
-    # keys of the shared artifacts a defense builds on ("backdoored", "images": benchmark.keys)
+    # keys of the shared artifacts a defense builds on ("shared", "images": benchmark.keys)
     keys: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -81,7 +81,7 @@ class DefenseContext:
         what the detectors inspect and NONE starts from): trained once per (data, attack,
         model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
         curve, whether it came from the cache)."""
-        return self.trained_once("backdoored", {**self.key("backdoored"), "phase": "backdoored"},
+        return self.trained_once("backdoored", {**self.key("shared"), "phase": "backdoored"},
                                  self.train_cfg, None, "train", epoch_data=self.epoch_data)
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
@@ -92,7 +92,7 @@ class DefenseContext:
         from benchmark.losses import lga_loss
 
         # "pipd-pre-isolation": the phase name of caches made before ABL shared the model
-        key = {**self.cache_key, "phase": "pipd-pre-isolation", "cfg": cfg.key(), "gamma": gamma,
+        key = {**self.key("shared"), "phase": "pipd-pre-isolation", "cfg": cfg.key(), "gamma": gamma,
                "batch_mean": batch_mean}
         return self.trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 

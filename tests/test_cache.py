@@ -108,10 +108,9 @@ def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(t
     from dataclasses import replace
 
     from attacks.reference import reference_model
-    from tests.attack_helpers import make_attack, make_set
-
     from benchmark.grid import expand_grid
     from benchmark.keys import artifact_key, artifact_keys
+    from tests.attack_helpers import make_attack, make_set
 
     ctx = make_attack("cl", cache_root=tmp_path).ctx
     train = make_set(60)

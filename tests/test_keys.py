@@ -64,7 +64,7 @@ def test_every_kind_of_key_equals_the_earlier_construction(all_cells):
         assert artifact_key(c, "clean_reference") == reference
         defense = legacy_defense_key(c)
         assert artifact_key(c, "defense") == defense
-        assert artifact_key(c, "backdoored") == {k: v for k, v in defense.items() if k != "defense_version"}
+        assert artifact_key(c, "shared") == {k: v for k, v in defense.items() if k != "defense_version"}
         assert artifact_key(c, "images") == {k: v for k, v in defense.items()
                                              if k not in ("train", "defense_version")}
 
@@ -77,7 +77,7 @@ def test_keys_separate_what_they_depend_on_and_share_what_they_do_not(all_cells)
     for c in quick:  # the preset's own cells (listed first), not the overridden ones
         pick.setdefault((c["attack"], c["defense"], c["seed"]), c)
     a, b, abl = pick["badnets", "pipd", 0], pick["badnets", "pipd_median", 0], pick["badnets", "abl", 0]
-    assert artifact_key(a, "backdoored") == artifact_key(abl, "backdoored")  # one No Defense model
+    assert artifact_key(a, "shared") == artifact_key(abl, "shared")  # one No Defense / LGA model
     assert artifact_key(a, "defense") == artifact_key(b, "defense")  # a variant shares PIPD's LGA model
     assert artifact_key(a, "defense") != artifact_key(abl, "defense")  # ABL v2: its own version
     assert artifact_key(a, "attack") != artifact_key(pick["badnets", "pipd", 1], "attack")  # seed
@@ -85,10 +85,10 @@ def test_keys_separate_what_they_depend_on_and_share_what_they_do_not(all_cells)
     assert artifact_key(trojan, "clean_reference") == artifact_key(cl, "clean_reference")
     assert artifact_key(trojan, "attack_model") != artifact_key(cl, "attack_model")
     # one backdoored model per (attack setting, recipe, seed), whatever the defense
-    assert len({config_hash(artifact_key(c, "backdoored")) for c in quick}) == len(
+    assert len({config_hash(artifact_key(c, "shared")) for c in quick}) == len(
         {json.dumps([c["attack"], c["attack_params"], c["train"], c["seed"]], sort_keys=True)
          for c in quick})
-    assert set(ARTIFACTS) == {"attack", "attack_model", "clean_reference", "defense", "backdoored",
+    assert set(ARTIFACTS) == {"attack", "attack_model", "clean_reference", "defense", "shared",
                               "images"}
 
 
@@ -99,3 +99,34 @@ def test_the_committed_records_keep_their_ids():
     recs = [json.loads(p.read_text()) for p in root.glob("quick*/*.json")]
     assert len(recs) > 150
     assert all(cell_id(r["config"]) == r["id"] for r in recs)
+
+
+def test_abl_and_pipd_train_one_lga_model_at_quick(tmp_path):
+    """The quick preset gives ABL's isolation PIPD's LGA settings so that one model serves both;
+    the LGA key holds the shared fields and the recipe, not ABL's version 2 (which kept them
+    apart: ABL trained its own, 141 s of its BadNets cell)."""
+    from benchmark.cache import ArtifactCache
+    from benchmark.grid import expand_grid
+    from benchmark.keys import artifact_keys
+    from benchmark.train import TrainConfig
+    from defenses import DEFENSES, DefenseContext
+
+    asked = {}
+    for c in expand_grid("quick", ["badnets"], ["abl", "pipd"], [0], []):
+        ctx = DefenseContext(train=None, make_model=None, trainer=None,
+                             train_cfg=TrainConfig.from_dict(c["train"]), seed=0,
+                             cache=ArtifactCache(tmp_path), cache_key=artifact_key(c, "defense"),
+                             keys=artifact_keys(c, ("shared", "images")))
+
+        def trained_once(kind, key, *args, defense=c["defense"], **kw):  # noqa: ANN001, ANN202
+            asked[defense] = (kind, key)
+            raise StopIteration
+
+        ctx.trained_once = trained_once
+        cls = DEFENSES.get(c["defense"])
+        defense = cls(cls.Params(**c["defense_params"]))
+        try:  # ABL's run starts with its isolation model; PIPD's LGA model is its first phase
+            defense.run(ctx) if c["defense"] == "abl" else defense.pre_isolation_model(ctx)
+        except StopIteration:
+            pass
+    assert DEFENSES.get("abl").version > 1 and asked["abl"] == asked["pipd"]
