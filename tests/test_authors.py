@@ -17,6 +17,7 @@ def page_plugin(tmp_path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_page_plugin_runs_a_grid_and_a_comparison_with_pipd(tiny_cifar, tmp_path, capsys):
     from benchmark.cli import main
     from tests.test_cli import TINY

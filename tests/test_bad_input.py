@@ -113,6 +113,7 @@ def test_repeated_names_and_seeds_are_one_cell(tiny_cifar, tmp_path, capsys):
     assert "2 cell(s): 0 done, 2 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_two_grids_on_one_results_folder_train_each_cell_once(tiny_cifar, tmp_path, faults):
     import subprocess
     import sys

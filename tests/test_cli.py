@@ -24,6 +24,7 @@ def records(tmp_path):
     return {p.name: json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_grid_runs_writes_records_and_rerun_skips(args, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -64,6 +65,7 @@ class Exploding(Defense):
 '''
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_and_the_rest_go_on(args, tmp_path, capsys):
     plugin = tmp_path / "exploding.py"
     plugin.write_text(FAILING)
@@ -123,6 +125,7 @@ def test_plugin_errors_exit_2(args, tmp_path, capsys):
     assert "registered nothing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_path, capsys):
     fast = ["--set", "cl.ref_epochs=1", "--set", "cl.steps=2", "--set", "dynamic.mask_epochs=1",
             "--set", "dynamic.epochs=1", "--set", "dynamic.width=4", "--set", "trojan.ref_epochs=1",
@@ -147,6 +150,7 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     assert len(list((cache / "backdoored").glob("*.pt"))) == 10  # each attack's No Defense model
 
 
+@pytest.mark.slow
 def test_repoisoning_every_epoch_runs_no_defense_on_the_fixed_sets_artifacts(args, tmp_path):
     run = [*args, "--attacks", "wanet", "--defenses", "no_defense", "--set", "train.epochs=2"]
     assert main(run) == 0
@@ -163,6 +167,7 @@ def test_repoisoning_every_epoch_runs_no_defense_on_the_fixed_sets_artifacts(arg
     assert main([*args, "--attacks", "wanet", "--set", "attack.repoison_every_epoch=true"]) == 2
 
 
+@pytest.mark.slow
 def test_trigger_gallery_writes_one_png_per_attack(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "gallery"
     code = main(["triggers", "--out", str(out), "--attacks", "badnets,sig,wanet,clean", "--n", "2",
@@ -186,6 +191,7 @@ def test_trigger_gallery_refuses_bad_input_before_writing(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_fault_ratio_study_builds_the_seed_from_the_ground_truth(args, tmp_path):
     # 200 images, 10% poisoned, p = 1%: a seed of 2, half of it benign
     assert main([*args, "--defenses", "pipd", "--set", "pipd.fault_ratio=0.5"]) == 0
@@ -195,6 +201,7 @@ def test_fault_ratio_study_builds_the_seed_from_the_ground_truth(args, tmp_path)
     assert rec["isolation"]["masks"]["seed_poison"]["n_isolated"] == 2
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_value_once_and_labels_the_cells(args, capsys):
     assert main([*args, "--sweep", "defense.rounds=[1,2]", "--sweep", "attack.rate=[0.1,0.2]",
                  "--dry-run"]) == 0
@@ -206,6 +213,7 @@ def test_sweep_runs_each_value_once_and_labels_the_cells(args, capsys):
     assert "--sweep expects KEY=[v1,v2,...]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(args, tmp_path, capsys):
     from benchmark.models import load_saved
 
@@ -227,6 +235,7 @@ def test_detectors_inspect_the_cached_backdoored_model_and_models_can_be_saved(a
     assert all(torch.equal(v, saved["state_dict"][k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_pipd_unlearning_scheme_for_fig5(args, tmp_path):
     assert main([*args, "--defenses", "pipd", "--sweep", 'pipd.training=["selective","unlearning"]',
                  "--set", "pipd.unlearn_epochs=2"]) == 0
@@ -238,6 +247,7 @@ def test_pipd_unlearning_scheme_for_fig5(args, tmp_path):
     assert by["unlearning"]["defense_info"]["pre_isolation_model"] == "reused from cache"
 
 
+@pytest.mark.slow
 def test_table1_leaves_detectors_out_and_table2_lists_them(args, capsys):
     assert main([*args, "--defenses", "no_defense,scale_up"]) == 0
     out = capsys.readouterr().out
@@ -245,6 +255,7 @@ def test_table1_leaves_detectors_out_and_table2_lists_them(args, capsys):
     assert "scale_up" not in table1.split("Table 1 style")[1] and "scale_up TPR" in table2
 
 
+@pytest.mark.slow
 def test_dbd_and_asd_run_with_trusted_samples_from_outside_the_subset(args, tmp_path):
     tiny = ["--set", "dbd.simclr_epochs=1", "--set", "dbd.semi_iterations=2", "--set", "asd.iterations=2"]
     assert main([*args, "--defenses", "dbd,asd", *tiny]) == 0
@@ -272,6 +283,7 @@ def test_dbd_and_asd_run_with_trusted_samples_from_outside_the_subset(args, tmp_
     assert "simclr_s" not in again["timings"]["defense_phases"]
 
 
+@pytest.mark.slow
 def test_asd_without_held_out_images_trusts_clean_rows_and_leaves_them_out(args, tmp_path):
     no_subset = [a if a != "data.train_size=200" else "data.train_size=null" for a in args]
     assert main([*no_subset, "--defenses", "asd", "--set", "asd.iterations=2"]) == 0
@@ -281,6 +293,7 @@ def test_asd_without_held_out_images_trusts_clean_rows_and_leaves_them_out(args,
     assert rec["isolation"]["isolated"]["n_poisoned"] == 40  # 10% of 400: all poisoned are judged
 
 
+@pytest.mark.slow
 def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
     res = ["--results", str(tmp_path / "res"), "--dry-run"]
     assert main(res) == 0  # the default grid is the demo
@@ -292,6 +305,7 @@ def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
     assert "2 cell(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_list_reads_the_source_and_matches_the_registries(tmp_path, capsys):
     import subprocess
     import sys
@@ -316,6 +330,7 @@ def test_list_reads_the_source_and_matches_the_registries(tmp_path, capsys):
     assert "listed_defense" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_repeated_dry_run_answers_from_its_stored_plan_without_torch(tmp_path, capsys):
     """The first dry-run plans (registries, torch); the same command again prints the stored
     plan with fresh statuses and never imports torch; other arguments or code plan afresh."""
@@ -351,6 +366,7 @@ def test_a_repeated_dry_run_answers_from_its_stored_plan_without_torch(tmp_path,
     assert plans.cached_dry_run([*argv, "--plugin", "x.py"]) is None
 
 
+@pytest.mark.slow
 def test_a_stored_plan_is_not_used_after_the_code_changes(tmp_path, monkeypatch, capsys):
     from benchmark import plans
 

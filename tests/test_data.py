@@ -90,6 +90,7 @@ def test_imagefolder_dataset_resizes_and_memory_maps(tmp_path, cache_dir):
     assert ds.mean == data_mod.IMAGENET_MEAN
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("BDBENCH_DATA"), reason="BDBENCH_DATA not set")
 def test_real_cifar10_archive_when_provided(tmp_path_factory):
     """CI points BDBENCH_DATA at the CIFAR-10 JPEG archive: check it loads completely."""

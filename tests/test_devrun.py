@@ -116,6 +116,7 @@ def failures(records: list[dict]) -> list[str]:
     return [r["error"] for r in records if r["status"] != "ok"]
 
 
+@pytest.mark.slow
 def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     """Every attack once (No Defense) and every defense and detector once (BadNets), at the full
     preset: width 64, all 50,000 images, every phase from its first to its last epoch."""
@@ -147,6 +148,7 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     assert "left out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_imagenet_row_at_224_pixels(tmp_path):
     root = write_imagefolder(tmp_path / "inet", 20, 4, size=224)
     code = main(["--fast-dev-run", "--executor", "serial", "--results", str(tmp_path / "res"),
@@ -160,6 +162,7 @@ def test_imagenet_row_at_224_pixels(tmp_path):
 
 
 # ------------------------------------------------------------------ planted bugs, one of each kind
+@pytest.mark.slow
 def test_planted_schedule_indexed_past_its_end_is_caught(tmp_path, monkeypatch):
     """A per-epoch learning-rate table built for 100 epochs: smoke's 3 epochs never reach its
     end; the full preset's 200 do, and the development run gets there in seconds."""
@@ -174,6 +177,7 @@ def test_planted_schedule_indexed_past_its_end_is_caught(tmp_path, monkeypatch):
     assert code == 1 and any("IndexError" in e for e in failures(recs))
 
 
+@pytest.mark.slow
 def test_planted_pool_larger_than_a_class_is_caught(tmp_path, monkeypatch):
     """ASD's stage-1 pool taken with topk, which assumes every class holds the pool's size: at the
     full preset it grows to 110 a class by epoch 60, more than a small ImageNet subset has."""
@@ -201,6 +205,7 @@ def test_planted_pool_larger_than_a_class_is_caught(tmp_path, monkeypatch):
     assert code == 1 and any("selected index k out of range" in e for e in failures(recs)), failures(recs)
 
 
+@pytest.mark.slow
 def test_planted_shape_only_width_64_produces_is_caught(tmp_path, monkeypatch):
     """DBD's projection head sized for the quick preset's 128 features: quick passes, the full
     preset's width 64 (512 features) does not."""
@@ -214,6 +219,7 @@ def test_planted_shape_only_width_64_produces_is_caught(tmp_path, monkeypatch):
     assert code == 1 and any("shapes cannot be multiplied" in e for e in failures(recs)), failures(recs)
 
 
+@pytest.mark.slow
 def test_planted_cache_key_collision_between_presets_is_caught(tmp_path, monkeypatch):
     """The LGA model keyed without the data, model and recipe: quick's model would be loaded by
     the full preset's cells; the development run refuses the artifact and names both presets."""

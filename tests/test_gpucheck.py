@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from benchmark.gpucheck import main
+
+pytestmark = pytest.mark.slow  # a grid of every part, on Ray where it is installed
 
 
 def test_gpu_check_runs_its_cpu_fallback_and_writes_one_json(tiny_cifar, tmp_path, monkeypatch):

@@ -77,6 +77,7 @@ def test_trials_unplaceable_past_the_bound_stop_the_grid_and_a_returning_node_re
                                       "trial of 1 CPU / 0 GPU (the largest alive node: none alive)")
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
     from benchmark.cli import main
 
@@ -99,6 +100,7 @@ def test_ray_executor_runs_cells_as_trials(tiny_cifar, tmp_path, capsys):
     assert (tmp_path / "res" / "ray").is_dir()
 
 
+@pytest.mark.slow
 def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monkeypatch):
     import torch
 
@@ -113,6 +115,7 @@ def test_one_trial_at_a_time_runs_in_process(tiny_cifar, tmp_path, capsys, monke
     assert not (tmp_path / "res" / "ray").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar, tmp_path, faults):
     import signal
@@ -145,6 +148,7 @@ def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar
     faults["records lost"] += 0
 
 
+@pytest.mark.slow
 def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar, tmp_path, capsys):
     import time
 
@@ -198,6 +202,7 @@ class GpuProbe(Defense):
 '''
 
 
+@pytest.mark.slow
 def test_fractional_gpus_share_devices_and_run_together(tiny_cifar, tmp_path, monkeypatch):
     """4 GPUs declared to a local Ray, 0.5 GPU a trial: the 8 trials run at once, two on each
     device, each told its own device through CUDA_VISIBLE_DEVICES."""
@@ -244,6 +249,7 @@ class KilledOnce(Defense):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_a_trial_killed_by_sigkill_is_recorded_failed_and_the_rerun_retries_it(
         tiny_cifar, tmp_path, monkeypatch, capsys, faults):
@@ -325,6 +331,7 @@ def two_nodes(tmp_path_factory):
                     continue
 
 
+@pytest.mark.slow
 def test_a_grid_on_two_one_cpu_nodes_runs_every_cell_with_the_default_request(
         two_nodes, tiny_cifar, tmp_path):
     import subprocess
@@ -341,6 +348,7 @@ def test_a_grid_on_two_one_cpu_nodes_runs_every_cell_with_the_default_request(
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs), out
 
 
+@pytest.mark.slow
 def test_an_impossible_request_on_the_cluster_is_refused_in_seconds(two_nodes, tiny_cifar, tmp_path):
     import subprocess
     import sys

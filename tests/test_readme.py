@@ -103,6 +103,7 @@ def with_option(argv: list[str], option: str, value: str) -> list[str]:
     return [*argv, option, value]
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs_as_written(tiny_cifar, tmp_path, monkeypatch, capsys):
     from benchmark.cli import main
     from benchmark.gallery import build_parser as gallery_parser

@@ -165,6 +165,7 @@ def test_compare_pairs_by_seed_with_an_exact_sign_flip_test():
     assert row["pASR"] == pytest.approx(0.25) and row["verdict"].startswith("mixed")
 
 
+@pytest.mark.slow
 def test_report_command_on_partial_and_empty_stores(tmp_path, capsys):
     from benchmark.cli import main
 
@@ -189,6 +190,7 @@ def test_report_command_on_partial_and_empty_stores(tmp_path, capsys):
     assert "no defense records yet" in (tmp_path / "rep2" / "leaderboard.md").read_text()
 
 
+@pytest.mark.slow
 def test_html_leaderboard_renders_in_a_headless_browser(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -212,6 +214,7 @@ def test_html_leaderboard_renders_in_a_headless_browser(tmp_path):
     assert shot.exists() and shot.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_example_plugin_runs_through_a_grid_and_compare(tiny_cifar, tmp_path, capsys):
     from pathlib import Path
 

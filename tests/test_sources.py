@@ -4,6 +4,8 @@ import importlib
 import json
 import sys
 
+import pytest
+
 from benchmark.sources import changed, module_digest, source_digest, stale
 
 CODE = '''"""A module."""
@@ -70,6 +72,7 @@ def test_only_recorded_and_current_digests_that_differ_are_named():
     assert stale({**rec, "status": "failed"}, {"attack": "b", "defense": "d"}) == []
 
 
+@pytest.mark.slow
 def test_dry_run_grid_and_report_name_a_record_made_by_changed_source(tiny_cifar, tmp_path, capsys):
     from benchmark.cli import main
     from benchmark.sources import current_sources
