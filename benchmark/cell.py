@@ -37,7 +37,7 @@ from benchmark.keys import artifact_key, artifact_keys
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.sources import current_sources
-from benchmark.train import TrainConfig, Trainer, cpu_native_bf16
+from benchmark.train import LambdaCallback, TrainConfig, Trainer, cpu_native_bf16
 
 
 @dataclass
@@ -167,7 +167,7 @@ def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: 
             return out
         return {**out, "ca": accuracy(trainer.predict(model, clean.images), clean.labels),
                 "asr": attack_success_rate(trainer.predict(model, trig.images), target)}
-    return monitor
+    return LambdaCallback(on_epoch_end=monitor)
 
 
 def split_prober(truth: torch.Tensor, into: dict[str, float]

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -46,6 +46,53 @@ StepFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.T
 EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
 # epoch_data(epoch) -> that epoch's (images, labels): a training set re-drawn every epoch
 EpochData = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class Callback:
+    """Hooks into ``Trainer.fit``'s epochs, as Lightning's callbacks: a training scheme that
+    needs more than a loss (``loss_fn``) or a batch computation (``step``) overrides the hooks
+    it needs, and ``fit`` keeps the loop, optimiser, schedule, precision and curves. Epochs are
+    0-based except in ``on_epoch_end`` (1-based, as the curves). At most one callback of a fit
+    gives ``epoch_data`` and one ``epoch_rows``."""
+
+    # 0-based epochs where the scheme changes behaviour: a development run runs them too
+    boundaries: tuple[int, ...] = ()
+
+    def epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """That epoch's images and labels, shaped as fit's (an attacker re-poisoning every epoch)."""
+        return None
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """A pass of the scheme's own at the start of the epoch, the model in training mode
+        (CBD's discriminator)."""
+
+    def epoch_rows(self, epoch: int, model: nn.Module) -> torch.Tensor | None:
+        """The rows the epoch trains on, for schemes that re-split every epoch (DBD, ASD); needs
+        ``cfg.steps_per_epoch``, so the schedule does not depend on the split."""
+        return None
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float] | None:
+        """Metrics to add to the epoch's curve point (CA/ASR: ``DefenseContext.monitor``)."""
+        return None
+
+
+class LambdaCallback(Callback):
+    """A ``Callback`` from functions (Lightning's ``LambdaCallback``)."""
+
+    def __init__(self, *, epoch_data: EpochData | None = None,
+                 on_epoch_start: Callable[[int, nn.Module], None] | None = None,
+                 epoch_rows: Callable[[int, nn.Module], torch.Tensor] | None = None,
+                 on_epoch_end: EpochCallback | None = None, boundaries: tuple[int, ...] = ()) -> None:
+        self.boundaries = boundaries
+        for name, fn in (("epoch_data", epoch_data), ("on_epoch_start", on_epoch_start),
+                         ("epoch_rows", epoch_rows), ("on_epoch_end", on_epoch_end)):
+            if fn is not None:
+                setattr(self, name, fn)
+
+
+def _overrides(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
+    """The callbacks that implement ``hook`` (not the base's no-op)."""
+    return [c for c in callbacks if hook in vars(c) or getattr(type(c), hook) is not getattr(Callback, hook)]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -316,31 +363,26 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             cfg: TrainConfig, *, indices: torch.Tensor | None = None,
-            loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-            seed: int = 0, desc: str = "train", step: StepFn | None = None,
-            resplit: Callable[[int, nn.Module], torch.Tensor] | None = None,
-            epoch_data: EpochData | None = None, boundaries: tuple[int, ...] = (),
-            before_epoch: EpochCallback | None = None) -> list[dict[str, float]]:
+            loss_fn: LossFn | None = None, step: StepFn | None = None,
+            callbacks: Sequence[Callback | None] = (), seed: int = 0, desc: str = "train"
+            ) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
         the batch, so per-sample rules (LGA, selective training, unlearning) plug in here.
         ``step`` replaces the whole per-batch computation (augmentation included) for training
         schemes with another batch shape; the loop, optimiser, schedule, precision and curves
-        stay this one. ``resplit(epoch, model)`` (0-based epoch) returns the rows each epoch
-        trains on, for schemes that re-split their data every epoch (DBD, ASD); it needs
-        ``cfg.steps_per_epoch``, so the schedule does not depend on the split.
-        ``epoch_data(epoch)`` (0-based) gives each epoch's images and labels, same shape as
-        ``images``/``labels``: an attacker controlling training re-poisons every epoch.
-        ``boundaries``: 0-based epochs where the phase changes behaviour (ASD's stages), which a
-        development run (``benchmark.devrun``) also runs besides the first and the last.
-        ``before_epoch(epoch, model)`` (0-based) runs at the start of every epoch, with the model
-        in training mode, for schemes with a pass of their own per epoch (CBD's discriminator).
+        stay this one. ``callbacks`` (``Callback``; None entries are skipped) hook into the
+        epochs: each epoch's data, a pass of its own, each epoch's rows, metrics at its end.
         """
+        callbacks = [c for c in callbacks if c is not None]
+        data_from, rows_from = _overrides(callbacks, "epoch_data"), _overrides(callbacks, "epoch_rows")
+        starts, ends = _overrides(callbacks, "on_epoch_start"), _overrides(callbacks, "on_epoch_end")
+        boundaries = tuple(b for c in callbacks for b in c.boundaries)
         rows = torch.arange(len(labels)) if indices is None else indices.cpu()
         if len(rows) == 0:
             raise ValueError(f"{desc}: no samples to train on")
-        if resplit is not None and cfg.steps_per_epoch is None:
+        if rows_from and cfg.steps_per_epoch is None:
             raise ValueError(f"{desc}: a per-epoch split needs cfg.steps_per_epoch")
         x_all, y_all = self.to_device(images), self.to_device(labels)
         model = self.prepare_model(model)
@@ -374,15 +416,16 @@ class Trainer:
                 for m in model.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
-            if epoch_data is not None:
+            if data_from:
                 t_data = time.perf_counter()
-                x_all, y_all = (self.to_device(t) for t in epoch_data(epoch))
+                for c in data_from:
+                    x_all, y_all = (self.to_device(t) for t in c.epoch_data(epoch))
                 data_s = time.perf_counter() - t_data
-            if before_epoch is not None:
-                before_epoch(epoch, model)
+            for c in starts:
+                c.on_epoch_start(epoch, model)
             t_split = time.perf_counter()
-            if resplit is not None:
-                rows = resplit(epoch, model).cpu()
+            for c in rows_from:
+                rows = c.epoch_rows(epoch, model).cpu()
             t0 = time.perf_counter()
             split_s = t0 - t_split
             loss_sum = torch.zeros((), device=self.device)
@@ -412,13 +455,14 @@ class Trainer:
                      "train_acc": float(correct) / scored if scored else float("nan"),
                      "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                      "img_per_s": seen / (time.perf_counter() - t0)}
-            if epoch_data is not None:
+            if data_from:
                 stats["data_s"] = data_s  # drawing this epoch's poisoned set
-            if resplit is not None:
+            if rows_from:
                 stats["split_s"] = split_s  # choosing this epoch's rows (DBD, ASD: a loss ranking)
-            if callback is not None:
+            if ends:
                 t_cb = time.perf_counter()
-                stats.update(callback(epoch + 1, model) or {})
+                for c in ends:
+                    stats.update(c.on_epoch_end(epoch + 1, model) or {})
                 stats["callback_s"] = time.perf_counter() - t_cb
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
@@ -426,9 +470,9 @@ class Trainer:
 
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
                    images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, seed: int,
-                   loss_fn: LossFn | None = None, callback: EpochCallback | None = None,
-                   desc: str = "train", step: StepFn | None = None,
-                   epoch_data: EpochData | None = None) -> tuple[nn.Module, list[dict], bool]:
+                   loss_fn: LossFn | None = None, step: StepFn | None = None,
+                   callbacks: Sequence[Callback | None] = (), desc: str = "train"
+                   ) -> tuple[nn.Module, list[dict], bool]:
         """A model trained from scratch once per ``key`` and kept in ``cache`` (an
         ``ArtifactCache``) as its state dict and curve: (prepared model, curve, whether it came
         from the cache). The initialisation is seeded here, so whichever cell asks first
@@ -436,8 +480,8 @@ class Trainer:
         def train() -> dict:
             torch.manual_seed(seed)
             model = make_model()
-            curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, callback=callback,
-                             seed=seed, desc=desc, step=step, epoch_data=epoch_data)
+            curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, step=step,
+                             callbacks=callbacks, seed=seed, desc=desc)
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve,
                     "precision": self.training_precision(cfg)}
 

@@ -33,6 +33,7 @@ from torch import nn
 from benchmark.losses import sce_per_sample
 from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
+from benchmark.train import LambdaCallback
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 from defenses.dbd import label_lowest
 
@@ -148,8 +149,9 @@ class ASD(Defense):
         cfg = ctx.train_cfg.replace(epochs=p.epochs, optimizer="adam", lr=p.lr, weight_decay=0.0,
                                     schedule="constant", warmup=0.0, batch_size=p.batch,
                                     steps_per_epoch=p.iterations)
-        curve = tr.fit(model, images, labels, cfg, step=mix, resplit=resplit, callback=ctx.monitor,
-                       seed=ctx.seed, desc="ASD MixMatch", boundaries=(e1 - 1, e1, e2 - 1, e2))
+        stage_split = LambdaCallback(epoch_rows=resplit, boundaries=(e1 - 1, e1, e2 - 1, e2))
+        curve = tr.fit(model, images, labels, cfg, step=mix, callbacks=[stage_split, ctx.monitor],
+                       seed=ctx.seed, desc="ASD MixMatch")
         for point, stage in zip(curve, stages, strict=True):
             point.update(stage=stage["stage"], pool=stage["pool"])
         return DefenseResult(

@@ -8,7 +8,7 @@ per-round isolations) which the metrics step judges against the ground truth.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,7 +19,7 @@ from benchmark.cache import ArtifactCache
 from benchmark.data import ImageSet
 from benchmark.models import stage_output
 from benchmark.registry import Registry
-from benchmark.train import EpochData, LossFn, TrainConfig, Trainer
+from benchmark.train import Callback, EpochData, LambdaCallback, LossFn, TrainConfig, Trainer
 
 DEFENSES: Registry[type[Defense]] = Registry(
     "defense", hint="a defense of your own is named with --plugin FILE, which registers it")
@@ -41,7 +41,7 @@ class DefenseContext:
     # key of the defense's own artifacts: everything upstream (dataset, attack, model, recipe,
     # seed) and the defense's version (benchmark.keys: "defense")
     cache_key: dict
-    monitor: Callable[[int, nn.Module], dict[str, float]] | None = None  # CA/ASR curves
+    monitor: Callback | None = None  # CA/ASR at each epoch's end: pass it in fit(callbacks=[...])
     trusted: ImageSet | None = None  # a small clean set, for defenses that assume one
     # trusted clean samples (Defense.trusted_per_class): held-out images in ``trusted``, or rows
     # of the training set in ``trusted_rows`` (then left out of TPR/FPR); how, in words
@@ -82,7 +82,9 @@ class DefenseContext:
         model, recipe, seed), cached, and shared by every defense. Returns (model, per-epoch
         curve, whether it came from the cache)."""
         return self.trained_once("backdoored", {**self.key("shared"), "phase": "backdoored"},
-                                 self.train_cfg, None, "train", epoch_data=self.epoch_data)
+                                 self.train_cfg, None, "train",
+                                 callbacks=[LambdaCallback(epoch_data=self.epoch_data)]
+                                 if self.epoch_data is not None else ())
 
     def lga_model(self, cfg: TrainConfig, gamma: float, batch_mean: bool
                   ) -> tuple[nn.Module, list[dict], bool]:
@@ -97,13 +99,13 @@ class DefenseContext:
         return self.trained_once("models", key, cfg, lga_loss(gamma, batch_mean), "LGA isolation")
 
     def trained_once(self, kind: str, key: dict, cfg: TrainConfig, loss_fn: LossFn | None,
-                     desc: str, epoch_data: EpochData | None = None
+                     desc: str, callbacks: Sequence[Callback] = ()
                      ) -> tuple[nn.Module, list[dict], bool]:
         """A model trained from scratch on the whole training set once per ``key`` (cached under
         ``kind``): the shared models above, and a defense's own (CBD's backdoored model)."""
         return self.trainer.fit_cached(self.cache, kind, key, self.make_model, self.train.images,
                                        self.train.labels, cfg, seed=self.seed, loss_fn=loss_fn,
-                                       callback=self.monitor, desc=desc, epoch_data=epoch_data)
+                                       callbacks=[*callbacks, self.monitor], desc=desc)
 
 
 @dataclass
@@ -112,7 +114,7 @@ class DefenseResult:
     isolated: torch.Tensor | None = None  # bool (N,): samples the defense flags as poisoned
     # float (N,): higher = more suspicious; AUROC ranks all N rows at once (not per class)
     scores: torch.Tensor | None = None
-    # per phase, one dict per epoch (what fit() returns with callback=ctx.monitor: CA/ASR curves)
+    # per phase, one dict per epoch (what fit() returns with callbacks=[ctx.monitor]: CA/ASR curves)
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # further named isolations
     excluded: torch.Tensor | None = None  # bool (N,): rows left out of TPR/FPR (trusted ones)
@@ -210,12 +212,12 @@ def finetune_then_unlearn(ctx: DefenseContext, model: nn.Module, isolated: torch
     curves = {"finetune": [], "unlearning": []}
     if finetune.epochs > 0 and len(rest):
         curves["finetune"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, finetune,
-                                             indices=rest, callback=ctx.monitor, seed=seed,
+                                             indices=rest, callbacks=[ctx.monitor], seed=seed,
                                              desc="train on the rest")
     if unlearn.epochs > 0 and len(iso):
         curves["unlearning"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, unlearn,
                                                indices=iso, loss_fn=ascent_loss(),
-                                               callback=ctx.monitor, seed=seed + 1, desc="unlearning")
+                                               callbacks=[ctx.monitor], seed=seed + 1, desc="unlearning")
     return curves
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from benchmark import devrun
 from benchmark.models import classifier_head, embed
+from benchmark.train import LambdaCallback
 from benchmark.validate import at_least
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -162,6 +163,7 @@ class CBD(Defense):
             return loss, logits
 
         curve = tr.fit(model, ctx.train.images, ctx.train.labels, cfg, step=step, seed=ctx.seed,
-                       callback=ctx.monitor, desc="CBD clean model", before_epoch=train_discriminator)
+                       callbacks=[LambdaCallback(on_epoch_start=train_discriminator), ctx.monitor],
+                       desc="CBD clean model")
         return DefenseResult(model=model, curves={"bias": bias_curve, "train": curve},
                              info={"disentangle": p.disentangle})

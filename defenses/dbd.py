@@ -34,6 +34,7 @@ from benchmark.losses import nt_xent, sce_loss, sce_per_sample
 from benchmark.models import Backbone, classifier_head, embed
 from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
+from benchmark.train import LambdaCallback
 from benchmark.validate import at_least
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -122,7 +123,7 @@ class DBD(Defense):
 
         simclr, curve, reused = ctx.trainer.fit_cached(
             ctx.cache, "simclr", key, make, ctx.train.images, ctx.train.labels, cfg, seed=ctx.seed,
-            callback=None, desc="DBD SimCLR",
+            desc="DBD SimCLR",
             step=simclr_step(ctx.trainer, p.temperature, p.simclr_symmetric, StrongAugment()))
         return simclr[0].model, curve, reused
 
@@ -162,8 +163,8 @@ class DBD(Defense):
                                          weight_decay=0.0, schedule="constant", warmup=0.0,
                                          batch_size=p.semi_batch, steps_per_epoch=p.semi_iterations)
         semi_curve = tr.fit(model, ctx.train.images, ctx.train.labels, semi_cfg, step=mix,
-                            resplit=resplit, callback=ctx.monitor, seed=ctx.seed + 1,
-                            desc="DBD MixMatch")
+                            callbacks=[LambdaCallback(epoch_rows=resplit), ctx.monitor],
+                            seed=ctx.seed + 1, desc="DBD MixMatch")
         return DefenseResult(
             model=model, isolated=~labelled, scores=split_losses,
             curves={"simclr": simclr_curve, "head": head_curve, "mixmatch": semi_curve},

@@ -207,7 +207,7 @@ class DBR(Defense):
                      "d_p_eval_loss": eval_loss(tr, model, ctx.train.images, ctx.train.labels,
                                                 poisoned)}
             if ctx.monitor is not None:
-                stats.update(ctx.monitor(epoch + 1, model) or {})
+                stats.update(ctx.monitor.on_epoch_end(epoch + 1, model) or {})
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
         return curve

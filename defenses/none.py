@@ -134,7 +134,7 @@ class NONE(Defense):
             if p.retrain_epochs > 0:
                 curves[f"retrain_{r}"] = ctx.trainer.fit(
                     model, ctx.train.images, ctx.train.labels, retrain,
-                    indices=(~dropped).nonzero().flatten(), callback=ctx.monitor,
+                    indices=(~dropped).nonzero().flatten(), callbacks=[ctx.monitor],
                     seed=ctx.seed + r, desc=f"NONE retrain {r}")
         return DefenseResult(model=model, isolated=dropped, curves=curves, masks=masks,
                              info={"backdoored_model": "reused from cache" if reused else "trained",

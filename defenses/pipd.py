@@ -189,7 +189,7 @@ class PIPD(Defense):
                 curves["selective"] = ctx.trainer.fit(
                     model, ctx.train.images, ctx.train.labels, sel_cfg,
                     loss_fn=selective_loss(ctx.trainer.to_device(isolated), p.lam),
-                    callback=ctx.monitor, seed=ctx.seed + 1, desc="pipd selective")
+                    callbacks=[ctx.monitor], seed=ctx.seed + 1, desc="pipd selective")
         return DefenseResult(
             model=model, isolated=isolated, scores=scores,
             curves={"pre_isolation": pre_curve, **curves}, masks=masks,

@@ -41,7 +41,7 @@ class LossFilter(Defense):
         isolated, losses = isolate_lowest_loss(ctx, probe, p.ratio)
         model = ctx.make_model()
         curve = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, ctx.train_cfg,
-                                indices=(~isolated).nonzero().flatten(), callback=ctx.monitor,
+                                indices=(~isolated).nonzero().flatten(), callbacks=[ctx.monitor],
                                 seed=ctx.seed, desc="train on the rest")
         # scores: higher = more suspicious, so the negated loss
         return DefenseResult(model=model, isolated=isolated, scores=-losses, curves={"train": curve})

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from benchmark.models import build_model
 from benchmark.registry import UsageError
-from benchmark.train import TrainConfig, Trainer, lr_factor
+from benchmark.train import Callback, LambdaCallback, TrainConfig, Trainer, lr_factor
 from tests.conftest import synthetic_images
 
 
@@ -90,8 +90,8 @@ def test_fit_learns_an_easy_task_and_reports_curves():
     torch.manual_seed(0)
     model = build_model("resnet18", 10, width=8)
     calls = []
-    curve = trainer.fit(model, x, y, TrainConfig(epochs=12, batch_size=32, lr=0.05),
-                        callback=lambda e, m: calls.append(e) or {"probe": float(e)})
+    probe = LambdaCallback(on_epoch_end=lambda e, m: calls.append(e) or {"probe": float(e)})
+    curve = trainer.fit(model, x, y, TrainConfig(epochs=12, batch_size=32, lr=0.05), callbacks=[probe])
     assert calls == list(range(1, 13)) and [c["probe"] for c in curve] == list(range(1, 13))
     assert curve[-1]["train_acc"] > curve[0]["train_acc"]
     acc = (trainer.predict(model, x) == y).float().mean()
@@ -132,7 +132,7 @@ def test_fit_trains_each_epoch_on_that_epochs_data():
 
     curve = trainer.fit(build_model("resnet18", 10, width=4), x, y,
                         TrainConfig(epochs=3, batch_size=16, augment=False), loss_fn=loss,
-                        epoch_data=epoch_data)
+                        callbacks=[LambdaCallback(epoch_data=epoch_data)])
     assert asked == [0, 1, 2] and all("data_s" in point for point in curve)
     assert {e for e, _, _ in seen} == {0, 1, 2}
     for epoch, target, idx in seen:
@@ -245,3 +245,46 @@ def test_toy_width_models_train_nchw_on_the_cpu(monkeypatch):
                 TrainConfig(epochs=1, batch_size=7))  # odd batches crashed oneDNN on AVX-512 CPUs
     assert not trainer.channels_last and not trainer.normalize(torch.from_numpy(x)).is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_callbacks_run_in_their_order_within_each_epoch_and_cut_development_runs_at_boundaries():
+    """Each epoch: its data, the scheme's own pass, its rows, then the metrics at its end; a
+    callback's ``boundaries`` are epochs a development run keeps."""
+    from benchmark import devrun
+
+    x, y = synthetic_images(4, 8, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    trainer = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    events = []
+
+    class Scheme(Callback):
+        boundaries = (3,)
+
+        def epoch_data(self, epoch):
+            events.append(("data", epoch))
+            return x, y
+
+        def on_epoch_start(self, epoch, model):
+            events.append(("start", epoch))
+            assert model.training
+
+        def epoch_rows(self, epoch, model):
+            events.append(("rows", epoch))
+            return torch.arange(8)
+
+        def on_epoch_end(self, epoch, model):
+            events.append(("end", epoch))
+            return {"seen": epoch}
+
+    cfg = TrainConfig(epochs=6, batch_size=4, augment=False, steps_per_epoch=2)
+    curve = trainer.fit(build_model("resnet18", 10, width=4), x, y, cfg, callbacks=[Scheme(), None])
+    assert events[:4] == [("data", 0), ("start", 0), ("rows", 0), ("end", 1)] and len(events) == 24
+    assert [p["seen"] for p in curve] == [1, 2, 3, 4, 5, 6]
+    assert all({"data_s", "split_s", "callback_s"} <= set(p) for p in curve)
+    with pytest.raises(ValueError, match="needs cfg.steps_per_epoch"):
+        trainer.fit(build_model("resnet18", 10, width=4), x, y, cfg.replace(steps_per_epoch=None),
+                    callbacks=[Scheme()])
+    events.clear()
+    with devrun.enabled(devrun.DevRun()):
+        curve = trainer.fit(build_model("resnet18", 10, width=4), x, y, cfg, callbacks=[Scheme()])
+    assert [p["epoch"] for p in curve] == [1, 4, 6]  # first, the boundary, last
