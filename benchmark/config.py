@@ -1,4 +1,5 @@
-"""Presets, ``--set`` overrides, and the resolved per-cell config whose hash is the cell's identity.
+"""``--set`` overrides on a preset (``benchmark.presets``), and the resolved per-cell config
+whose hash is the cell's identity.
 
 A resolved cell config holds everything that determines a result (dataset options, model,
 training recipe, every attack and defense parameter, seed) and nothing about where files lie,
@@ -15,6 +16,7 @@ from typing import Any
 from benchmark.cache import config_hash, hashed_fields
 from benchmark.data import DATASETS
 from benchmark.models import MODELS
+from benchmark.presets import PRESETS
 from benchmark.registry import UsageError
 from benchmark.train import TrainConfig
 from benchmark.validate import check_fields, check_parameters, check_section
@@ -29,115 +31,6 @@ DATA_TYPES: dict[str, tuple[Any, int]] = {"train_size": (int | None, 1), "test_s
                                           "subset_seed": (int, 0), "image_size": (int, 8)}
 EVAL_TYPES: dict[str, tuple[Any, int]] = {"curve_size": (int, 1), "curve_every": (int, 0)}
 DEFAULT_MODEL = {"cifar10": "resnet18", "imagefolder": "resnet18_imagenet"}
-
-# Presets. ``attacks``/``defenses`` hold per-component parameter overrides; every registered
-# attack and defense is in the grid unless --attacks/--defenses narrow it.
-PRESETS: dict[str, dict[str, Any]] = {
-    # a few minutes for the whole grid on 2 CPU cores: exercises every code path, nothing more
-    "smoke": {
-        "dataset": "cifar10",
-        "data": {"train_size": 1000, "test_size": 500},
-        "model_params": {"width": 8},
-        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "onecycle"},
-        "eval": {"curve_size": 250},
-        "attacks": {"cl": {"ref_epochs": 2, "steps": 5},
-                    "trojan": {"ref_epochs": 2, "optimize_steps": 20},  # CL's reference model
-                    "dynamic": {"mask_epochs": 1, "epochs": 2, "width": 8},
-                    "refool": {"n_candidates": 100, "n_reflections": 20, "select_rounds": 1,
-                               "select_epochs": 1}},
-        "defenses": {"pipd": {"pre_epochs": 3, "pre_augment": False, "rounds": 2,
-                              "selective_epochs": 2, "selective_lr": 0.02},
-                     # ABL's LGA settings equal PIPD's: one LGA model serves both
-                     "abl": {"isolation_epochs": 3, "isolation_lr": 0.05, "isolation_schedule": None,
-                             "weight_decay": None, "finetune_epochs": 2,
-                             "finetune_lr": 0.02, "finetune_schedule": "onecycle",
-                             "finetune_milestones": [], "unlearn_epochs": 2},
-                     "none": {"retrain_epochs": 1},
-                     "dbd": {"simclr_epochs": 1, "simclr_batch": 128, "head_epochs": 1,
-                             "semi_epochs": 2, "semi_iterations": 4, "semi_batch": 32},
-                     "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every_iterations": 4},
-                     "strip": {"n": 8},  # 100 blends of 1,000 images: CI's slowest detector
-                     "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1},
-                     "dbr": {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}},
-    },
-    # the README's first run: the paper's point (No Defense learns the backdoor, PIPD isolates
-    # it and trains it away) on 2 CPU cores in minutes; its own attacks and defenses by default.
-    # No augmentation: with it, 10 epochs of 8,000 images never learn the 3x3 BadNets trigger
-    # (ASR 6-10% with the grid or checkerboard pattern, at 5% or 10% poisoning, batch 128 or 32);
-    # without, it is learned by epoch 6. CA is lower than with augmentation (~55%).
-    "demo": {
-        "dataset": "cifar10",
-        "grid_attacks": ["badnets", "blended"],
-        # pipd_median beside pipd: on Blended the paper's max over the seed breaks at this
-        # scale and the median holds; it reuses PIPD's LGA model (one selective phase more)
-        "grid_defenses": ["no_defense", "pipd", "pipd_median"],
-        "data": {"train_size": 8000, "test_size": 2000},
-        "model_params": {"width": 8},
-        "train": {"epochs": 10, "batch_size": 128, "lr": 0.1, "schedule": "onecycle",
-                  "warmup": 0.2, "augment": False},
-        "eval": {"curve_size": 500},
-        # 10 LGA epochs: with 6 the LGA model has not learned BadNets (ASR 21%) and the
-        # poisoned seed holds no poisoned sample (TPR 38%); with 10: TPR 100, FPR 0.13
-        "defenses": {"pipd": {"pre_epochs": 10, "pre_augment": False, "pre_lr": 0.05,
-                              "rounds": 5, "selective_epochs": 6, "selective_lr": 0.05}},
-    },
-    # reduced scale calibrated for 2 CPU cores (docs/calibration.md)
-    "quick": {
-        "dataset": "cifar10",
-        "data": {"train_size": 20000, "test_size": None},
-        "model_params": {"width": 16},
-        "train": {"epochs": 20, "batch_size": 128, "lr": 0.1, "schedule": "onecycle",
-                  "warmup": 0.2},
-        "eval": {"curve_size": 1000},
-        "attacks": {"cl": {"ref_epochs": 8},
-                    "trojan": {"ref_epochs": 8},  # one clean reference model serves CL and Trojan
-                    # C's and G's lr constant: the original's schedules first step at epoch 100
-                    # (C) and 200 (G) of 600, so 10 joint epochs lie inside their first stretch;
-                    # scaled to 10 epochs they left C 2 epochs at full lr (ASR 74.88 against
-                    # 80.99, docs/calibration.md: attacks at quick scale)
-                    "dynamic": {"mask_epochs": 5, "epochs": 10, "width": 8,
-                                "milestones_c": [], "milestones_g": []},
-                    "refool": {"select_rounds": 3, "select_epochs": 4}},
-        # per-attack training settings (every defense cell of the attack): A-Patch's partial-
-        # opacity triggers are learned only late in training (ASR 0-16% through epoch 25 of 40,
-        # 92-98% from epoch 31; 7.11 at 20 epochs): docs/calibration.md, attacks at quick scale
-        "attack_train": {"adaptive_patch": {"epochs": 40}},
-        "defenses": {"pipd": {"pre_epochs": 8, "pre_augment": False, "pre_lr": 0.05,
-                              "rounds": 5, "selective_epochs": 12, "selective_lr": 0.05},
-                     # ABL's LGA settings equal PIPD's (one LGA model serves both: the preset's
-                     # schedule and weight decay, not ABL's constant lr and 1e-4); training on
-                     # the rest gets PIPD's selective budget
-                     "abl": {"isolation_epochs": 8, "isolation_lr": 0.05, "isolation_schedule": None,
-                             "weight_decay": None, "finetune_epochs": 12,
-                             "finetune_lr": 0.05, "finetune_schedule": "onecycle",
-                             "finetune_milestones": []},
-                     "none": {"retrain_epochs": 10},
-                     # DBD and ASD at quick: epochs and MixMatch iterations cut to ~40 min a cell
-                     "dbd": {"simclr_epochs": 8, "simclr_batch": 256, "head_epochs": 5,
-                             "semi_epochs": 10, "semi_iterations": 160},
-                     # ASD's stage-1 growth keeps the reference's rate per iteration (10 a class
-                     # every 5,120): none within quick's 960 stage-1 iterations
-                     "asd": {"epochs": 12, "iterations": 160},
-                     # the reference's 100 epochs (x0.1 at 20 and 70) scaled to the preset's 20
-                     "cbd": {"epochs": 20, "milestones": [4, 14], "disc_step": 4},
-                     # 20 blends, not 100: 100 x 22,000 images took ~20 min a cell on 2 cores
-                     "strip": {"n": 20}},
-        # defenses whose own training does not converge at this scale (the leaderboard marks
-        # their rows and links the diagnosis)
-        "caveats": {"dbd": "docs/calibration.md#dbd-and-asd-at-quick-scale",
-                    "asd": "docs/calibration.md#dbd-and-asd-at-quick-scale"},
-    },
-    # the paper's scale: full CIFAR-10, ResNet-18 width 64, paper epochs (GPUs)
-    "full": {
-        "dataset": "cifar10",
-        "data": {},
-        "model_params": {"width": 64},
-        "train": {"epochs": 200, "batch_size": 128, "lr": 0.1, "schedule": "cosine"},
-        "eval": {"curve_size": 2000},
-        "defenses": {},
-    },
-}
-
 
 def model_param_defaults(model: str) -> dict[str, Any]:
     sig = inspect.signature(MODELS.get(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import re
 from collections.abc import Callable
 
@@ -148,7 +149,42 @@ def _trainer() -> str:
     return members_list("ctx.trainer", Trainer, TRAINER)
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif not isinstance(v, dict):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def presets() -> str:
+    """Every preset's settings, one row per ``--set`` key (blank: the section's or the method's
+    default); a per-attack training override reads ``train.epochs (adaptive_patch)``."""
+    from benchmark.presets import PRESETS
+
+    flat: dict[str, dict[str, object]] = {}
+    for preset, spec in PRESETS.items():
+        row: dict[str, object] = {}
+        for key, value in spec.items():
+            if key in ("attacks", "defenses"):  # by method name: --set badnets.rate=...
+                row.update(_flat(value))
+            elif key == "attack_train":
+                row.update({f"train.{k} ({attack})": v for attack, t in value.items() for k, v in t.items()})
+            elif isinstance(value, dict):
+                row.update(_flat(value, ("model" if key == "model_params" else key) + "."))
+            else:
+                row[key] = value
+        flat[preset] = row
+    keys = list(dict.fromkeys(k for row in flat.values() for k in row))
+    lines = [f"| `{k}` | " + " | ".join(f"`{json.dumps(flat[p][k])}`" if k in flat[p] else ""
+                                        for p in flat) + " |" for k in keys]
+    return f"| setting | {' | '.join(flat)} |\n|---|{'---|' * len(flat)}\n" + "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "presets": presets,
     "defense_context": _context,
     "defense_result": _result,
     "defense_class": _defense_class,
