@@ -6,6 +6,7 @@ Data flows one way: the defense gets the poisoned images and labels only; the gr
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import random
@@ -22,7 +23,6 @@ import torch
 
 from benchmark import devrun
 from benchmark.cache import ArtifactCache, atomic_write, config_hash
-from benchmark.config import cell_id
 from benchmark.data import (
     DataNotFoundError,
     Dataset,
@@ -33,11 +33,11 @@ from benchmark.data import (
     unpack_splits,
 )
 from benchmark.facts import record_facts
-from benchmark.keys import artifact_key, artifact_keys
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
 from benchmark.sources import current_sources
-from benchmark.train import LambdaCallback, TrainConfig, Trainer, cpu_native_bf16
+from benchmark.spec import CellSpec
+from benchmark.train import LambdaCallback, Trainer, cpu_native_bf16
 
 
 @dataclass
@@ -118,19 +118,19 @@ SUBSET_KEYS = ("train_size", "test_size", "subset_seed")
 SHIPPED: dict[str, dict] = {}
 
 
-def data_source_args(config: dict[str, Any], rt: Runtime) -> tuple[Path, dict[str, Any]]:
+def data_source_args(spec: CellSpec, rt: Runtime) -> tuple[Path, dict[str, Any]]:
     """The root and loader options of a cell's data, subset options left out."""
-    root = rt.imagenet_root if config["dataset"] == "imagefolder" and rt.imagenet_root else rt.data_root
-    opts = {k: v for k, v in config["data"].items() if k not in SUBSET_KEYS}
-    if config["dataset"] == "cifar10":
+    root = rt.imagenet_root if spec.dataset == "imagefolder" and rt.imagenet_root else rt.data_root
+    opts = {k: v for k, v in spec.data.items() if k not in SUBSET_KEYS}
+    if spec.dataset == "cifar10":
         opts["download"] = rt.download
     return root, opts
 
 
-def data_key(config: dict[str, Any], rt: Runtime) -> str:
+def data_key(spec: CellSpec, rt: Runtime) -> str:
     """Which decoded splits a cell reads: cells with the same key share one shipped copy."""
-    root, opts = data_source_args(config, rt)
-    return config_hash({"dataset": config["dataset"], "root": str(root),
+    root, opts = data_source_args(spec, rt)
+    return config_hash({"dataset": spec.dataset, "root": str(root),
                         **{k: v for k, v in opts.items() if k != "download"}})
 
 
@@ -138,19 +138,19 @@ def offer_shipped(shipped: dict[str, dict]) -> None:
     SHIPPED.update(shipped)
 
 
-def load_cell_dataset(config: dict[str, Any], rt: Runtime) -> Dataset:
+def load_cell_dataset(spec: CellSpec, rt: Runtime) -> Dataset:
     """The cell's data. With a shipped copy: ``rt.ship_data == "always"`` uses it; otherwise the
     node's own copy when it has one, the shipped copy when it has not."""
-    root, opts = data_source_args(config, rt)
-    subset = {k: v for k, v in config["data"].items() if k in SUBSET_KEYS}
-    packed = SHIPPED.get(data_key(config, rt))
+    root, opts = data_source_args(spec, rt)
+    subset = {k: v for k, v in spec.data.items() if k in SUBSET_KEYS}
+    packed = SHIPPED.get(data_key(spec, rt))
     if packed is None or rt.ship_data != "always":
         try:
-            return load_dataset(config["dataset"], root, rt.cache_dir, **subset, **opts)
+            return load_dataset(spec.dataset, root, rt.cache_dir, **subset, **opts)
         except DataNotFoundError:
             if packed is None:
                 raise
-    return load_dataset(config["dataset"], root, rt.cache_dir, splits=unpack_splits(packed), **subset)
+    return load_dataset(spec.dataset, root, rt.cache_dir, splits=unpack_splits(packed), **subset)
 
 
 def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: int,
@@ -222,43 +222,42 @@ def give_trusted(ctx, dataset: Dataset, poisoned, per_class: int, seed: int) -> 
                           f"reference's choice; left out of TPR/FPR)")
 
 
-def save_model(model: torch.nn.Module, config: dict[str, Any], num_classes: int, path: Path) -> Path:
+def save_model(model: torch.nn.Module, spec: CellSpec, num_classes: int, path: Path) -> Path:
     """A state dict plus the model config, loadable with ``torch.load(weights_only=True)`` and
     ``benchmark.models.load_saved`` (no suite class is pickled)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"state_dict": state, "model": config["model"], "model_params": config["model_params"],
-               "num_classes": num_classes, "cell": cell_id(config)}
+    payload = {"state_dict": state, "model": spec.model, "model_params": dict(spec.model_params),
+               "num_classes": num_classes, "cell": spec.id}
     atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
-def make_attack(config: dict[str, Any], dataset: Dataset, rt: Runtime,
+def make_attack(spec: CellSpec, dataset: Dataset, rt: Runtime,
                 trainer: Trainer | None = None, make_model=None):  # noqa: ANN001
     """The cell's attack object, its artifacts keyed by what they depend on."""
-    from attacks import ATTACKS, AttackContext
+    from attacks import AttackContext
 
-    attack_cls = ATTACKS.get(config["attack"])
     # reference models and generators: the architecture is part of the artifact's identity
-    uses_model = attack_cls.uses_model(attack_cls.Params(**config["attack_params"]))
+    uses_model = spec.attack_cls.uses_model(spec.attack_params)
     device = trainer.device if trainer is not None else torch.device("cpu")
     ctx = AttackContext(cache=rt.artifacts,
-                        cache_key=artifact_key(config, "attack_model" if uses_model else "attack"),
-                        keys=artifact_keys(config, ("clean_reference",)), seed=config["seed"],
+                        cache_key=spec.artifact_key("attack_model" if uses_model else "attack"),
+                        keys=spec.artifact_keys(("clean_reference",)), seed=spec.seed,
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
                         make_model=make_model, held_out=dataset.held_out,
-                        precision=config["train"].get("precision", "auto"))
-    return attack_cls(attack_cls.Params(**config["attack_params"]), ctx)
+                        precision=spec.train.precision)
+    return spec.attack_cls(copy.deepcopy(spec.attack_params), ctx)
 
 
-def check_cell(config: dict[str, Any], dataset: Dataset, rt: Runtime) -> None:
+def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
     """The checks that need the cell's data (target class in range, enough images to poison):
     ``UsageError`` before any cell trains."""
-    make_attack(config, dataset, rt).check(dataset.train)
+    make_attack(spec, dataset, rt).check(dataset.train)
 
 
-def poison(config: dict[str, Any], dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
+def poison(spec: CellSpec, dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
     """The poisoned training set and triggered test set, computed once per attack config."""
-    attack = make_attack(config, dataset, rt, trainer, make_model)
+    attack = make_attack(spec, dataset, rt, trainer, make_model)
 
     def compute() -> dict:
         attack.prepare(dataset.train)
@@ -314,48 +313,47 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
     return {**out, **cached}
 
 
-def run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    """Run one cell and return its record (raises on failure; see ``run_cell_safe``); a cell
-    marked ``fast_dev_run`` runs as a development run (``benchmark.devrun``)."""
-    dev = config.get("fast_dev_run")
-    with devrun.enabled(devrun.DevRun(**dev) if dev else None, config["preset"]):
-        return _run_cell(config, rt)
+def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
+    """Run one cell and return its record (raises on failure; see ``run_cell_safe``); a spec
+    with ``fast_dev_run`` runs as a development run (``benchmark.devrun``)."""
+    with devrun.enabled(spec.fast_dev_run, spec.preset):
+        return _run_cell(spec, rt)
 
 
-def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
-    from defenses import DEFENSES, DefenseContext
+def _run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
+    from defenses import DefenseContext
 
     times: dict[str, Any] = {}  # seconds; defense_phases a dict of them
     t0 = time.perf_counter()
-    seed = config["seed"]
+    seed = spec.seed
     seed_everything(seed)
-    dataset = load_cell_dataset(config, rt)
+    dataset = load_cell_dataset(spec, rt)
     times["data_s"] = time.perf_counter() - t0
 
     trainer = Trainer(dataset.mean, dataset.std, device=rt.device, threads=rt.threads)
 
     def make_model() -> torch.nn.Module:
-        return build_model(config["model"], dataset.num_classes, **config["model_params"])
+        return build_model(spec.model, dataset.num_classes, **spec.model_params)
 
     t = time.perf_counter()
-    poisoned, triggered, attack = poison(config, dataset, rt, trainer, make_model)
+    poisoned, triggered, attack = poison(spec, dataset, rt, trainer, make_model)
     times["attack_s"] = time.perf_counter() - t
     attack_work = len(trainer.work)  # the work entries of the attack's phases come first
     target = attack.params.target
 
     t = time.perf_counter()
-    ev = config["eval"]
-    defense_cls = DEFENSES.get(config["defense"])
-    params = defense_cls.Params(**config["defense_params"])
+    ev = spec.eval
+    defense_cls = spec.defense_cls
+    params = copy.deepcopy(spec.defense_params)
     test, trig, validation = split_validation(dataset.test, triggered, target,
                                               defense_cls.validation_fraction(params), seed)
     split: dict[str, float] = {}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
-        train_cfg=TrainConfig.from_dict(config["train"]), seed=seed, cache=rt.artifacts,
-        cache_key=artifact_key(config, "defense"),
-        keys=artifact_keys(config, ("shared", "images")), trusted=validation,
-        monitor=make_monitor(trainer, test, trig, target, ev["curve_size"], ev["curve_every"], split),
+        train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts,
+        cache_key=spec.artifact_key("defense"),
+        keys=spec.artifact_keys(("shared", "images")), trusted=validation,
+        monitor=make_monitor(trainer, test, trig, target, ev.curve_size, ev.curve_every, split),
         split_probe=split_prober(poisoned.poison_mask.cpu(), split))
     if attack.params.repoison_every_epoch:  # resolve_cell admits only defenses that accept it
         ctx.epoch_data = repoisoning(attack, dataset.train, poisoned)
@@ -401,36 +399,38 @@ def _run_cell(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
     if validation is not None:
         record["eval_note"] = (f"CA/ASR on the test set minus the defense's validation split "
                                f"({len(validation)} clean test images, seeded)")
-    if "fast_dev_run" in config:
-        record["fast_dev_run"] = {**config["fast_dev_run"], "work": trainer.work,
+    if spec.fast_dev_run is not None:
+        record["fast_dev_run"] = {**spec.fast_dev_run.as_dict(), "work": trainer.work,
                                   "attack_entries": attack_work}
     if rt.save_models:
-        record["model_path"] = str(save_model(result.model, config, dataset.num_classes,
-                                              rt.results / "models" / f"{cell_id(config)}.pt"))
+        record["model_path"] = str(save_model(result.model, spec, dataset.num_classes,
+                                              rt.results / "models" / f"{spec.id}.pt"))
+    config = spec.to_config()
 
     return {
-        "id": cell_id(config), "status": "ok", "config": config, "metrics": metrics, **record,
+        "id": spec.id, "status": "ok", "config": config, "metrics": metrics, **record,
         "isolation": isolation, "curves": result.curves,
         "defense_info": {"title": defense_cls.title or defense_cls.name, **result.info},
         "attack_info": {**poisoned.info, **repoison_info(attack), "n_train": len(poisoned),
                         "n_poisoned": int(poisoned.poison_mask.sum()),
                         "n_cover": int(poisoned.cover_mask.sum()), "n_triggered_test": len(triggered)},
         "data_source": dataset.source, "timings": times, "versions": versions(),
-        "sources": current_sources(config), "facts": record_facts(config, cell_id(config)),
+        "sources": current_sources(config), "facts": record_facts(config, spec.id),
         "hardware": hardware(trainer),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def run_cell_safe(config: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+def run_cell_safe(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     """``run_cell``, with any exception turned into a failed record (the grid goes on)."""
     try:
-        return run_cell(config, rt)
+        return run_cell(spec, rt)
     except Exception as exc:  # noqa: BLE001 - recorded, not swallowed
-        return failed_record(config, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return failed_record(spec, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
-def failed_record(config: dict[str, Any], error: str, tb: str = "") -> dict[str, Any]:
-    return {"id": cell_id(config), "status": "failed", "config": config, "error": error,
-            "traceback": tb, "versions": versions(), "facts": record_facts(config, cell_id(config)),
+def failed_record(spec: CellSpec, error: str, tb: str = "") -> dict[str, Any]:
+    config = spec.to_config()
+    return {"id": spec.id, "status": "failed", "config": config, "error": error,
+            "traceback": tb, "versions": versions(), "facts": record_facts(config, spec.id),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

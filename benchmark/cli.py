@@ -94,35 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def live_catalog() -> dict:
-    """``catalog.catalog()``'s shape, from the imported registries (plugins included)."""
-    from attacks import ATTACKS
-    from benchmark.data import DATASETS
-    from benchmark.models import MODELS
-    from defenses import DEFENSES
-
-    return {"datasets": DATASETS.names(), "attacks": ATTACKS.names(), "models": MODELS.names(),
-            "defenses": {n: {"title": DEFENSES.get(n).title, "is_detector": DEFENSES.get(n).is_detector}
-                         for n in DEFENSES.names()}}
-
-
 def _main(argv: list[str]) -> int:
-    if "--list" in argv and "--plugin" not in argv and not {"-h", "--help"} & set(argv):
-        from benchmark.catalog import catalog, listing  # reads the source: no torch import
-
-        print(listing(catalog()))
-        return 0
-    address = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--address"), None)
-    if address and "--dry-run" not in argv:  # a wrong address fails before any heavy import
-        from benchmark.cliutil import probe_address
-
-        probe_address(address)
-    if "--dry-run" in argv:  # a plan stored by an earlier identical dry-run: no torch import
-        from benchmark.plans import cached_dry_run
-
-        code = cached_dry_run(argv)
-        if code is not None:
-            return code
     if argv[:1] == ["triggers"]:
         from benchmark.gallery import main as gallery
         return gallery(argv[1:])
@@ -130,6 +102,10 @@ def _main(argv: list[str]) -> int:
         from benchmark.reports.cli import main as report
         return report(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.address and not args.dry_run:  # a wrong address fails before any heavy import
+        from benchmark.cliutil import probe_address
+
+        probe_address(args.address)
     from benchmark.cell import Runtime
     from benchmark.config import cell_id, parse_sets, parse_sweeps
     from benchmark.data import default_cache_dir, default_data_root
@@ -141,9 +117,9 @@ def _main(argv: list[str]) -> int:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
     if args.list:
-        from benchmark.catalog import listing
+        from benchmark.catalog import catalog, listing
 
-        print(listing(live_catalog()))
+        print(listing(catalog()))
         return 0
 
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
@@ -170,16 +146,13 @@ def _main(argv: list[str]) -> int:
     todo = [c for c in cells if status[cell_id(c)] != "ok"]
 
     if args.dry_run:
-        from benchmark.plans import print_plan, save_plan
+        from benchmark.plans import has_dev_runs, print_plan
         from benchmark.sources import current_sources
 
         plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c), json.dumps(current_sources(c)))
                 for c in cells]
-        from benchmark.plans import has_dev_runs
-
         estimates = not args.fast_dev_run and has_dev_runs(plan, rt.results)
         print_plan(plan, rt.results, *(estimate_speeds(args, rt, cells) if estimates else ()))
-        save_plan(argv, plan)
         return 0
 
     t0 = time.perf_counter()
@@ -257,15 +230,16 @@ def _check_data(rt, cells: list[dict]) -> None:
     one-line usage error, not a grid of failed cells."""
     from benchmark.cell import check_cell, load_cell_dataset
     from benchmark.progress import Console, set_sink
+    from benchmark.spec import CellSpec
 
     loaded: dict[tuple[str, str], object] = {}
     previous = set_sink(Console())  # decoding a dataset the first time takes minutes
     try:
-        for c in cells:
-            key = (c["dataset"], str(c["data"]))
+        for spec in map(CellSpec.from_config, cells):
+            key = (spec.dataset, str(dict(spec.data)))
             if key not in loaded:
-                loaded[key] = load_cell_dataset(c, rt)
-            check_cell(c, loaded[key], rt)
+                loaded[key] = load_cell_dataset(spec, rt)
+            check_cell(spec, loaded[key], rt)
     finally:
         set_sink(previous)
 

@@ -148,8 +148,9 @@ def check(records_dir: Path, calibration: Path, cache_dir: Path) -> list[dict[st
     import tempfile
 
     from benchmark.cell import Runtime, run_cell
-    from benchmark.devrun import mark
+    from benchmark.devrun import DevRun
     from benchmark.progress import set_sink
+    from benchmark.spec import CellSpec
 
     speeds = Throughputs(cache_dir, calibration)
     native = "bf16" in speeds.kind.split()
@@ -162,7 +163,8 @@ def check(records_dir: Path, calibration: Path, cache_dir: Path) -> list[dict[st
         if any("reused" in str(v) for v in rec.get("defense_info", {}).values()):
             continue  # a shared model came from the cache: the record's time lacks it
         with tempfile.TemporaryDirectory() as tmp:
-            dev = run_cell(mark(rec["config"]), Runtime(results=Path(tmp), cache_dir=cache_dir))
+            spec = CellSpec.from_config(rec["config"]).replace(fast_dev_run=DevRun())
+            dev = run_cell(spec, Runtime(results=Path(tmp), cache_dir=cache_dir))
         work = dev["fast_dev_run"]["work"]
         if rec["timings"].get("attack_s", 0) < 5:  # the attack's artifacts were cached then
             work = work[dev["fast_dev_run"]["attack_entries"]:]

@@ -48,22 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def examples(config: dict, rt) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # noqa: ANN001
+def examples(spec, n: int, rt) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # noqa: ANN001
     """(clean, poisoned) uint8 images of the first ``n`` poisoned (or cover) samples of the
-    cell ``config``, and their captions."""
+    cell ``spec`` (a ``CellSpec``), and their captions."""
     from benchmark.cell import load_cell_dataset, poison, seed_everything
     from benchmark.models import build_model
     from benchmark.train import Trainer
 
-    seed_everything(config["seed"])
-    dataset = load_cell_dataset(config, rt)
+    seed_everything(spec.seed)
+    dataset = load_cell_dataset(spec, rt)
     trainer = Trainer(dataset.mean, dataset.std, device=rt.device)
 
     def make_model() -> torch.nn.Module:
-        return build_model(config["model"], dataset.num_classes, **config["model_params"])
+        return build_model(spec.model, dataset.num_classes, **spec.model_params)
 
-    ps, _, _ = poison(config, dataset, rt, trainer, make_model)
-    idx = ps.poison_mask.nonzero().flatten()[:config["n"]]
+    ps, _, _ = poison(spec, dataset, rt, trainer, make_model)
+    idx = ps.poison_mask.nonzero().flatten()[:n]
     captions = [f"{dataset.train.classes[int(ps.original_labels[i])]} -> "
                 f"{dataset.train.classes[int(ps.labels[i])]}" for i in idx]
     return dataset.train.images[idx], ps.images[idx], captions
@@ -97,9 +97,10 @@ def main(argv: list[str]) -> int:
     from attacks import ATTACKS
     from benchmark.cell import Runtime, load_cell_dataset
     from benchmark.cliutil import split_csv
-    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.config import parse_sets
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.plugins import load_plugin
+    from benchmark.spec import CellSpec
 
     args = build_parser().parse_args(argv)
     for plugin in args.plugin:
@@ -108,20 +109,18 @@ def main(argv: list[str]) -> int:
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     sets = parse_sets(args.sets)
-    configs = {name: {**resolve_cell(args.grid, name, "no_defense", args.seed, sets), "n": args.n}
-               for name in names}
+    specs = {name: CellSpec.resolve(args.grid, name, "no_defense", args.seed, sets) for name in names}
     rt = Runtime(results=Path(args.results), data_root=Path(args.data_root or default_data_root()),
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
                  download=not args.no_download)
-    load_cell_dataset(next(iter(configs.values())), rt)  # a missing dataset: exit 2 here
+    load_cell_dataset(next(iter(specs.values())), rt)  # a missing dataset: exit 2 here
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, config in configs.items():
-        attack_cls = ATTACKS.get(name)
-        if attack_cls.uses_model(attack_cls.Params(**config["attack_params"])):
+    for name, spec in specs.items():
+        if spec.attack_cls.uses_model(spec.attack_params):
             print(f"{name}: builds its trigger with a trained model (once; cached under "
                   f"{rt.results / 'cache'})", flush=True)
-        clean, poisoned, captions = examples(config, rt)
+        clean, poisoned, captions = examples(spec, args.n, rt)
         if not len(clean):  # e.g. the no-attack baseline
             print(f"{name}: no poisoned samples, nothing to draw")
             continue

@@ -157,7 +157,7 @@ def dev_run(scale: dict, data_root: str | None, work: Path) -> dict[str, Any]:
     extra = ["--data-root", data_root] if data_root else []
     from benchmark.catalog import catalog
 
-    own = catalog()  # the suite's own methods (no plugin)
+    own = catalog(builtin=True)  # the suite's own methods (no plugin)
     run_cells(["--fast-dev-run", "--grid", scale["grid"], "--attacks", ",".join(own["attacks"]),
                "--defenses", "no_defense", *scale["sets"], *extra], work / "dev")
     builtin = list(own["defenses"])

@@ -18,6 +18,7 @@ from benchmark.cell import Runtime, run_cell_safe
 from benchmark.config import PRESETS, cell_id, label, lineage, overrides, resolve_cell, validate_sets
 from benchmark.progress import Console, GridClock, RayReporter, duration, set_sink
 from benchmark.registry import UsageError
+from benchmark.spec import CellSpec
 from benchmark.store import ResultStore, problem
 
 # Paper's ImageNet-subset rows (dataset, attack): included in the full grid when --imagenet-root
@@ -125,7 +126,7 @@ def run_claimed(config: dict[str, Any], rt: Runtime, store: ResultStore,
             print(f"{prefix}{describe(config)}: done by another process meanwhile", flush=True)
             return store.read(cid)
         print(f"{prefix}{describe(config)} ...", flush=True)
-        record = run_cell_safe(config, rt)
+        record = run_cell_safe(CellSpec.from_config(config), rt)
         store.write(record)
         return record
 
@@ -355,11 +356,11 @@ def ship_splits(cells: list[dict[str, Any]], rt: Runtime) -> dict[str, dict]:
     from benchmark.data import load_splits, pack_splits
 
     shipped: dict[str, dict] = {}
-    for config in cells:
-        key = data_key(config, rt)
+    for spec in map(CellSpec.from_config, cells):
+        key = data_key(spec, rt)
         if key not in shipped:
-            root, opts = data_source_args(config, rt)
-            shipped[key] = pack_splits(*load_splits(config["dataset"], root, rt.cache_dir, **opts))
+            root, opts = data_source_args(spec, rt)
+            shipped[key] = pack_splits(*load_splits(spec.dataset, root, rt.cache_dir, **opts))
     return shipped
 
 
@@ -465,10 +466,11 @@ def run_ray(cells: list[dict[str, Any]], rt: Runtime, store: ResultStore, *,
         cid = cell_id(config)
         rec = store.read(cid)
         if rec is None and cid in crashed:  # died without writing: recorded failed, retried
-            rec = failed_record(config, "trial process died without a result (see ray logs)")
+            rec = failed_record(CellSpec.from_config(config),
+                                "trial process died without a result (see ray logs)")
             store.write(rec)
         if rec is None and watch.tripped and cid not in busy:  # never placed: failed, retried
-            rec = failed_record(config, watch.message())
+            rec = failed_record(CellSpec.from_config(config), watch.message())
             store.write(rec)
         if rec is None:
             not_run += cid not in busy  # never started (an interrupted grid): stays to do

@@ -305,75 +305,34 @@ def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
     assert "2 cell(s)" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_list_reads_the_source_and_matches_the_registries(tmp_path, capsys):
-    import subprocess
-    import sys
-
-    from attacks import ATTACKS
+def test_list_prints_the_registries_and_a_plugins_entries(tmp_path, capsys):
     from benchmark.catalog import catalog, listing
-    from benchmark.cli import live_catalog
-    from defenses import DEFENSES
 
-    live = live_catalog()  # minus what other tests' plugins registered in this process
-    live["attacks"] = [n for n in live["attacks"] if ATTACKS.get(n).__module__.startswith("attacks.")]
-    live["defenses"] = {n: d for n, d in live["defenses"].items()
-                        if DEFENSES.get(n).__module__.startswith("defenses.")}
-    assert catalog() == live  # the fast --list says what the imports register
-    out = subprocess.run([sys.executable, "-X", "importtime", "run_benchmark.py", "--list"],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == listing(catalog())
-    assert "| torch\n" not in out.stderr and " torch\n" not in out.stderr  # torch never imported
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == listing(catalog())
+    assert "  pipd " in out and "scale_up" in out and "detector" in out
     plugin = tmp_path / "mine.py"
     plugin.write_text(FAILING.replace("exploding_defense", "listed_defense"))
-    assert main(["--list", "--plugin", str(plugin)]) == 0  # plugins: the importing path
+    assert main(["--list", "--plugin", str(plugin)]) == 0
     assert "listed_defense" in capsys.readouterr().out
+    assert "listed_defense" not in catalog(builtin=True)["defenses"]
 
 
-@pytest.mark.slow
-def test_a_repeated_dry_run_answers_from_its_stored_plan_without_torch(tmp_path, capsys):
-    """The first dry-run plans (registries, torch); the same command again prints the stored
-    plan with fresh statuses and never imports torch; other arguments or code plan afresh."""
-    import subprocess
-    import sys
-
-    from benchmark import plans
-
-    argv = ["--grid", "smoke", "--attacks", "badnets", "--defenses", "no_defense,pipd",
-            "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--dry-run"]
-    probe = ("import sys; from benchmark.cli import main; code = main(sys.argv[1:]); "
-             "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
-    runs = [subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
-                           check=True).stdout for _ in range(2)]
-    assert "torch imported" in runs[0] and "no torch" in runs[1]
-    assert runs[0].replace("torch imported", "") == runs[1].replace("no torch", "")
-    assert "2 cell(s): 0 done, 2 to run" in runs[1]
-    assert plans.plan_path(argv).is_file()
-    # a record written since shows up: statuses are read fresh
+def test_a_dry_run_reads_each_cells_status_fresh(tmp_path, capsys):
     from benchmark.cell import failed_record
-    from benchmark.config import cell_id, resolve_cell
+    from benchmark.config import cell_id
+    from benchmark.spec import CellSpec
     from benchmark.store import ResultStore
 
-    config = resolve_cell("smoke", "badnets", "no_defense", 0, [])
-    ResultStore(tmp_path / "res").write(failed_record(config, "boom"))
-    assert plans.cached_dry_run(argv) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(cell_id(config)))
-    assert line.split()[1] == "failed"
-    # what changes the cells changes the key; where results go does not
-    assert plans.plan_path([*argv, "--seeds", "1"]) != plans.plan_path(argv)
-    assert plans.plan_path([*argv, "--results", "elsewhere"]) == plans.plan_path(argv)
-    assert plans.cached_dry_run([*argv, "--set", "train.epochs=2"]) is None
-    assert plans.cached_dry_run([*argv, "--plugin", "x.py"]) is None
-
-
-@pytest.mark.slow
-def test_a_stored_plan_is_not_used_after_the_code_changes(tmp_path, monkeypatch, capsys):
-    from benchmark import plans
-
-    argv = ["--grid", "smoke", "--attacks", "badnets", "--defenses", "no_defense",
-            "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--dry-run"]
+    argv = ["--grid", "smoke", "--attacks", "badnets", "--defenses", "no_defense,pipd",
+            "--results", str(tmp_path / "res"), "--dry-run"]
     assert main(argv) == 0
-    assert plans.cached_dry_run(argv) == 0
-    real = plans.code_fingerprint()
-    monkeypatch.setattr(plans, "code_fingerprint", lambda: [*real[:-1], (real[-1][0], 1, 2)])
-    assert plans.cached_dry_run(argv) is None
+    assert "2 cell(s): 0 done, 2 to run" in capsys.readouterr().out
+    spec = CellSpec.resolve("smoke", "badnets", "no_defense", 0)
+    ResultStore(tmp_path / "res").write(failed_record(spec, "boom"))
+    assert main(argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(cell_id(spec.to_config())))
+    assert line.split()[1] == "failed"
+
+

@@ -106,11 +106,12 @@ def test_shipped_splits_stand_in_where_a_node_lacks_the_data(tiny_cifar, tmp_pat
     """What a Ray trial on a node without the data does: the driver's decoded splits (through
     the object store) give the same dataset; "always" uses them even where the data is local."""
     from benchmark import cell
-    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.config import parse_sets
     from benchmark.data import load_splits, pack_splits
+    from benchmark.spec import CellSpec
 
-    config = resolve_cell("smoke", "badnets", "no_defense", 0,
-                          parse_sets(["data.train_size=100", "data.test_size=50"]))
+    config = CellSpec.resolve("smoke", "badnets", "no_defense", 0,
+                              parse_sets(["data.train_size=100", "data.test_size=50"]))
     rt = cell.Runtime(results=tmp_path / "r", data_root=tiny_cifar, cache_dir=tmp_path / "c",
                       download=False)
     local = cell.load_cell_dataset(config, rt)
@@ -149,17 +150,18 @@ def test_repoisoning_after_a_cached_poisoned_set_keeps_the_attacks_own_trigger(t
     the attack's artifacts, so a re-poisoning epoch stamps Trojan's optimised trigger, not the
     seeded fallback pattern."""
     from benchmark import cell
-    from benchmark.config import parse_sets, resolve_cell
+    from benchmark.config import parse_sets
     from benchmark.models import build_model
+    from benchmark.spec import CellSpec
     from benchmark.train import Trainer
 
     sets = ["data.train_size=100", "data.test_size=50", "model.width=4", "trojan.ref_epochs=1",
             "trojan.optimize_steps=3", "attack.rate=0.2"]
     rt = cell.Runtime(results=tmp_path / "r", data_root=tiny_cifar, cache_dir=tmp_path / "c",
                       download=False)
-    fixed_cfg = resolve_cell("smoke", "trojan", "no_defense", 0, parse_sets(sets))
-    config = resolve_cell("smoke", "trojan", "no_defense", 0,
-                          parse_sets([*sets, "attack.repoison_every_epoch=true"]))
+    fixed_cfg = CellSpec.resolve("smoke", "trojan", "no_defense", 0, parse_sets(sets))
+    config = CellSpec.resolve("smoke", "trojan", "no_defense", 0,
+                              parse_sets([*sets, "attack.repoison_every_epoch=true"]))
     data = cell.load_cell_dataset(config, rt)
     trainer = Trainer(data.mean, data.std, device="cpu", threads=1)
 

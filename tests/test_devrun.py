@@ -123,7 +123,8 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     from benchmark.catalog import catalog
 
     # the suite's own methods, not the plugins other tests registered in this process
-    attacks, builtin = catalog()["attacks"], list(catalog()["defenses"])
+    own = catalog(builtin=True)
+    attacks, builtin = own["attacks"], list(own["defenses"])
     code, recs = dev_grid(tmp_path, "--grid", "full", "--attacks", ",".join(attacks),
                           "--defenses", "no_defense")
     assert code == 0, failures(recs)
@@ -244,10 +245,12 @@ def test_dev_run_cells_never_share_ids_or_artifact_keys_with_real_cells(tmp_path
     from benchmark.cell import Runtime, make_attack
     from benchmark.config import cell_id, resolve_cell
     from benchmark.data import load_dataset
+    from benchmark.spec import CellSpec
 
     ds = load_dataset("cifar10", write_imagefolder(tmp_path / "c", 4, 2), tmp_path / "cache")
     rt = Runtime(results=tmp_path / "res")
     real = resolve_cell("smoke", "badnets", "pipd", 0, [])
     dev = devrun.mark(real)
     assert cell_id(dev) != cell_id(real)
-    assert make_attack(dev, ds, rt).ctx.cache_key != make_attack(real, ds, rt).ctx.cache_key
+    dev_spec, real_spec = CellSpec.from_config(dev), CellSpec.from_config(real)
+    assert make_attack(dev_spec, ds, rt).ctx.cache_key != make_attack(real_spec, ds, rt).ctx.cache_key
