@@ -1,7 +1,8 @@
-"""``python run_benchmark.py``: run a grid of (dataset, attack, defense, seed) cells.
+"""``python run_benchmark.py [run|list|report|triggers] ...``: the suite's command line.
 
-``python run_benchmark.py triggers --out DIR`` writes the trigger gallery instead, and
-``python run_benchmark.py report --out DIR`` the tables, figures and leaderboard of the records.
+``run`` (the default when no command is named: ``python run_benchmark.py --grid quick``) runs a
+grid of (dataset, attack, defense, seed) cells; ``list`` prints what is registered; ``report``
+writes the tables, figures and leaderboard of the records; ``triggers`` the trigger gallery.
 
 Exit codes: 0 every cell ok, 1 some cell failed, 2 bad input (nothing written).
 """
@@ -12,22 +13,20 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.cliutil import parse_seeds, split_csv, writable_folder
+from benchmark.presets import PRESETS
 from benchmark.registry import UsageError
 
+COMMANDS = ("run", "list", "report", "triggers")
+PROG = "run_benchmark.py"
 
-def build_parser() -> argparse.ArgumentParser:
-    from benchmark.config import PRESETS
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from benchmark.data import default_cache_dir, default_data_root
 
-    p = argparse.ArgumentParser(
-        prog="run_benchmark.py",
-        description="Benchmark training-time backdoor defenses: one Ray Tune trial per "
-                    "(dataset, attack, defense, seed) cell, one JSON record per cell.",
-        epilog="Subcommands: triggers --out DIR (trigger gallery), report --out DIR (tables, "
-               "figures, leaderboard); see their --help.")
     p.add_argument("--grid", default="demo",
                    help=f"preset: {', '.join(PRESETS)} (default demo: BadNets and Blended, No "
                         "Defense vs PIPD, minutes on 2 CPU cores; smoke: every method, a code-path "
@@ -77,8 +76,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-models", action="store_true",
                    help="keep every cell's final model under <results>/models/<cell id>.pt "
                         "(a state dict + model config; benchmark.models.load_saved reads it)")
-    p.add_argument("--list", action="store_true", help="list registered components and exit")
+    p.add_argument("--list", action="store_true", help="the same as the list command")
+
+
+def add_list_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="Python file registering your own attack/defense, listed beside the "
+                        "built-in ones (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The four commands, each with its options (``run_benchmark.py COMMAND --help``)."""
+    from benchmark import gallery
+    from benchmark.reports import cli as report
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark training-time backdoor defenses: one Ray Tune trial per "
+                    "(dataset, attack, defense, seed) cell, one JSON record per cell. Without a "
+                    "command, run: python run_benchmark.py --grid quick.")
+    sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, add, text, description in (
+            ("run", add_run_arguments, "run a grid of cells (the default command)", None),
+            ("list", add_list_arguments, "print the registered datasets, attacks, models, defenses",
+             None),
+            ("report", report.add_arguments, "tables, figures and leaderboard of the records",
+             report.__doc__),
+            ("triggers", gallery.add_arguments, "a PNG gallery of every attack's trigger",
+             gallery.__doc__)):
+        add(sub.add_parser(name, help=text, description=description or text))
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed; ``run`` when it names no command (its options first, as in
+    ``--grid quick``)."""
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["run", *argv]
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,13 +130,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if argv[:1] == ["triggers"]:
-        from benchmark.gallery import main as gallery
-        return gallery(argv[1:])
-    if argv[:1] == ["report"]:
-        from benchmark.reports.cli import main as report
-        return report(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
+    return COMMAND_RUNNERS[args.command](args)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from benchmark.catalog import catalog, listing
+    from benchmark.plugins import load_plugin
+
+    for plugin in args.plugin:
+        for added in load_plugin(plugin):
+            print(f"plugin {plugin}: registered {added}")
+    print(listing(catalog()))
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from benchmark.reports.cli import main as report
+
+    return report(args)
+
+
+def triggers_command(args: argparse.Namespace) -> int:
+    from benchmark.gallery import main as gallery
+
+    return gallery(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.list:
+        return list_command(args)
     if args.address and not args.dry_run:  # a wrong address fails before any heavy import
         from benchmark.cliutil import probe_address
 
@@ -116,12 +174,6 @@ def _main(argv: list[str]) -> int:
     for plugin in args.plugin:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
-    if args.list:
-        from benchmark.catalog import catalog, listing
-
-        print(listing(catalog()))
-        return 0
-
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial:g}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
@@ -242,6 +294,11 @@ def _check_data(rt, cells: list[dict]) -> None:
             check_cell(spec, loaded[key], rt)
     finally:
         set_sink(previous)
+
+
+COMMAND_RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": run_command, "list": list_command, "report": report_command,
+    "triggers": triggers_command}
 
 
 if __name__ == "__main__":

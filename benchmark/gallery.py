@@ -3,6 +3,8 @@
 For each attack, a few training images that the attack poisons, beside their poisoned versions
 and the amplified absolute difference. The poisoned sets come from the same code path (and the
 same artifact cache) as the grid's cells, so the gallery shows exactly what the defenses get.
+Attacks that build their trigger with a model (CL, Dynamic, an optimised Trojan) train it first,
+once per results folder (cached under <results>/cache).
 """
 
 from __future__ import annotations
@@ -12,18 +14,12 @@ from pathlib import Path
 
 import torch
 
+from benchmark.presets import PRESETS
 from benchmark.registry import UsageError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from benchmark.config import PRESETS
-
-    p = argparse.ArgumentParser(
-        prog="run_benchmark.py triggers",
-        description="Write a PNG gallery of the attacks' triggers: clean images, their poisoned "
-                    "versions and the amplified difference. Attacks that build their trigger with "
-                    "a model (CL, Dynamic, an optimised Trojan) train it first, once per results "
-                    "folder (cached under <results>/cache).")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``triggers`` command's options."""
     p.add_argument("--out", required=True, help="folder for the PNG files (created; existing "
                                                 "PNGs of the same attacks are overwritten)")
     p.add_argument("--grid", default="smoke",
@@ -45,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default auto)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering your own attack (repeatable)")
-    return p
 
 
 def examples(spec, n: int, rt) -> tuple[torch.Tensor, torch.Tensor, list[str]]:  # noqa: ANN001
@@ -91,7 +86,7 @@ def draw(name: str, clean: torch.Tensor, poisoned: torch.Tensor, captions: list[
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
+def main(args: argparse.Namespace) -> int:
     """Checks every input (attacks, --set keys, the dataset) before writing anything, so a bad
     command exits 2 without leaving an empty --out folder."""
     from attacks import ATTACKS
@@ -102,7 +97,6 @@ def main(argv: list[str]) -> int:
     from benchmark.plugins import load_plugin
     from benchmark.spec import CellSpec
 
-    args = build_parser().parse_args(argv)
     for plugin in args.plugin:
         load_plugin(plugin)
     names = ATTACKS.select(split_csv(args.attacks, "--attacks"))

@@ -308,15 +308,32 @@ def test_demo_grid_runs_its_own_attacks_and_defenses(tmp_path, capsys):
 def test_list_prints_the_registries_and_a_plugins_entries(tmp_path, capsys):
     from benchmark.catalog import catalog, listing
 
-    assert main(["--list"]) == 0
+    assert main(["list"]) == 0
     out = capsys.readouterr().out.strip()
     assert out == listing(catalog())
     assert "  pipd " in out and "scale_up" in out and "detector" in out
+    assert main(["--list"]) == 0 and capsys.readouterr().out.strip() == out  # run's alias
     plugin = tmp_path / "mine.py"
     plugin.write_text(FAILING.replace("exploding_defense", "listed_defense"))
-    assert main(["--list", "--plugin", str(plugin)]) == 0
+    assert main(["list", "--plugin", str(plugin)]) == 0
     assert "listed_defense" in capsys.readouterr().out
     assert "listed_defense" not in catalog(builtin=True)["defenses"]
+
+
+def test_each_command_parses_its_own_options_and_run_is_the_default():
+    from benchmark.cli import parse
+
+    assert parse([]).command == "run" and parse([]).grid == "demo"
+    assert parse(["--grid", "quick", "--seeds", "0,1"]).command == "run"
+    assert parse(["run", "--grid", "quick"]).grid == "quick"
+    args = parse(["report", "--out", "rep", "--compare", "mine"])
+    assert (args.command, args.out, args.compare, args.baseline) == ("report", "rep", "mine", "pipd")
+    assert parse(["triggers", "--out", "g", "--n", "2"]).n == 2
+    assert parse(["list", "--plugin", "p.py"]).plugin == ["p.py"]
+    for argv in (["report"], ["list", "--grid", "quick"], ["triggers", "--dry-run"]):
+        with pytest.raises(SystemExit) as exc:  # argparse: a missing or foreign option, exit 2
+            parse(argv)
+        assert exc.value.code == 2
 
 
 def test_a_dry_run_reads_each_cells_status_fresh(tmp_path, capsys):

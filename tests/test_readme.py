@@ -105,8 +105,7 @@ def with_option(argv: list[str], option: str, value: str) -> list[str]:
 
 @pytest.mark.slow
 def test_every_readme_command_runs_as_written(tiny_cifar, tmp_path, monkeypatch, capsys):
-    from benchmark.cli import main
-    from benchmark.gallery import build_parser as gallery_parser
+    from benchmark.cli import main, parse
     from tests.conftest import write_imagefolder
 
     monkeypatch.chdir(Path(__file__).parents[1])
@@ -118,12 +117,12 @@ def test_every_readme_command_runs_as_written(tiny_cifar, tmp_path, monkeypatch,
     for argv in commands():
         argv = [paths.get(a, a) for a in argv]
         if argv[0] == "triggers":  # it trains CL's and Dynamic's models: its options only
-            gallery_parser().parse_args(argv[1:])
+            parse(argv)
             continue
         if argv[0] == "report":  # on the records the grid commands left (none: dry runs)
             argv = with_option(with_option(argv, "--results", str(tmp_path / "res")),
                                "--out", str(tmp_path / "report"))
-        else:
+        elif argv[0] != "list":
             argv = [a for a in argv if a not in ("--report", "--fast-dev-run")]
             argv = [*argv, *([] if "--dry-run" in argv else ["--dry-run"]), "--results",
                     str(tmp_path / "res"), "--data-root", str(tiny_cifar), "--no-download"]

@@ -17,8 +17,8 @@ from benchmark.cliutil import split_csv
 from benchmark.reports import compare, figures, html, leaderboard, records, render, tables
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_benchmark.py report", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``report`` command's options."""
     p.add_argument("--results", action="append", default=None, metavar="DIR",
                    help="a results folder (or a folder of record files); repeatable "
                         "(default results/)")
@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="pipd", help="the defense --compare compares with")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="a plugin defining defenses the records name")
-    return p
 
 
 def missing_cells(df: pd.DataFrame, grid: str) -> list[str]:
@@ -99,10 +98,10 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
                                 "written": written, "changed_sources": changed}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(args: argparse.Namespace) -> int:
+    """The ``report`` command, on its parsed options (``add_arguments``)."""
     from benchmark.plugins import load_plugin
 
-    args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     for plugin in args.plugin:
         load_plugin(plugin)
