@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from benchmark.cache import OMIT_AT_DEFAULT, ArtifactCache, safe_artifact
+from benchmark.cache import ArtifactCache, safe_artifact
 from benchmark.data import ImageSet
 from benchmark.registry import Registry, UsageError
 
@@ -29,7 +29,7 @@ class AttackParams:
     # epoch trains on a fresh draw of poisoned and cover samples (same trigger, new rows, new
     # per-sample noise) instead of one fixed poisoned set. Only a defense that trains plainly on
     # what it gets can run it (No Defense: ``Defense.accepts_repoisoning``)
-    repoison_every_epoch: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
+    repoison_every_epoch: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:

@@ -37,16 +37,37 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-# Dataclass field metadata for an option added after results existed, whose default reproduces
-# what the code did before it: left out of hashes while at that default, so finished records
-# and cached artifacts keep their keys; any other value enters the hash (and re-keys).
-OMIT_AT_DEFAULT = {"omit_at_default": True}
+# The fields each method's identity hashed when identities stopped being declared field by field
+# (benchmark/keyed_fields.json, written once and never edited): they enter the hash at every value,
+# so the records made before keep their ids. Every other field (one added to a method since, every
+# field of a method registered since, a plugin's) enters it only where it differs from its
+# default: a new option at its default keeps every id, with nothing for its author to declare.
+KEYED_FIELDS: dict[str, Any] = json.loads((Path(__file__).with_name("keyed_fields.json")).read_text())
+_NO_DEFAULT = object()
 
 
-def hashed_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (a dict of ``cls``'s fields) minus the ``OMIT_AT_DEFAULT`` fields at their default."""
-    omit = {f.name: f.default for f in dataclasses.fields(cls) if f.metadata.get("omit_at_default")}
-    return {k: v for k, v in values.items() if not (k in omit and v == omit[k])}
+def keyed_fields(kind: str, name: str = "") -> frozenset[str]:
+    """The always-hashed fields of the training config (``kind`` "train") or of the attack or
+    defense ``name`` (``kind`` "attacks" or "defenses"); empty for a method registered since."""
+    entry = KEYED_FIELDS["train"] if kind == "train" else KEYED_FIELDS[kind].get(name, ())
+    return frozenset(entry)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
+def hashed_fields(cls: type, values: dict[str, Any], keyed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``values`` (a dict of ``cls``'s fields) minus the fields outside ``keyed`` that hold
+    their default (compared as JSON: a tuple default equals the list a record reads back)."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items()
+            if k in keyed or defaults.get(k, _NO_DEFAULT) is _NO_DEFAULT
+            or canonical_json(v) != canonical_json(defaults[k])}
 
 
 _UMASK = os.umask(0)  # the process umask: os has no getter, so set and restore once

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from benchmark.cache import config_hash, hashed_fields
+from benchmark.cache import config_hash, hashed_fields, keyed_fields
 from benchmark.data import DATASETS
 from benchmark.models import MODELS
 from benchmark.presets import PRESETS
@@ -249,17 +249,24 @@ def validate_sets(sets: list[tuple[str, Any]], attacks: list[str], defenses: lis
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What names a cell (and keys its artifacts): the resolved config, minus the options added
-    after results existed while they hold the default that reproduces the earlier behaviour
-    (``benchmark.cache.OMIT_AT_DEFAULT``), so finished records keep their ids."""
+    """What names a cell (and keys its artifacts): the resolved config, each method's and the
+    training recipe's fields as ``benchmark.cache.hashed_fields`` keeps them (a field added
+    since the records were made is left out while at its default, so they keep their ids)."""
+    out = dict(config)
+    for section, kind, name in (("train", "train", ""), ("attack_params", "attacks", config["attack"]),
+                                ("defense_params", "defenses", config["defense"])):
+        out[section] = hashed_fields(params_class(kind, name), config[section], keyed_fields(kind, name))
+    return out
+
+
+def params_class(kind: str, name: str = "") -> type:
+    """The dataclass of a config section: ``TrainConfig``, or the registered method's Params."""
+    if kind == "train":
+        return TrainConfig
     from attacks import ATTACKS
     from defenses import DEFENSES
 
-    out = dict(config)
-    for section, cls in (("train", TrainConfig), ("attack_params", ATTACKS.get(config["attack"]).Params),
-                         ("defense_params", DEFENSES.get(config["defense"]).Params)):
-        out[section] = hashed_fields(cls, config[section])
-    return out
+    return (ATTACKS if kind == "attacks" else DEFENSES).get(name).Params
 
 
 def cell_id(config: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from torch import nn
 
 from benchmark import devrun
 from benchmark.augment import cutout as augment_cutout
-from benchmark.cache import OMIT_AT_DEFAULT, hashed_fields
+from benchmark.cache import hashed_fields, keyed_fields
 from benchmark.progress import Phase
 from benchmark.registry import UsageError
 from benchmark.validate import at_least
@@ -115,22 +115,22 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # epochs, for schedule "step"
     # cosine: the schedule runs as if training lasted this many times ``epochs`` and stops early
     # (DBD's SimCLR: the reference's cosine spans 1000 epochs and it fine-tunes from epoch 100)
-    schedule_span: float = field(default=1.0, metadata=OMIT_AT_DEFAULT)
+    schedule_span: float = 1.0
     gamma: float = 0.1
     warmup: float = 0.0  # fraction of the steps spent warming up linearly (onecycle: the peak)
     augment: bool = True  # random crop + horizontal flip
     crop_padding: int = 4
-    crop_mode: str = field(default="zeros", metadata=OMIT_AT_DEFAULT)  # padding: zeros or reflect
+    crop_mode: str = "zeros"  # padding: zeros or reflect
     # after crop and flip, one square hole of this side zeroed per image (augment.cutout); 0: none
-    cutout: int = field(default=0, metadata=at_least(0, **OMIT_AT_DEFAULT))
+    cutout: int = field(default=0, metadata=at_least(0))
     label_smoothing: float = 0.0
     # training-step precision: auto = bf16 on CUDA, fp32 on the CPU (see resolve_precision)
-    precision: str = field(default="auto", metadata=OMIT_AT_DEFAULT)
-    compile: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # torch.compile the train step
-    freeze_bn: bool = field(default=False, metadata=OMIT_AT_DEFAULT)  # BatchNorm in eval mode (NONE)
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the train step
+    freeze_bn: bool = False  # BatchNorm in eval mode (NONE)
     # a fixed number of steps per epoch, cycling through the samples (MixMatch's iterations);
     # None: one pass over them
-    steps_per_epoch: int | None = field(default=None, metadata=OMIT_AT_DEFAULT)
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -155,7 +155,7 @@ class TrainConfig:
 
     def key(self) -> dict:
         """The fields that identify a training run in cache keys and cell ids."""
-        return hashed_fields(TrainConfig, asdict(self))
+        return hashed_fields(TrainConfig, asdict(self), keyed_fields("train"))
 
 
 def default_device() -> torch.device:

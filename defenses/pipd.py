@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchmark.cache import OMIT_AT_DEFAULT
 from benchmark.isolation import channel_discrepancy, layer_features, top_channels
 from benchmark.jenks import jenks_upper
 from benchmark.losses import selective_loss
@@ -56,8 +55,8 @@ class PIPDParams(DefenseParams):
     pre_lr: float | None = None  # None: the base recipe's lr
     pre_augment: bool = True
     # None: the base recipe's (``pipd_abl_seed``: ABL's constant lr and weight decay 1e-4)
-    pre_schedule: str | None = field(default=None, metadata=OMIT_AT_DEFAULT)
-    pre_weight_decay: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
+    pre_schedule: str | None = None
+    pre_weight_decay: float | None = None
     gamma: float = 0.5
     lga_batch_mean: bool = True  # reference: LGA on the batch-mean loss; False: per sample
     p: float = field(default=0.01, metadata=within(0, 1))  # poisoned seed: lowest-loss share
@@ -65,11 +64,11 @@ class PIPDParams(DefenseParams):
     # Table 3: a seed of |P_p| samples, this share of them benign (drawn at random outside P_b)
     # and the rest the lowest-loss poisoned ones; built from the ground truth (an analysis, not
     # a defense). None: P_p as the loss ranking gives it; 0.0: a pure seed.
-    fault_ratio: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
+    fault_ratio: float | None = None
     # one-step isolation
     beta: float = 3.0
     # the quantile of P_p's features in Eq. 4: 1.0 is its max (the paper), 0.5 the median
-    seed_quantile: float = field(default=1.0, metadata=OMIT_AT_DEFAULT)
+    seed_quantile: float = 1.0
     rho: float = 0.04
     top_k: int | None = None  # fixed channels per layer instead of ceil(rho * C)
     stages: list[int] = field(default_factory=lambda: [2, 3, 4])
@@ -85,9 +84,9 @@ class PIPDParams(DefenseParams):
     lam: float = 1.0  # weight of the gradient-ascent term
     # Fig. 5: "unlearning" trains on D_b for the selective budget, then ABL's gradient ascent
     # on D_p (unlearn_epochs at unlearn_lr) instead of Eq. 10
-    training: str = field(default="selective", metadata=OMIT_AT_DEFAULT)
-    unlearn_epochs: int = field(default=20, metadata=OMIT_AT_DEFAULT)
-    unlearn_lr: float = field(default=5e-4, metadata=OMIT_AT_DEFAULT)
+    training: str = "selective"
+    unlearn_epochs: int = 20
+    unlearn_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.seed_quantile <= 1.0:
