@@ -149,17 +149,25 @@ def test_ctrl_c_under_ray_records_no_failures_and_the_rerun_completes(tiny_cifar
 
 
 @pytest.mark.slow
-def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar, tmp_path, capsys):
+def test_an_address_without_a_cluster_fails_in_seconds_with_one_line(tiny_cifar, tmp_path, capsys,
+                                                                     monkeypatch):
     import time
+
+    import ray
 
     from benchmark.cli import main
 
+    def no_ray(*args, **kwargs):  # Ray's own connect retries for ~20 s: the probe answers first
+        raise AssertionError("ray.init was reached")
+
+    monkeypatch.setattr(ray, "init", no_ray)
     t0 = time.perf_counter()
     code = main(["--grid", "smoke", "--data-root", str(tiny_cifar), "--cache-dir",
                  str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY,
                  "--attacks", "badnets", "--defenses", "no_defense", "--address", "127.0.0.1:1"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and time.perf_counter() - t0 < 5
+    print(f"refused in {time.perf_counter() - t0:.1f} s")  # timings stay out of asserts
+    assert code == 2
     assert err.startswith("error: --address 127.0.0.1:1: no Ray cluster answers there")
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "res" / "records").exists()

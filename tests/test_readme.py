@@ -10,7 +10,7 @@ import pytest
 
 README = Path(__file__).parents[1] / "README.md"
 # not the suite's CLI, or run by CI itself (install, tests), or a GPU machine's script
-NOT_CLI = ("python3 -m venv", "pip install", "python -m pytest", "python -m benchmark.gpucheck")
+NOT_CLI = ("python3 -m venv", "pip install", "python -m pytest", "python -m benchmark.gpucheck", "make ")
 
 
 def blocks(lang: str) -> list[str]:
@@ -27,6 +27,17 @@ def commands() -> list[list[str]]:
                 assert words[:2] == ["python", "run_benchmark.py"], line
                 out.append(words[2:])
     return out
+
+
+def test_the_first_two_commands_make_the_environment_and_ci_runs_the_second_as_written():
+    first = [ln.split("#")[0].strip() for ln in blocks("bash")[0].splitlines()]
+    assert first[:2] == ["make demo", "make test"]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert re.search(r"^make test(\s|$)", ci, flags=re.M) and "pip install" not in ci
+    make = (README.parent / "Makefile").read_text()
+    for target in ("demo", "test"):  # each depends on the environment's stamp, built once
+        assert re.search(rf"^{target}: \$\(READY\)", make, flags=re.M)
+    assert re.search(r"^\$\(READY\): pyproject.toml\n(\t.*\n)+", make, flags=re.M)
 
 
 def test_the_readme_is_a_five_minute_read():
