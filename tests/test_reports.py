@@ -153,6 +153,27 @@ def test_leaderboard_says_when_neighbouring_ranks_are_within_noise_and_marks_sca
                for n in board.notes)
 
 
+def test_missing_lists_what_the_tables_and_the_leaderboard_lack_and_nothing_else(monkeypatch):
+    from benchmark.reports.cli import missing_cells
+
+    recs = [record(a, d, s, ca=80, asr=5) for a in ("badnets", "blended")
+            for d, seeds in (("no_defense", (0, 1, 2)), ("pipd", (0, 1, 2)), ("abl", (0,)),
+                             ("dbd", (0,)), ("scan", (0,)), ("pipd_q90", (0,))) for s in seeds]
+    recs += [record("sig", d, 0, ca=80, asr=5) for d in ("no_defense", "pipd", "abl", "dbd")]
+    lines = missing_cells(frame(recs), "quick")
+    groups = {ln.split(": `")[0] for ln in lines}
+    assert groups == {  # the ranked abl at the seeds pipd has; the tables: every pair at seed 0
+        "cifar10: abl seed 1 on badnets, blended", "cifar10: abl seed 2 on badnets, blended",
+        "cifar10: scan seed 0 on sig", "cifar10: pipd_q90 seed 0 on sig"}, groups
+    # not wanted: dbd (marked †) and the variant pipd_q90 or the detector scan at seeds 1-2
+    assert "--attacks badnets,blended --defenses abl --seeds 1`" in lines[0]
+    from defenses import DEFENSES  # a record of an older version fills nothing
+
+    monkeypatch.setattr(DEFENSES.get("abl"), "version", DEFENSES.get("abl").version + 1)
+    groups = {ln.split(": `")[0] for ln in missing_cells(frame(recs), "quick")}
+    assert "cifar10: abl seed 0 on badnets, blended, sig" in groups
+
+
 def test_compare_pairs_by_seed_with_an_exact_sign_flip_test():
     assert compare.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
     assert compare.sign_flip_p([1.0, -1.0]) == 1.0

@@ -35,22 +35,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def missing_cells(df: pd.DataFrame, grid: str) -> list[str]:
-    """For every dataset: the (attack, defense, seed) cells at default settings that some other
-    record implies (its attacks x defenses x seeds) but no record fills, grouped into the grid
-    commands that would fill them; failed cells too."""
+    """For every dataset, the cells at default settings that the tables and the leaderboard lack,
+    grouped into the grid commands that would fill them (a record of an older method version
+    fills nothing); failed cells too. The tables want every
+    attack x defense of the records at the first seed; the leaderboard wants, on each attack,
+    every ranked defense (a default that trains a final model, not marked †) and No Defense at
+    every seed that one of them has there, so that its ranks carry intervals."""
     lines: list[str] = []
     if df.empty:
         return lines
-    plain = df[~df["attack_label"].str.contains(" ") & (df["defense_label"] == df["defense_label"]
-                                                        .str.split("[").str[0])]
+    plain = df[~df["attack_label"].str.contains(" ")
+               & (df["defense_label"] == df["defense_label"].str.split("[").str[0])]
+    caveats = leaderboard.marked_caveats(df)
     for dataset, g in plain.groupby("dataset"):
-        done = set(zip(g[g["status"] == "ok"]["attack"], g[g["status"] == "ok"]["defense"],
-                       g[g["status"] == "ok"]["seed"], strict=True))
-        want = {(a, d, s) for a in g["attack"].unique() for d in g["defense"].unique()
-                for s in g["seed"].unique()}
-        todo = sorted(want - done)
+        ok = g[(g["status"] == "ok") & g["current"].astype(bool)]
+        done = set(zip(ok["attack"], ok["defense"], ok["seed"], strict=True))
+        first = int(g["seed"].min())
+        want = {(a, d, first) for a in g["attack"].unique() for d in g["defense"].unique()}
+        judged = g[g["trains_model"].astype(bool) & ~g["detector"].astype(bool) & ~g["variant"].astype(bool)
+                   & ~g["defense"].isin(list(caveats))]
+        ranked = set(judged["defense"]) | {"no_defense"}
+        for a, cells in ok[ok["defense"].isin(list(ranked))].groupby("attack"):
+            want |= {(a, d, int(s)) for d in ranked for s in cells["seed"].unique()}
         by_defense: dict[tuple[str, int], list[str]] = {}
-        for a, d, s in todo:
+        for a, d, s in sorted(want - done):
             by_defense.setdefault((d, s), []).append(a)
         for (d, s), attacks in sorted(by_defense.items()):
             lines.append(f"{dataset}: {d} seed {s} on {', '.join(attacks)}: "

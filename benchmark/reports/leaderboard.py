@@ -79,7 +79,7 @@ def _cells(df: pd.DataFrame) -> pd.DataFrame:
     return ok[learned].copy()
 
 
-def _caveats(df: pd.DataFrame) -> dict[str, str]:
+def marked_caveats(df: pd.DataFrame) -> dict[str, str]:
     """defense -> where the diagnosis of its non-convergence at the records' preset lives."""
     return {d: c for d, c in zip(df["defense"], df["caveat"], strict=True) if isinstance(c, str) and c}
 
@@ -158,7 +158,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
         return Board(pd.DataFrame(columns=RANKED_COLUMNS), pd.DataFrame(columns=DETECTOR_COLUMNS))
     ok = _cells(df)
     ok["f1"] = [_f1(p, t) for p, t in zip(ok["precision"], ok["tpr"], strict=True)]
-    caveats = _caveats(df)
+    caveats = marked_caveats(df)
     ranked_rows, detector_rows, shared_of, notes = [], [], {}, []
     seeded_rows: list[dict] = []
     seeded_on: dict[str, dict[str, list]] = {}
