@@ -105,7 +105,7 @@ def _line(record: dict[str, Any]) -> str:
         return f"{head}: FAILED {record.get('error', '')}"
     m = record["metrics"]
     shown = [f"{name} {100 * m[key]:.2f}%" for key, name in
-             (("ca", "CA"), ("asr", "ASR"), ("tpr", "TPR"), ("fpr", "FPR"))
+             (("ca", "CA"), ("asr", "ASR"), ("tpr", "TPR"), ("fpr", "FPR"), ("auroc", "AUROC"))
              if isinstance(m.get(key), float) and math.isfinite(m[key])]
     return f"{head}: {'  '.join(shown)}  ({duration(record['timings']['total_s'])})"
 

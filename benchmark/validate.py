@@ -3,8 +3,9 @@
 
 Every option is a dataclass field (or a model builder's parameter) with a type annotation;
 ``check_fields`` checks each value against it (``int``, ``float``, ``bool``, ``str``, ``None``
-unions, ``list[...]``), numbers are non-negative unless the field says ``signed``, and a
-field's metadata may add a minimum (``at_least(1)``) or a set of choices (``one_of(...)``).
+unions, ``list[...]``), numbers are non-negative unless the field says ``signed=True``, and a
+field's metadata may add a closed range (``at_least(1)``, ``within(0, 1)``), an open one
+(``between(0, 1)``: both ends excluded) or a set of choices (``one_of(...)``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from benchmark.registry import UsageError
 
 MIN, MAX, CHOICES, SIGNED = "min", "max", "choices", "signed"
+ABOVE, BELOW = "above", "below"  # exclusive bounds
 
 
 def at_least(n: float, **more: Any) -> dict[str, Any]:
@@ -27,8 +29,14 @@ def at_least(n: float, **more: Any) -> dict[str, Any]:
 
 
 def within(low: float, high: float, **more: Any) -> dict[str, Any]:
-    """Field metadata: low <= value <= high."""
+    """Field metadata: low <= value <= high (``signed=True`` in ``more`` allows a negative low)."""
     return {MIN: low, MAX: high, **more}
+
+
+def between(low: float, high: float, **more: Any) -> dict[str, Any]:
+    """Field metadata: low < value < high, both ends excluded (a share that must flag something
+    and not everything: ``between(0, 1)``)."""
+    return {ABOVE: low, BELOW: high, **more}
 
 
 def one_of(*choices: Any, **more: Any) -> dict[str, Any]:
@@ -88,6 +96,9 @@ def check_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None 
             raise UsageError(f"{key}: must be >= {meta[MIN]}, got {v!r}")
         if MAX in meta and v > meta[MAX]:
             raise UsageError(f"{key}: must be <= {meta[MAX]}, got {v!r}")
+        if ABOVE in meta and not v > meta[ABOVE] or BELOW in meta and not v < meta[BELOW]:
+            raise UsageError(f"{key}: must be strictly between {meta.get(ABOVE, '-inf')} and "
+                             f"{meta.get(BELOW, 'inf')}, got {v!r}")
         if v < 0 and not meta.get(SIGNED):
             raise UsageError(f"{key}: must not be negative, got {v!r}")
 

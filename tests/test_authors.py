@@ -38,7 +38,9 @@ def test_the_page_plugin_runs_a_grid_and_a_comparison_with_pipd(tiny_cifar, tmp_
     assert "class_loss_filter vs pipd" in capsys.readouterr().out
 
     assert main([*grid, "--set", "class_loss_filter.drop=1.5"]) == 2
-    assert capsys.readouterr().err.strip() == "error: class_loss_filter.drop: must be <= 1, got 1.5"
+    assert capsys.readouterr().err.strip() == ("error: class_loss_filter.drop: must be strictly "
+                                               "between 0 and 1, got 1.5")
+    assert main([*grid, "--set", "class_loss_filter.drop=0", "--dry-run"]) == 2  # flags nothing
 
 
 def test_every_field_of_the_interface_is_described_on_the_page():

@@ -105,3 +105,17 @@ def test_repoisoning_is_for_plain_training_only_and_keeps_the_fixed_cells_ids():
     with pytest.raises(UsageError, match="training-time control.*pipd cannot run it; valid: no_defense"):
         resolve_cell("smoke", "wanet", "pipd", 0, parse_sets(["wanet.repoison_every_epoch=true"]))
 
+
+
+def test_open_and_closed_ranges_refuse_their_ends_as_declared():
+    from benchmark.validate import at_least, between, check_value, within
+
+    check_value("x", 0, float, within(0, 1))
+    check_value("x", 1, float, within(0, 1))
+    check_value("x", 0.5, float, between(0, 1))
+    for value in (0, 1, 1.5, -0.1):
+        with pytest.raises(UsageError, match="x: must be strictly between 0 and 1"):
+            check_value("x", value, float, between(0, 1))
+    with pytest.raises(UsageError, match="must not be negative"):
+        check_value("x", -1, float, at_least(-2))
+    check_value("x", -1, float, at_least(-2, signed=True))

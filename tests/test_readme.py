@@ -141,3 +141,9 @@ def test_every_readme_command_runs_as_written(tiny_cifar, tmp_path, monkeypatch,
         assert code == 0, (argv, capsys.readouterr().err[-2000:])
         ran.append(argv[0])
     assert "report" in ran and ran.count("report") < len(ran)
+    from tests.test_cli import TINY  # the plugin's run itself, on one tiny cell
+
+    assert main(["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar),
+                 "--results", str(tmp_path / "ran"), "--cache-dir", str(tmp_path / "cache"), *TINY,
+                 "--plugin", paths["my_defense.py"], "--attacks", "badnets", "--defenses",
+                 "my_defense", "--set", "my_defense.epochs=1"]) == 0

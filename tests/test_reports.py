@@ -1,6 +1,7 @@
 """Reports read records only: tables, paper values, figures, leaderboard, comparison, HTML."""
 
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -172,6 +173,16 @@ def test_missing_lists_what_the_tables_and_the_leaderboard_lack_and_nothing_else
     monkeypatch.setattr(DEFENSES.get("abl"), "version", DEFENSES.get("abl").version + 1)
     groups = {ln.split(": `")[0] for ln in missing_cells(frame(recs), "quick")}
     assert "cifar10: abl seed 0 on badnets, blended, sig" in groups
+
+
+def test_compare_with_a_detector_reads_isolation_only():
+    recs = [record("badnets", "scan", s, ca=60, asr=90, tpr=95, fpr=2) for s in range(2)]
+    recs += [record("badnets", "pipd", s, ca=80, asr=2, tpr=90, fpr=5) for s in range(2)]
+    row = compare.compare(frame(recs), "scan", "pipd").iloc[0]
+    assert math.isnan(row["dCA"]) and math.isnan(row["dASR"])  # the inspected model's, not comparable
+    assert row["dTPR"] == pytest.approx(5) and row["dFPR"] == pytest.approx(-3)
+    assert row["verdict"] == ("isolation only (CA / ASR not compared): scan better than pipd: "
+                              "TPR higher, FPR lower")
 
 
 def test_compare_pairs_by_seed_with_an_exact_sign_flip_test():
@@ -450,3 +461,10 @@ def test_a_plugins_records_read_without_the_plugin_keep_their_settings_apart():
     assert two.loc[two["defense"] == "loss_spread", "defense_label"].nunique() == 2
     with pytest.raises(UsageError, match="loss_spread has several variants here"):
         compare.compare(two, "loss_spread", "pipd")
+
+
+def test_a_cells_closing_line_shows_the_detectors_auroc():
+    from benchmark.grid import _line
+
+    line = _line(record("badnets", "scan", 0, ca=60, asr=90, tpr=95, fpr=2, auroc=97.5))
+    assert line.endswith("CA 60.00%  ASR 90.00%  TPR 95.00%  FPR 2.00%  AUROC 97.50%  (1 s)"), line

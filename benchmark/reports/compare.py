@@ -4,7 +4,9 @@ For every attack (and setting) both ran on, the mean over seeds of the paired di
 NEW - BASELINE in CA, ASR, TPR and FPR, with an exact two-sided sign-flip permutation test on
 the paired differences (every sign assignment; n/a with fewer than two seeds; with n seeds the
 smallest attainable p is 2 / 2^n), and a one-line verdict: better, worse or mixed on the two
-numbers a defense is judged by (ASR down without costing CA)."""
+numbers a defense is judged by (ASR down without costing CA). Where either side trains no
+defended model (a detector, an isolation-only setting), CA and ASR are not compared (a
+detector's are those of the model it inspected) and the verdict reads TPR and FPR instead."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def compare(df: pd.DataFrame, new: str, baseline: str = "pipd", tolerance: float
         return rows.set_index(["dataset", "attack_label", "seed"])
 
     a, b = cells(new), cells(baseline)
+    isolation_only = not (a["trains_model"].astype(bool).all() and b["trains_model"].astype(bool).all())
     groups: dict[tuple[str, str], list] = {}
     for key in a.index.intersection(b.index):
         groups.setdefault(key[:2], []).append(key)
@@ -54,11 +57,15 @@ def compare(df: pd.DataFrame, new: str, baseline: str = "pipd", tolerance: float
     for (dataset, attack), pairs in sorted(groups.items()):
         row: dict = {"dataset": dataset, "attack": attack, "seeds": len(pairs)}
         for m, name in METRICS.items():
+            if isolation_only and m in ("ca", "asr"):
+                row[f"d{name}"] = row[f"p{name}"] = math.nan
+                continue
             d = [100 * (a.at[k, m] - b.at[k, m]) for k in pairs]
             d = [x for x in d if not math.isnan(x)]
             row[f"d{name}"] = sum(d) / len(d) if d else math.nan
             row[f"p{name}"] = sign_flip_p(d) if d else math.nan
-        row["verdict"] = verdict(row["dASR"], row["dCA"], tolerance, new, baseline)
+        row["verdict"] = (isolation_verdict(row["dTPR"], row["dFPR"], tolerance, new, baseline)
+                          if isolation_only else verdict(row["dASR"], row["dCA"], tolerance, new, baseline))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -75,6 +82,23 @@ def verdict(d_asr: float, d_ca: float, tol: float, new: str, baseline: str) -> s
     if (asr, ca) == ("equal", "equal"):
         return f"{new} on a par with {baseline} (within {tol:g} points)"
     return f"mixed: ASR {asr}, CA {ca}"
+
+
+def isolation_verdict(d_tpr: float, d_fpr: float, tol: float, new: str, baseline: str) -> str:
+    """The verdict on isolation alone: more poisoned samples caught (TPR) for fewer clean ones
+    flagged (FPR) is better."""
+    if math.isnan(d_tpr) or math.isnan(d_fpr):
+        return "n/a (isolation only, and a side isolates nothing)"
+    tpr = "higher" if d_tpr > tol else "lower" if d_tpr < -tol else "equal"
+    fpr = "lower" if d_fpr < -tol else "higher" if d_fpr > tol else "equal"
+    head = "isolation only (CA / ASR not compared): "
+    if (tpr, fpr) == ("equal", "equal"):
+        return head + f"{new} on a par with {baseline} (within {tol:g} points)"
+    if tpr in ("higher", "equal") and fpr in ("lower", "equal"):
+        return head + f"{new} better than {baseline}: TPR {tpr}, FPR {fpr}"
+    if tpr in ("lower", "equal") and fpr in ("higher", "equal"):
+        return head + f"{new} worse than {baseline}: TPR {tpr}, FPR {fpr}"
+    return head + f"mixed: TPR {tpr}, FPR {fpr}"
 
 
 def markdown(table: pd.DataFrame, new: str, baseline: str) -> str:
