@@ -227,19 +227,32 @@ def test_html_leaderboard_renders_in_a_headless_browser(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium where it can)")
-    from benchmark.reports import html
+    from benchmark.reports import cellpages, html
 
     recs = [record(a, d, ca=80, asr=asr) for a in ("badnets", "blended")
             for d, asr in (("no_defense", 100), ("abl", 5))]
+    recs[1]["curves"] = {"train": [{"epoch": 1, "ca": 0.5, "asr": 0.9, "train_loss": 1.2},
+                                   {"epoch": 2, "ca": 0.6, "asr": 0.1, "train_loss": 0.8}]}
+    anchors = cellpages.write(recs, frame(recs), tmp_path / "cells")
     page = tmp_path / "index.html"
+
+    def link(*labels):
+        name = cellpages.anchor(*labels)
+        return f"cells/index.html#{name}" if name in anchors else None
+
     page.write_text(html.page(leaderboard.leaderboard(frame(recs)), [tables.table1(frame(recs))], [],
-                              "test report", []))
+                              "test report", [], link))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
     assert 'id="leaderboard-cifar10"' in dom and "<b>abl</b>" in dom and "Table 1" in dom
+    assert 'href="cells/index.html#cifar10--badnets--abl"' in dom
+    cell = (tmp_path / "cells" / f"{recs[1]['id']}.html").as_uri()
+    dom = subprocess.run([browser, *flags, "--dump-dom", cell], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "badnets / abl seed 0" in dom and 'alt="curves"' in dom and "Timings (s)" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
                    capture_output=True, timeout=120)
@@ -468,3 +481,33 @@ def test_a_cells_closing_line_shows_the_detectors_auroc():
 
     line = _line(record("badnets", "scan", 0, ca=60, asr=90, tpr=95, fpr=2, auroc=97.5))
     assert line.endswith("CA 60.00%  ASR 90.00%  TPR 95.00%  FPR 2.00%  AUROC 97.50%  (1 s)"), line
+
+
+def test_every_cell_has_a_page_that_the_tables_and_the_leaderboard_link_to(tmp_path):
+    from benchmark.reports import cellpages, html
+
+    recs = [record("badnets", d, s, ca=80, asr=asr) for d, asr in (("no_defense", 100), ("abl", 5))
+            for s in (0, 1)]
+    recs[2]["curves"] = {"isolation": [{"epoch": 1, "ca": 0.5, "asr": 0.9, "train_loss": 1.2},
+                                       {"epoch": 2, "ca": 0.6, "asr": 0.95, "train_loss": 0.8}],
+                         "unlearning": [{"epoch": 1, "ca": 0.7, "asr": 0.05, "train_loss": 2.0}]}
+    recs[2]["isolation"] = {"isolated": {"tpr": 0.2, "fpr": 0.001, "precision": 0.9, "n_isolated": 222,
+                                         "n_poisoned": 1000}, "masks": {"round_1": {"tpr": 0.1, "fpr": 0.0}}}
+    df = frame(recs)
+    anchors = cellpages.write(recs, df, tmp_path / "cells")
+    assert {"cifar10--abl", "cifar10--badnets--abl", "cifar10--no_defense"} <= anchors
+    abl = (tmp_path / "cells" / f"{recs[2]['id']}.html").read_text()
+    assert "badnets / abl seed 0" in abl and "data:image/png;base64," in abl  # its curves
+    assert "<td>round_1</td><td>10.00</td><td>0.00</td>" in abl and "<td>222</td>" in abl
+    assert "<td>CA</td><td>80.00</td>" in abl
+    assert "data:image" not in (tmp_path / "cells" / f"{recs[0]['id']}.html").read_text()  # no curves
+    index = (tmp_path / "cells" / "index.html").read_text()
+    assert all(f"href='{r['id']}.html'" in index for r in recs)
+
+    def link(*labels):
+        name = cellpages.anchor(*labels)
+        return f"cells/index.html#{name}" if name in anchors else None
+
+    page = html.page(leaderboard.leaderboard(df), [tables.table1(df)], [], "t", [], link)
+    assert "<a href='cells/index.html#cifar10--abl'><b>abl</b></a>" in page  # the leaderboard row
+    assert "<td><a href='cells/index.html#cifar10--badnets--abl'>" in page  # a table cell

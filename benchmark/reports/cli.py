@@ -14,7 +14,7 @@ import pandas as pd
 
 from benchmark import sources
 from benchmark.cliutil import split_csv
-from benchmark.reports import compare, figures, html, leaderboard, records, render, tables
+from benchmark.reports import cellpages, compare, figures, html, leaderboard, records, render, tables
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +97,14 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     changed = sources.changed_note(x for r in recs for x in sources.stale(r))
     if changed:
         notes.append(changed)
-    (out / "index.html").write_text(html.page(board, built, figs, "backdoor-defense-bench report", notes))
+    anchors = cellpages.write(recs, df, out / "cells")
+
+    def link(*labels: object) -> str | None:
+        name = cellpages.anchor(*labels)
+        return f"cells/{cellpages.INDEX}#{name}" if name in anchors else None
+
+    (out / "index.html").write_text(html.page(board, built, figs, "backdoor-defense-bench report", notes,
+                                              link))
     (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
                                                               or "none") + "\n")
     written += [out / "leaderboard.md", out / "headline.md", out / "records.md",

@@ -1,10 +1,13 @@
 """One self-contained HTML page: the leaderboard (sortable columns), the tables and the figures
-embedded; inline CSS and JavaScript, no network access needed to view it."""
+embedded; inline CSS and JavaScript, no network access needed to view it. With the cell pages
+(``benchmark.reports.cellpages``) beside it, every table cell and leaderboard row links to the
+cells behind it."""
 
 from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.reports import leaderboard
@@ -24,16 +27,41 @@ rows.sort((x,y)=>{const a=v(x),c=v(y);return (a>c?1:a<c?-1:0)*(asc?1:-1)});
 rows.forEach(r=>b.appendChild(r))}"""
 
 
-def _table(header: list[str], rows: list[list[tuple[str, bool]]], table_id: str) -> str:
+Link = Callable[..., str | None]  # the labels of a group of cells -> its address, or None
+
+
+def _cell(x: str, bold: bool, href: str | None = None) -> str:
+    text = f"<b>{html.escape(x)}</b>" if bold and x else html.escape(x)
+    return f"<td><a href='{html.escape(href)}'>{text}</a></td>" if href and x else f"<td>{text}</td>"
+
+
+def _table(header: list[str], rows: list[list[tuple]], table_id: str) -> str:
+    """Rows of (text, bold) or (text, bold, href) cells."""
     head = "".join(f'<th onclick="sortBy(this)">{html.escape(h)}</th>' for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{'<b>' if b and x else ''}{html.escape(x)}"
-                                    f"{'</b>' if b and x else ''}</td>" for x, b in r) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(_cell(*c) for c in r) + "</tr>" for r in rows)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _linked(header: list[str], rows: list[list[tuple[str, bool]]], n_index: int, link: Link
+            ) -> list[list[tuple]]:
+    """A table's rows with each value cell linked to its (dataset, attack, column) group."""
+    out = []
+    for r in rows:
+        key = [x for x, _ in r[:n_index]]
+        if len(key) != 2:
+            out.append(r)
+            continue
+        attack = key[1].split(" (")[0] if " (not learned" in key[1] else key[1]
+        out.append(r[:n_index] + [(x, b, link(key[0], attack, col))
+                                  for (x, b), col in zip(r[n_index:], header[n_index:], strict=True)])
+    return out
+
+
 def page(board: Board, tables: list[Table], figures: list[Path], title: str,
-         notes: list[str]) -> str:
+         notes: list[str], link: Link | None = None) -> str:
+    """The report's page; ``link(dataset, defense)`` and ``link(dataset, attack, defense)`` give
+    the address of a leaderboard row's and a table cell's cells (None: no link)."""
+    link = link or (lambda *labels: None)
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     parts.append(f"<h2>Leaderboard</h2><p>{html.escape(leaderboard.INTRO)} Click a column to "
@@ -45,12 +73,15 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
         for n, (caption, g) in enumerate(leaderboard.sections(board, dataset)):
             header, rows = leaderboard.ranked_cells(g)
             parts += [f"<p>{html.escape(caption)}</p>",
-                      _table(header, [[(x, r[0] == "1" and i == 1) for i, x in enumerate(r)]
+                      _table(header, [[(x, r[0] == "1" and i == 1,
+                                        link(dataset, x.removesuffix(" †")) if i == 1 else None)
+                                       for i, x in enumerate(r)]
                                       for r in rows], f"leaderboard-{dataset}" + (f"-{n}" if n else ""))]
         dg = board.detectors[board.detectors["dataset"] == dataset]
         if not dg.empty:
             header, rows = leaderboard.detector_cells(dg)
-            parts += ["<p>Detectors</p>", _table(header, [[(x, False) for x in r] for r in rows],
+            parts += ["<p>Detectors</p>", _table(header, [[(x, False, link(dataset, x) if i == 0 else None)
+                                                           for i, x in enumerate(r)] for r in rows],
                                                  f"detectors-{dataset}")]
     parts += [f"<p>{html.escape(n)}</p>" for n in board.notes]
     for t in tables:
@@ -59,7 +90,10 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
             parts.append(f"<p>no records yet; fill with <code>{html.escape(t.command)}</code></p>")
             continue
         for m in metrics(t):
-            parts += [f"<h4>{html.escape(m)}</h4>", _table(*cells(t, m), f"{t.name}-{m}")]
+            header, rows = cells(t, m)
+            parts += [f"<h4>{html.escape(m)}</h4>",
+                      _table(header, _linked(header, rows, len(t.index), link)
+                             if list(t.index) == ["dataset", "attack_label"] else rows, f"{t.name}-{m}")]
         for m in metrics(t):
             paper = paper_cells(t, m)
             if paper is not None:
