@@ -5,7 +5,8 @@ never typed. A block is
     ...
     <!-- /generated -->
 
-(or ``<!-- generated: KIND -->`` for a table read from the code: ``apidoc.RENDERERS``),
+(or ``<!-- generated: KIND -->`` for a table read from the code: ``apidoc.RENDERERS``; an
+analysis's table reads its folders' raw records: ``benchmark.analyses.summaries.RENDERERS``),
 where KIND names a renderer below, FOLDER a records folder relative to the repository root (or
 several, comma-separated) and
 the optional filters keep the records of those attacks / defenses (registry names; or
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.analyses import summaries
 from benchmark.reports import apidoc, records, tables
 
 ROOT = Path(__file__).parents[2]
@@ -57,9 +59,12 @@ def render(text: str, root: Path = ROOT) -> str:
         kind, folder = m.group(2), m.group(3)
         if kind in apidoc.RENDERERS and folder is None:
             return m.group(1) + apidoc.RENDERERS[kind]() + m.group(6)
+        if kind in summaries.RENDERERS and folder is not None:
+            return m.group(1) + summaries.RENDERERS[kind]([root / f for f in folder.split(",")]) + m.group(6)
         if kind not in KINDS or folder is None:
             raise ValueError(f"unknown generated block {kind!r} {folder or ''}; valid: "
-                             f"{', '.join(f'{k} FOLDER' for k in KINDS)}, {', '.join(apidoc.RENDERERS)}")
+                             f"{', '.join(f'{k} FOLDER' for k in [*KINDS, *summaries.RENDERERS])}, "
+                             f"{', '.join(apidoc.RENDERERS)}")
         rows = select(records.load([root / f for f in folder.split(",")]), m.group(4))
         return m.group(1) + KINDS[kind](rows) + m.group(6)
 
