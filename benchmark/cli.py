@@ -15,10 +15,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.cliutil import parse_seeds, split_csv, writable_folder
 from benchmark.presets import PRESETS
 from benchmark.registry import UsageError
+
+if TYPE_CHECKING:
+    from benchmark.spec import CellSpec
 
 COMMANDS = ("run", "list", "report", "triggers")
 PROG = "run_benchmark.py"
@@ -200,11 +204,13 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         from benchmark.plans import has_dev_runs, print_plan
         from benchmark.sources import current_sources
+        from benchmark.spec import CellSpec
 
-        plan = [(cell_id(c), f"{c['model']} {describe(c)}", *dev_twin(c), json.dumps(current_sources(c)))
-                for c in cells]
+        specs = [CellSpec.from_config(c) for c in cells]
+        plan = [(s.id, f"{s.model} {describe(c)}", *dev_twin(s), json.dumps(current_sources(c)))
+                for s, c in zip(specs, cells, strict=True)]
         estimates = not args.fast_dev_run and has_dev_runs(plan, rt.results)
-        print_plan(plan, rt.results, *(estimate_speeds(args, rt, cells) if estimates else ()))
+        print_plan(plan, rt.results, *(estimate_speeds(args, rt, specs) if estimates else ()))
         return 0
 
     t0 = time.perf_counter()
@@ -242,31 +248,29 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def dev_twin(config: dict) -> tuple[str, str]:
+def dev_twin(spec: CellSpec) -> tuple[str, str]:
     """(the id of the cell's development run, its speed key): what its estimate reads."""
-    from benchmark.config import cell_id
     from benchmark.cost import speed_key
-    from benchmark.devrun import mark
+    from benchmark.devrun import DevRun
 
-    return cell_id(mark(config)), speed_key(config)
+    return spec.replace(fast_dev_run=DevRun()).id, speed_key(spec)
 
 
-def estimate_speeds(args: argparse.Namespace, rt, cells: list[dict]) -> tuple[dict[str, float], str]:
+def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec]) -> tuple[dict[str, float], str]:
     """(img/s by speed key, the device's name) for the dry-run's estimates: the calibration
     file's, or measured here for each model of a cell with a development run (once, cached)."""
-    from benchmark.config import cell_id
     from benchmark.cost import Throughputs, speed_key
-    from benchmark.devrun import FOLDER, mark
+    from benchmark.devrun import FOLDER, DevRun
     from benchmark.store import ResultStore
 
     speeds = Throughputs(rt.cache_dir, Path(args.calibration) if args.calibration else None,
                          args.device)
     dev = ResultStore(rt.results / FOLDER)
-    for c in cells:
-        if speed_key(c) not in speeds.known and dev.status(cell_id(mark(c))) == "ok":
-            print(f"measuring the training throughput of {speed_key(c)} on {speeds.kind} ...",
+    for spec in specs:
+        if speed_key(spec) not in speeds.known and dev.status(spec.replace(fast_dev_run=DevRun()).id) == "ok":
+            print(f"measuring the training throughput of {speed_key(spec)} on {speeds.kind} ...",
                   file=sys.stderr, flush=True)
-            speeds.get(c)
+            speeds.get(spec)
     return dict(speeds.known), speeds.kind
 
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmark.spec import CellSpec
 
 # training-image equivalents per image of a phase, by the phase's name (default 1)
 PASSES = {
@@ -50,12 +53,11 @@ def units(work: list[dict[str, Any]]) -> float:
     return total
 
 
-def speed_key(config: dict[str, Any]) -> str:
+def speed_key(spec: CellSpec) -> str:
     """What the throughput of a cell depends on besides the device: model, its parameters, the
     image size and the training precision asked for."""
-    params = ",".join(f"{k}={v}" for k, v in sorted(config["model_params"].items()))
-    size = config["data"].get("image_size", 32)
-    return f"{config['model']}({params}) {size}px {config['train'].get('precision', 'auto')}"
+    params = ",".join(f"{k}={v}" for k, v in sorted(spec.model_params.items()))
+    return f"{spec.model}({params}) {spec.data.get('image_size', 32)}px {spec.train.precision}"
 
 
 def device_kind(device: str | None = None) -> str:
@@ -72,9 +74,9 @@ def device_kind(device: str | None = None) -> str:
             f"{'bf16' if cpu_native_bf16() else 'no-bf16'} {torch.get_num_threads()} threads")
 
 
-def measure(config: dict[str, Any], device: str | None = None, batches: int = 3,
+def measure(spec: CellSpec, device: str | None = None, batches: int = 3,
             batch_size: int = 32) -> float:
-    """Supervised training img/s of ``config``'s model on the device (a warm-up batch, then
+    """Supervised training img/s of the cell's model on the device (a warm-up batch, then
     ``batches`` timed ones of random images)."""
     import torch
 
@@ -83,13 +85,13 @@ def measure(config: dict[str, Any], device: str | None = None, batches: int = 3,
     from benchmark.perf import bench_trainer
     from benchmark.train import Trainer
 
-    size = config["data"].get("image_size", 32)
+    size = spec.data.get("image_size", 32)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batches * batch_size, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (len(images),), generator=g)
-    model = build_model(config["model"], 10, **config["model_params"])
+    model = build_model(spec.model, 10, **spec.model_params)
     return bench_trainer(Trainer(CIFAR10_MEAN, CIFAR10_STD, device=device), 0, images, labels,
-                         batch_size, config["train"].get("precision", "auto"), False, model=model,
+                         batch_size, spec.train.precision, False, model=model,
                          warmup_batches=1)[0]
 
 
@@ -110,10 +112,10 @@ class Throughputs:
             except (OSError, ValueError):
                 self.known = {}
 
-    def get(self, config: dict[str, Any]) -> float | None:
-        key = speed_key(config)
+    def get(self, spec: CellSpec) -> float | None:
+        key = speed_key(spec)
         if key not in self.known and self.measured_here:
-            self.known[key] = measure(config, self.device)
+            self.known[key] = measure(spec, self.device)
             self._save()
         return self.known.get(key)
 
@@ -131,13 +133,13 @@ class Throughputs:
             pass
 
 
-def estimate(config: dict[str, Any], work: list[dict[str, Any]] | None, speeds: Throughputs
+def estimate(spec: CellSpec, work: list[dict[str, Any]] | None, speeds: Throughputs
              ) -> float | None:
     """Seconds the cell should take on the device, or None without its development run (or a
     throughput for its model)."""
     if work is None:
         return None
-    speed = speeds.get(config)
+    speed = speeds.get(spec)
     return units(work) / speed if speed else None
 
 
@@ -163,12 +165,13 @@ def check(records_dir: Path, calibration: Path, cache_dir: Path) -> list[dict[st
         if any("reused" in str(v) for v in rec.get("defense_info", {}).values()):
             continue  # a shared model came from the cache: the record's time lacks it
         with tempfile.TemporaryDirectory() as tmp:
-            spec = CellSpec.from_config(rec["config"]).replace(fast_dev_run=DevRun())
-            dev = run_cell(spec, Runtime(results=Path(tmp), cache_dir=cache_dir))
+            spec = CellSpec.from_config(rec["config"])
+            dev = run_cell(spec.replace(fast_dev_run=DevRun()),
+                           Runtime(results=Path(tmp), cache_dir=cache_dir))
         work = dev["fast_dev_run"]["work"]
         if rec["timings"].get("attack_s", 0) < 5:  # the attack's artifacts were cached then
             work = work[dev["fast_dev_run"]["attack_entries"]:]
-        est = estimate(rec["config"], work, speeds)
+        est = estimate(spec, work, speeds)
         rows.append({"id": rec["id"], "cell": f"{rec['config']['attack']}/{rec['config']['defense']}",
                      "measured_s": rec["timings"]["total_s"], "estimated_s": est,
                      "ratio": est / rec["timings"]["total_s"] if est else None})

@@ -180,16 +180,15 @@ def ray_packing(scale: dict, data_root: str | None, work: Path) -> dict[str, Any
 
 def calibration(report: dict[str, Any], scale: dict) -> dict[str, Any]:
     """The supervised img/s of the full configuration's speed key, for ``--dry-run --calibration``."""
-    from benchmark.config import resolve_cell
     from benchmark.cost import device_kind, speed_key
+    from benchmark.spec import CellSpec
 
-    config = resolve_cell(scale["grid"], "badnets", "no_defense", 0, [])
+    spec = CellSpec.resolve(scale["grid"], "badnets", "no_defense", 0)
     tp = report.get("throughput", {})
     precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    batch = config["train"]["batch_size"] if config["train"]["batch_size"] in scale["batches"] \
-        else scale["batches"][0]
+    batch = spec.train.batch_size if spec.train.batch_size in scale["batches"] else scale["batches"][0]
     speed = tp.get(f"trainer {precision} b{batch}")
-    return {"device_kind": device_kind(), "img_per_s": {speed_key(config): speed} if speed else {},
+    return {"device_kind": device_kind(), "img_per_s": {speed_key(spec): speed} if speed else {},
             "source": "benchmark.gpucheck throughput, the trainer at the preset's batch size"}
 
 

@@ -40,10 +40,10 @@ ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _value(ident: dict[str, Any], config: dict[str, Any], field: str) -> tuple[bool, Any]:
-    """(present, value) of one table entry for a cell."""
-    if field == "precision":
-        precision = config["train"].get("precision", "auto")
+def _value(ident: dict[str, Any], field: str) -> tuple[bool, Any]:
+    """(present, value) of one table entry for a cell's identity."""
+    if field == "precision":  # hashed off its default only: absent means "auto"
+        precision = ident["train"].get("precision", "auto")
         return precision != "auto", precision
     name, _, left_out = field.partition("-")
     if name not in ident:  # a version while it is 1, a development run's settings
@@ -52,18 +52,12 @@ def _value(ident: dict[str, Any], config: dict[str, Any], field: str) -> tuple[b
     return True, {k: v for k, v in value.items() if k != left_out} if left_out else value
 
 
-def artifact_key(config: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The key of a cell's artifacts of ``kind`` (``ARTIFACTS``)."""
-    from benchmark.config import identity
-
-    ident = identity(config)
+def artifact_key(ident: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The key of the artifacts of ``kind`` (``ARTIFACTS``) of the cell whose identity is
+    ``ident`` (``CellSpec.identity``)."""
     out = {}
     for field in ARTIFACTS[kind]:
-        present, value = _value(ident, config, field)
+        present, value = _value(ident, field)
         if present:
             out[field.partition("-")[0]] = value
     return out
-
-
-def artifact_keys(config: dict[str, Any], kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    return {kind: artifact_key(config, kind) for kind in kinds}

@@ -134,7 +134,7 @@ class CellSpec:
         """The key of this cell's artifacts of ``kind`` (``benchmark.keys.ARTIFACTS``)."""
         from benchmark.keys import artifact_key
 
-        return artifact_key(self.to_config(), kind)
+        return artifact_key(self.identity, kind)
 
     def artifact_keys(self, kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         return {kind: self.artifact_key(kind) for kind in kinds}

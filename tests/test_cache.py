@@ -109,7 +109,7 @@ def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(t
 
     from attacks.reference import reference_model
     from benchmark.grid import expand_grid
-    from benchmark.keys import artifact_key, artifact_keys
+    from benchmark.spec import CellSpec
     from tests.attack_helpers import make_attack, make_set
 
     ctx = make_attack("cl", cache_root=tmp_path).ctx
@@ -117,8 +117,9 @@ def test_the_clean_reference_model_is_shared_across_attacks_and_their_versions(t
     cells = expand_grid("smoke", ["cl", "trojan"], ["no_defense"], [0], [])
     assert {c["attack"] for c in cells} == {"cl", "trojan"}
     for c in cells:  # the cells' own keys, as benchmark.cell gives them
-        reference_model(replace(ctx, cache_key=artifact_key(c, "attack_model"),
-                                keys=artifact_keys(c, ("clean_reference",))), train, epochs=1)
+        spec = CellSpec.from_config(c)
+        reference_model(replace(ctx, cache_key=spec.artifact_key("attack_model"),
+                                keys=spec.artifact_keys(("clean_reference",))), train, epochs=1)
     assert len(list((tmp_path / "models").glob("*.pt"))) == 1
 
 

@@ -119,3 +119,12 @@ def test_open_and_closed_ranges_refuse_their_ends_as_declared():
     with pytest.raises(UsageError, match="must not be negative"):
         check_value("x", -1, float, at_least(-2))
     check_value("x", -1, float, at_least(-2, signed=True))
+
+
+def test_a_development_runs_work_in_training_image_units():
+    from benchmark.cost import EVAL, PASSES, units
+
+    work = [{"phase": "train", "epochs": 2, "images_per_epoch": 100},
+            {"phase": "DBD SimCLR", "epochs": 1, "images_per_epoch": 10},
+            {"phase": "eval", "images": 30}]
+    assert units(work) == pytest.approx(200 + PASSES["DBD SimCLR"] * 10 + EVAL * 30)

@@ -143,6 +143,22 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     assert [p["epoch"] for p in dbd["simclr"]] == [1, 100] and len(dbd["mixmatch"]) == 2
     # kept apart: the results folder itself holds no record, and a report leaves them out
     assert not (tmp_path / "res" / "records").exists()
+    # the dry-run's estimate: every cell with a development run, from its work over a calibration
+    from benchmark.cost import speed_key, units
+    from benchmark.progress import duration
+    from benchmark.spec import CellSpec
+
+    spec = CellSpec.from_config({k: v for k, v in plain["config"].items() if k != "fast_dev_run"})
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"device_kind": "a test GPU", "img_per_s": {speed_key(spec): 5000.0}}))
+    capsys.readouterr()
+    assert main(["--grid", "full", "--attacks", "badnets", "--defenses", "no_defense", "--dry-run",
+                 "--results", str(tmp_path / "res"), "--calibration", str(calibration)]) == 0
+    out = capsys.readouterr().out
+    seconds = units(plain["fast_dev_run"]["work"]) / 5000.0
+    assert seconds > 200 * 50_000 / 5000.0  # 200 epochs of 50,000 images, and evaluation
+    assert f"{spec.id}  todo    resnet18 cifar10/badnets/no_defense seed 0  ~{duration(seconds)}" in out
+    assert f"estimated time to run on a test GPU: {duration(seconds)}" in out
     capsys.readouterr()
     assert main(["report", "--results", str(tmp_path / "res" / devrun.FOLDER),
                  "--out", str(tmp_path / "rep")]) in (0, 2)

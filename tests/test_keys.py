@@ -50,22 +50,31 @@ def all_cells() -> list[dict]:
     return cells()
 
 
+def key(config, kind):
+    """A resolved config's artifact key of ``kind``, as the cell computes it."""
+    from benchmark.config import identity
+
+    return artifact_key(identity(config), kind)
+
+
 def test_every_kind_of_key_equals_the_earlier_construction(all_cells):
     from attacks import ATTACKS
+    from benchmark.config import identity
 
     assert len(all_cells) > 500
     for c in all_cells:
+        ident = identity(c)
         cls = ATTACKS.get(c["attack"])
         uses_model = cls.uses_model(cls.Params(**c["attack_params"]))
         attack = legacy_attack_key(c, uses_model)
-        assert artifact_key(c, "attack_model" if uses_model else "attack") == attack
+        assert artifact_key(ident, "attack_model" if uses_model else "attack") == attack
         reference = {k: v for k, v in legacy_attack_key(c, True).items()
                      if k not in ("attack", "attack_params", "attack_version")}
-        assert artifact_key(c, "clean_reference") == reference
+        assert artifact_key(ident, "clean_reference") == reference
         defense = legacy_defense_key(c)
-        assert artifact_key(c, "defense") == defense
-        assert artifact_key(c, "shared") == {k: v for k, v in defense.items() if k != "defense_version"}
-        assert artifact_key(c, "images") == {k: v for k, v in defense.items()
+        assert artifact_key(ident, "defense") == defense
+        assert artifact_key(ident, "shared") == {k: v for k, v in defense.items() if k != "defense_version"}
+        assert artifact_key(ident, "images") == {k: v for k, v in defense.items()
                                              if k not in ("train", "defense_version")}
 
 
@@ -77,15 +86,15 @@ def test_keys_separate_what_they_depend_on_and_share_what_they_do_not(all_cells)
     for c in quick:  # the preset's own cells (listed first), not the overridden ones
         pick.setdefault((c["attack"], c["defense"], c["seed"]), c)
     a, b, abl = pick["badnets", "pipd", 0], pick["badnets", "pipd_median", 0], pick["badnets", "abl", 0]
-    assert artifact_key(a, "shared") == artifact_key(abl, "shared")  # one No Defense / LGA model
-    assert artifact_key(a, "defense") == artifact_key(b, "defense")  # a variant shares PIPD's LGA model
-    assert artifact_key(a, "defense") != artifact_key(abl, "defense")  # ABL v2: its own version
-    assert artifact_key(a, "attack") != artifact_key(pick["badnets", "pipd", 1], "attack")  # seed
+    assert key(a, "shared") == key(abl, "shared")  # one No Defense / LGA model
+    assert key(a, "defense") == key(b, "defense")  # a variant shares PIPD's LGA model
+    assert key(a, "defense") != key(abl, "defense")  # ABL v2: its own version
+    assert key(a, "attack") != key(pick["badnets", "pipd", 1], "attack")  # seed
     trojan, cl = pick["trojan", "pipd", 0], pick["cl", "pipd", 0]
-    assert artifact_key(trojan, "clean_reference") == artifact_key(cl, "clean_reference")
-    assert artifact_key(trojan, "attack_model") != artifact_key(cl, "attack_model")
+    assert key(trojan, "clean_reference") == key(cl, "clean_reference")
+    assert key(trojan, "attack_model") != key(cl, "attack_model")
     # one backdoored model per (attack setting, recipe, seed), whatever the defense
-    assert len({config_hash(artifact_key(c, "shared")) for c in quick}) == len(
+    assert len({config_hash(key(c, "shared")) for c in quick}) == len(
         {json.dumps([c["attack"], c["attack_params"], c["train"], c["seed"]], sort_keys=True)
          for c in quick})
     assert set(ARTIFACTS) == {"attack", "attack_model", "clean_reference", "defense", "shared",
@@ -107,7 +116,6 @@ def test_abl_and_pipd_train_one_lga_model_at_quick(tmp_path):
     apart: ABL trained its own, 141 s of its BadNets cell)."""
     from benchmark.cache import ArtifactCache
     from benchmark.grid import expand_grid
-    from benchmark.keys import artifact_keys
     from benchmark.train import TrainConfig
     from defenses import DEFENSES, DefenseContext
 
@@ -115,8 +123,8 @@ def test_abl_and_pipd_train_one_lga_model_at_quick(tmp_path):
     for c in expand_grid("quick", ["badnets"], ["abl", "pipd"], [0], []):
         ctx = DefenseContext(train=None, make_model=None, trainer=None,
                              train_cfg=TrainConfig.from_dict(c["train"]), seed=0,
-                             cache=ArtifactCache(tmp_path), cache_key=artifact_key(c, "defense"),
-                             keys=artifact_keys(c, ("shared", "images")))
+                             cache=ArtifactCache(tmp_path), cache_key=key(c, "defense"),
+                             keys={kind: key(c, kind) for kind in ("shared", "images")})
 
         def trained_once(kind, key, *args, defense=c["defense"], **kw):  # noqa: ANN001, ANN202
             asked[defense] = (kind, key)
