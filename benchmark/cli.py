@@ -35,6 +35,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"preset: {', '.join(PRESETS)} (default demo: BadNets and Blended, No "
                         "Defense vs PIPD, minutes on 2 CPU cores; smoke: every method, a code-path "
                         "check; quick: ~10-20 min a cell on CPU; full: paper scale, GPUs)")
+    p.add_argument("--datasets", help="comma-separated dataset names, or all (default: the preset's)")
+    p.add_argument("--models", help="comma-separated model names, or all (default: each dataset's "
+                                    "default model, resnet18 on CIFAR-10)")
     p.add_argument("--attacks", help="comma-separated attack names, or all (default: all registered)")
     p.add_argument("--defenses", help="comma-separated defense names, or all (default: all registered)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
@@ -186,7 +189,8 @@ def run_command(args: argparse.Namespace) -> int:
     cells = expand_grid(args.grid, split_csv(args.attacks, "--attacks"),
                         split_csv(args.defenses, "--defenses"), parse_seeds(args.seeds),
                         sets, imagenet=args.imagenet_root is not None,
-                        sweeps=parse_sweeps(args.sweeps))
+                        sweeps=parse_sweeps(args.sweeps), datasets=split_csv(args.datasets, "--datasets"),
+                        models=split_csv(args.models, "--models"))
     if args.fast_dev_run:
         from benchmark.devrun import mark
 

@@ -28,10 +28,15 @@ IMAGENET_ATTACKS = ("badnets", "trojan", "blended", "sig")
 
 def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | None,
                 seeds: list[int], sets: list[tuple[str, Any]], *, imagenet: bool = False,
-                sweeps: list[tuple[str, list[Any]]] = ()) -> list[dict[str, Any]]:
-    """Every (dataset, attack, defense, seed, swept value) cell of the grid, resolved and
-    validated; a sweep key that does not apply to a cell leaves one copy of it."""
+                sweeps: list[tuple[str, list[Any]]] = (), datasets: list[str] | None = None,
+                models: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every (dataset, model, attack, defense, seed, swept value) cell of the grid, resolved and
+    validated; a sweep key that does not apply to a cell leaves one copy of it. ``datasets``
+    and ``models`` default to the preset's (each dataset's default model); ``imagenet`` adds
+    the ImageNet subset to the ``full`` grid when no dataset is named."""
     from attacks import ATTACKS
+    from benchmark.data import DATASETS
+    from benchmark.models import MODELS
     from defenses import DEFENSES
 
     if preset not in PRESETS:
@@ -39,25 +44,25 @@ def expand_grid(preset: str, attacks: list[str] | None, defenses: list[str] | No
     spec = PRESETS[preset]  # a preset may name its own grid (demo); --attacks/--defenses win
     attacks = ATTACKS.select(attacks if attacks is not None else spec.get("grid_attacks"))
     defenses = DEFENSES.select(defenses if defenses is not None else spec.get("grid_defenses"))
+    chosen_models: list[str | None] = list(MODELS.select(models)) if models else [None]
     combos = [list(c) for c in itertools.product(*[[(k, v) for v in vals] for k, vals in sweeps])]
     notes: dict[str, None] = {}
     for combo in combos:
         validate_sets([*sets, *combo], attacks, defenses)
         notes.update(dict.fromkeys(unused_sets(preset, [*sets, *combo], attacks, defenses)))
-    datasets: list[str | None] = [None]
-    if imagenet and preset == "full":
-        datasets.append("imagefolder")
+    names: list[str | None] = list(DATASETS.select(datasets)) if datasets else [None]
+    if imagenet and preset == "full" and not datasets:
+        names.append("imagefolder")
     cells: dict[str, dict[str, Any]] = {}
-    for dataset in datasets:
-        for attack in attacks:
-            if dataset == "imagefolder" and attack not in IMAGENET_ATTACKS:
-                continue
-            for defense in defenses:
-                for combo in combos:
-                    for seed in seeds:
-                        cell = resolve_cell(preset, attack, defense, seed, [*sets, *combo],
-                                            dataset=dataset)
-                        cells.setdefault(cell_id(cell), cell)
+    for dataset, model, attack in itertools.product(names, chosen_models, attacks):
+        if dataset == "imagefolder" and attack not in IMAGENET_ATTACKS:
+            continue
+        for defense in defenses:
+            for combo in combos:
+                for seed in seeds:
+                    cell = resolve_cell(preset, attack, defense, seed, [*sets, *combo],
+                                        dataset=dataset, model=model)
+                    cells.setdefault(cell_id(cell), cell)
     for note in notes:  # once everything is valid, so that an error stays one line
         print(note, file=sys.stderr)
     return list(cells.values())

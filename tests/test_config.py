@@ -128,3 +128,24 @@ def test_a_development_runs_work_in_training_image_units():
             {"phase": "DBD SimCLR", "epochs": 1, "images_per_epoch": 10},
             {"phase": "eval", "images": 30}]
     assert units(work) == pytest.approx(200 + PASSES["DBD SimCLR"] * 10 + EVAL * 30)
+
+
+def test_the_grid_has_dataset_and_model_axes():
+    from benchmark.grid import expand_grid
+
+    default = expand_grid("smoke", ["badnets"], ["no_defense"], [0], [])
+    both = expand_grid("smoke", ["badnets"], ["no_defense", "pipd"], [0], [],
+                       models=["resnet18", "preact_resnet18"])
+    assert [(c["model"], c["defense"]) for c in both] == [
+        ("resnet18", "no_defense"), ("resnet18", "pipd"),
+        ("preact_resnet18", "no_defense"), ("preact_resnet18", "pipd")]
+    assert both[0] == default[0]  # naming the default model is the default cell
+    full = expand_grid("full", ["badnets", "wanet"], ["no_defense"], [0], [],
+                       datasets=["cifar10", "imagefolder"])
+    assert [(c["dataset"], c["model"], c["attack"]) for c in full] == [
+        ("cifar10", "resnet18", "badnets"), ("cifar10", "resnet18", "wanet"),
+        ("imagefolder", "resnet18_imagenet", "badnets")]  # the ImageNet row's attacks only
+    for bad, message in ((dict(models=["nope"]), "unknown model 'nope'; valid choices"),
+                         (dict(datasets=["cifar9"]), "unknown dataset 'cifar9'; valid choices")):
+        with pytest.raises(UsageError, match=message):
+            expand_grid("smoke", ["badnets"], ["no_defense"], [0], [], **bad)
