@@ -19,7 +19,7 @@ notebook weights every class by the last class's gains (a loop variable left ove
 class uses its own. The notebook scores test images only, against statistics of ~100 benign
 test images per class drawn from the same test set; the suite scores the training set (Table
 2's task), which the model has fitted, against statistics of held-out test images; whether
-that gap loosens the bound is not measured (docs/methods.md).
+that gap loosens the bound is not measured (docs/findings/dbalfa.md).
 """
 
 from __future__ import annotations
