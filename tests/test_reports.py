@@ -511,3 +511,24 @@ def test_every_cell_has_a_page_that_the_tables_and_the_leaderboard_link_to(tmp_p
     page = html.page(leaderboard.leaderboard(df), [tables.table1(df)], [], "t", [], link)
     assert "<a href='cells/index.html#cifar10--abl'><b>abl</b></a>" in page  # the leaderboard row
     assert "<td><a href='cells/index.html#cifar10--badnets--abl'>" in page  # a table cell
+
+
+def test_each_model_is_its_own_dataset_row_and_only_the_default_meets_the_papers_values():
+    from benchmark.reports.cli import missing_cells
+
+    recs = [record(a, d, sets=sets, ca=80, asr=asr) for a in ("badnets", "blended")
+            for d, asr in (("no_defense", 100), ("pipd", 1))
+            for sets in ((), ("model=preact_resnet18",))]
+    gap = ("preact_resnet18", "blended", "pipd")
+    recs = [r for r in recs if tuple(r["config"][k] for k in ("model", "attack", "defense")) != gap]
+    df = frame(recs)
+    assert set(df["dataset"]) == {"cifar10", "cifar10 (preact_resnet18)"}
+    t = tables.table1(df)
+    assert {k[0] for k in t.mean.index} == {"cifar10", "cifar10 (preact_resnet18)"}
+    assert t.paper.loc[("cifar10", "badnets")].notna().any()  # the paper's ResNet-18 values
+    assert t.paper.loc[("cifar10 (preact_resnet18)", "badnets")].isna().all()
+    board = leaderboard.leaderboard(df)
+    assert set(board.ranked["dataset"]) == {"cifar10", "cifar10 (preact_resnet18)"}
+    (line,) = missing_cells(df, "quick")
+    assert line.startswith("cifar10 (preact_resnet18): pipd seed 0 on blended")
+    assert "--grid quick --models preact_resnet18 --attacks blended --defenses pipd --seeds 0`" in line

@@ -60,9 +60,11 @@ def missing_cells(df: pd.DataFrame, grid: str) -> list[str]:
         by_defense: dict[tuple[str, int], list[str]] = {}
         for a, d, s in sorted(want - done):
             by_defense.setdefault((d, s), []).append(a)
+        model = g["model"].iloc[0]
+        axes = f" --models {model}" if dataset != g["dataset_name"].iloc[0] else ""
         for (d, s), attacks in sorted(by_defense.items()):
             lines.append(f"{dataset}: {d} seed {s} on {', '.join(attacks)}: "
-                         f"`python run_benchmark.py --grid {grid} --attacks {','.join(attacks)} "
+                         f"`python run_benchmark.py --grid {grid}{axes} --attacks {','.join(attacks)} "
                          f"--defenses {d} --seeds {s}`")
     for r in df[df["status"] != "ok"].itertuples():
         lines.append(f"{r.dataset}: {r.attack_label} / {r.defense_label} seed {r.seed} FAILED: "

@@ -77,6 +77,15 @@ def cpu_kind(hardware: dict[str, Any]) -> str:
     return " ".join(filter(None, [hardware.get("cpu_model"), kind]))
 
 
+def dataset_label(dataset: str, model: str | None) -> str:
+    """A table's dataset rows: the dataset, with the model where it is not the dataset's default
+    (``cifar10 (preact_resnet18)``), so that every table, the leaderboard and the report keep
+    each model apart (and the paper's values, all ResNet-18, only beside the default)."""
+    from benchmark.config import DEFAULT_MODEL
+
+    return dataset if model in (None, DEFAULT_MODEL.get(dataset)) else f"{dataset} ({model})"
+
+
 def row(rec: dict[str, Any]) -> dict[str, Any]:
     c = rec["config"]
     # what the record says of itself (benchmark.facts); records made before it, by today's code
@@ -95,7 +104,8 @@ def row(rec: dict[str, Any]) -> dict[str, Any]:
     pipd = "pipd" in facts["lineage"]
     return {
         "id": rec.get("id"), "status": rec["status"], "error": rec.get("error"),
-        "preset": c.get("preset"), "dataset": c["dataset"], "model": c.get("model"),
+        "preset": c.get("preset"), "dataset": dataset_label(c["dataset"], c.get("model")),
+        "dataset_name": c["dataset"], "model": c.get("model"),
         "attack": c["attack"],
         "attack_label": " ".join(filter(None, [c["attack"], label(upstream)]))
         + stale[0],
