@@ -24,6 +24,7 @@ import torch
 from benchmark import devrun
 from benchmark.cache import ArtifactCache, atomic_write, config_hash
 from benchmark.data import (
+    DATASETS,
     DataNotFoundError,
     Dataset,
     ImageSet,
@@ -122,7 +123,7 @@ def data_source_args(spec: CellSpec, rt: Runtime) -> tuple[Path, dict[str, Any]]
     """The root and loader options of a cell's data, subset options left out."""
     root = rt.imagenet_root if spec.dataset == "imagefolder" and rt.imagenet_root else rt.data_root
     opts = {k: v for k, v in spec.data.items() if k not in SUBSET_KEYS}
-    if spec.dataset == "cifar10":
+    if DATASETS.get(spec.dataset).downloads:
         opts["download"] = rt.download
     return root, opts
 

@@ -21,16 +21,22 @@ from benchmark.registry import UsageError
 from benchmark.train import TrainConfig
 from benchmark.validate import check_fields, check_parameters, check_section
 
-DATA_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10": {"train_size": None, "test_size": None, "subset_seed": 0},
-    "imagefolder": {"train_size": None, "test_size": None, "subset_seed": 0, "image_size": 224},
-}
+SUBSET_DEFAULTS: dict[str, Any] = {"train_size": None, "test_size": None, "subset_seed": 0}
 EVAL_DEFAULTS = {"curve_size": 1000, "curve_every": 1}  # per-epoch CA/ASR curves on a test subset
 # what each data / eval option may hold: (type, minimum)
 DATA_TYPES: dict[str, tuple[Any, int]] = {"train_size": (int | None, 1), "test_size": (int | None, 1),
                                           "subset_seed": (int, 0), "image_size": (int, 8)}
 EVAL_TYPES: dict[str, tuple[Any, int]] = {"curve_size": (int, 1), "curve_every": (int, 0)}
-DEFAULT_MODEL = {"cifar10": "resnet18", "imagefolder": "resnet18_imagenet"}
+
+
+def data_defaults(dataset: str) -> dict[str, Any]:
+    """A dataset's ``data.*`` options at their defaults: the subset's, then its own."""
+    return {**SUBSET_DEFAULTS, **DATASETS.get(dataset).data}
+
+
+def default_model(dataset: str) -> str | None:
+    """The model a grid uses on ``dataset`` unless told otherwise (None: not registered here)."""
+    return DATASETS.get(dataset).default_model if dataset in DATASETS else None
 
 def model_param_defaults(model: str) -> dict[str, Any]:
     sig = inspect.signature(MODELS.get(model))
@@ -131,11 +137,11 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
     top = dict(sets)
     dataset = str(top.get("dataset", dataset or spec["dataset"]))
     DATASETS.get(dataset)
-    model = str(top.get("model", model or spec.get("model") or DEFAULT_MODEL[dataset]))
+    model = str(top.get("model", model or spec.get("model") or default_model(dataset)))
     model_defaults = model_param_defaults(model)
     attack_cls, defense_cls = ATTACKS.get(attack), DEFENSES.get(defense)
 
-    data = {**DATA_DEFAULTS[dataset], **spec.get("data", {})}
+    data = {**data_defaults(dataset), **spec.get("data", {})}
     model_params = {**model_defaults,
                     **{k: v for k, v in spec.get("model_params", {}).items() if k in model_defaults}}
     # the preset's recipe, then the attack's own training settings (``attack_train``: applied

@@ -3,7 +3,8 @@
 Sources for ``cifar10``: the standard python pickles (``cifar-10-batches-py``, what torchvision
 downloads), an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``) or a ``.tar.gz`` of one.
 ``imagefolder``: any ImageFolder tree (e.g. an ImageNet subset), resized to ``image_size`` and
-cached as a memory-mapped array so that it never has to fit in RAM.
+cached as a memory-mapped array so that it never has to fit in RAM. Every other dataset is one
+module of ``benchmark/datasets/`` registering a ``DatasetEntry``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -91,7 +93,21 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
-DATASETS: Registry = Registry("dataset")
+class DatasetEntry(NamedTuple):
+    """A registered dataset: its loader ``(data_root, cache_dir, **options) -> (splits, source)``,
+    the normalisation, its own ``data.*`` options with their defaults (beside the subset's
+    ``train_size``, ``test_size``, ``subset_seed``), the model a grid uses on it by default, and
+    whether the loader can download it (it then takes ``download``)."""
+
+    loader: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data: dict[str, Any] = {}
+    default_model: str = "resnet18"
+    downloads: bool = False
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor | None:
@@ -124,12 +140,16 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _decode(data: bytes | Path, size: int | None) -> np.ndarray:
+def _decode(data: bytes | Path, size: int | None, stretch: bool = False) -> np.ndarray:
+    """One image as uint8 (3, H, W); with ``size``, its shorter side to ``size`` and a centre
+    crop (``stretch``: both sides to ``size``, as GTSRB's references resize)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
         img = img.convert("RGB")
-        if size is not None and img.size != (size, size):
+        if stretch and size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        elif size is not None and img.size != (size, size):
             # shorter side to `size`, then a centre crop: keeps the aspect ratio undistorted
             w, h = img.size
             scale = size / min(w, h)
@@ -142,16 +162,16 @@ def _decode(data: bytes | Path, size: int | None) -> np.ndarray:
 
 
 def _save_split(out: Path, split: str, items: list[tuple[str, bytes | Path]], classes: list[str],
-                size: int | None) -> None:
+                size: int | None, stretch: bool = False) -> None:
     """Decode ``items`` (class name, bytes or file) into ``{split}_images.npy`` (memory-mapped)."""
     index = {c: i for i, c in enumerate(classes)}
-    first = _decode(items[0][1], size)
+    first = _decode(items[0][1], size, stretch)
     tmp = out / f".{split}_images.npy.tmp"
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), *first.shape))
     labels = np.empty(len(items), dtype=np.int64)
     phase = Phase(f"decode {split}", 1, len(items))
     for i, (cls, data) in enumerate(items):
-        arr[i] = first if i == 0 else _decode(data, size)
+        arr[i] = first if i == 0 else _decode(data, size, stretch)
         phase.step(1, i + 1)
         labels[i] = index[cls]
     arr.flush()
@@ -217,6 +237,34 @@ def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None
         if cached is not None:
             return cached
         return _decode_imagefolder(source, out, size, split_names, mmap)
+
+
+def cache_items(source: Path, cache_dir: Path, name: str, size: int | None,
+                items: dict[str, list[tuple[str, Path]]], classes: list[str], *,
+                stretch: bool = False) -> dict[str, ImageSet]:
+    """Decode listed files (split -> [(class name, file)]) once, as ``cache_imagefolder`` does a
+    tree: for a layout whose labels are not folder names (a CSV, an annotations file)."""
+    out = cache_dir / "datasets" / f"{name}-{_fingerprint(source)}-{size or 'native'}"
+    cached = _load_cached(out, sorted(items), False)
+    if cached is not None:
+        return cached
+    with file_lock(out.with_name(out.name + ".lock")):
+        cached = _load_cached(out, sorted(items), False)
+        if cached is not None:
+            return cached
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            for split, listed in items.items():
+                if not listed:
+                    raise DataNotFoundError(f"{source}: no {split} images")
+                _save_split(out, split, listed, classes, size, stretch)
+        except (OSError, DataNotFoundError) as exc:
+            shutil.rmtree(out, ignore_errors=True)
+            if isinstance(exc, DataNotFoundError):
+                raise
+            raise DataNotFoundError(f"{source}: unreadable image ({type(exc).__name__}: {exc})") from None
+        (out / "classes.json").write_text(json.dumps(classes))
+        return _load_cached(out, sorted(items), False)
 
 
 def _decode_imagefolder(source: Path, out: Path, size: int | None, split_names: dict[str, str],
@@ -320,12 +368,10 @@ def load_imagefolder(data_root: Path, cache_dir: Path, *, image_size: int = 224,
     return splits, f"imagefolder:{data_root}"
 
 
-DATASET_SPECS = {
-    "cifar10": (load_cifar10, CIFAR10_MEAN, CIFAR10_STD),
-    "imagefolder": (load_imagefolder, IMAGENET_MEAN, IMAGENET_STD),
-}
-for _name, _spec in DATASET_SPECS.items():
-    DATASETS.register(_name, _spec)
+DATASETS.register("cifar10", DatasetEntry(load_cifar10, CIFAR10_MEAN, CIFAR10_STD, downloads=True))
+DATASETS.register("imagefolder", DatasetEntry(load_imagefolder, IMAGENET_MEAN, IMAGENET_STD,
+                                              data={"image_size": 224},
+                                              default_model="resnet18_imagenet"))
 
 
 Splits = dict[str, ImageSet]
@@ -334,8 +380,7 @@ Splits = dict[str, ImageSet]
 def load_splits(name: str, data_root: Path, cache_dir: Path, **options: object) -> tuple[Splits, str]:
     """The full decoded splits of a registered dataset (from the decode cache when possible)
     and a description of where they came from."""
-    loader, _, _ = DATASETS.get(name)
-    return loader(Path(data_root), Path(cache_dir), **options)
+    return DATASETS.get(name).loader(Path(data_root), Path(cache_dir), **options)
 
 
 def pack_splits(splits: Splits, source: str) -> dict:
@@ -356,7 +401,7 @@ def load_dataset(name: str, data_root: Path, cache_dir: Path, *, train_size: int
                  splits: tuple[Splits, str] | None = None, **options: object) -> Dataset:
     """Load (from the cache when possible) and subsample a registered dataset; ``splits``:
     already decoded splits (e.g. shipped from a Ray driver) instead of reading ``data_root``."""
-    _, mean, std = DATASETS.get(name)
+    mean, std = DATASETS.get(name).mean, DATASETS.get(name).std
     splits, source = splits or load_splits(name, data_root, cache_dir, **options)
     train, test, held_out = splits["train"], splits["test"], None
     for size, which in ((train_size, "train"), (test_size, "test")):
@@ -386,3 +431,6 @@ class _LazySubset(ImageSet):
 
     def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self._base.images[self._index[index]], self.labels[index], self.classes)
+
+
+from benchmark import datasets as _more  # noqa: E402,F401  (registers every other dataset)

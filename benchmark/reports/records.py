@@ -81,9 +81,9 @@ def dataset_label(dataset: str, model: str | None) -> str:
     """A table's dataset rows: the dataset, with the model where it is not the dataset's default
     (``cifar10 (preact_resnet18)``), so that every table, the leaderboard and the report keep
     each model apart (and the paper's values, all ResNet-18, only beside the default)."""
-    from benchmark.config import DEFAULT_MODEL
+    from benchmark.config import default_model
 
-    return dataset if model in (None, DEFAULT_MODEL.get(dataset)) else f"{dataset} ({model})"
+    return dataset if model in (None, default_model(dataset)) else f"{dataset} ({model})"
 
 
 def row(rec: dict[str, Any]) -> dict[str, Any]:
