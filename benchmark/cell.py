@@ -36,6 +36,7 @@ from benchmark.data import (
 from benchmark.facts import record_facts
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
+from benchmark.registry import UsageError
 from benchmark.sources import current_sources
 from benchmark.spec import CellSpec
 from benchmark.train import LambdaCallback, Trainer, cpu_native_bf16
@@ -254,6 +255,11 @@ def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
     """The checks that need the cell's data (target class in range, enough images to poison):
     ``UsageError`` before any cell trains."""
     make_attack(spec, dataset, rt).check(dataset.train)
+    model = build_model(spec.model, dataset.num_classes, **spec.model_params)
+    try:
+        spec.defense_cls.check_model(spec.defense_params, model)
+    except ValueError as exc:
+        raise UsageError(f"{spec.defense} cannot run on {spec.model}: {exc}") from None
 
 
 def poison(spec: CellSpec, dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):

@@ -1,4 +1,8 @@
-"""Models: CIFAR-style ResNet-18 (width option), PreAct-ResNet-18, torchvision ResNet-18.
+"""Models: CIFAR-style ResNet-18 (width option), PreAct-ResNet-18, torchvision ResNet-18,
+VGG-19-BN in its CIFAR form (width option).
+
+Every model names its stages ``layer1``... (the walkers below and the defenses read them) and
+its head ``linear`` or ``fc``; ``features`` gives what the head reads.
 
 ``conv_feature_layers`` names the layers PIPD/NONE read (every conv of stages 2-4, pre-BN, and
 each 1x1 shortcut after its BN); ``collect_features`` runs a model over a tensor of images and
@@ -93,6 +97,45 @@ class CifarResNet(nn.Module):
         return self.linear(self.features(x))
 
 
+# VGG-19's convolutions per stage at width 64 (each stage ends with a 2x2 max-pool)
+VGG19 = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512))
+
+
+class CifarVGG(nn.Module):
+    """VGG with BatchNorm for small inputs (the CIFAR form BackdoorBench and the peers train):
+    five stages ``layer1``-``layer5`` of 3x3 conv, BatchNorm, ReLU, each ending with a max-pool,
+    then a global average pool (1x1 at 32 px) and one linear head; ``width`` scales every stage."""
+
+    def __init__(self, stages: tuple[tuple[int, ...], ...] = VGG19, num_classes: int = 10,
+                 width: int = 64, in_channels: int = 3) -> None:
+        super().__init__()
+        cin = in_channels
+        for i, convs in enumerate(stages, 1):
+            layers: list[nn.Module] = []
+            for c in convs:
+                cout = c * width // 64
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+                           nn.ReLU(inplace=True)]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+            setattr(self, f"layer{i}", nn.Sequential(*layers))
+        self.n_stages = len(stages)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+@MODELS.register("vgg19_bn")
+def vgg19_bn(num_classes: int = 10, width: int = 64, **_: object) -> nn.Module:
+    return CifarVGG(VGG19, num_classes, width)
+
+
 @MODELS.register("resnet18")
 def resnet18(num_classes: int = 10, width: int = 64, **_: object) -> nn.Module:
     return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
@@ -183,8 +226,13 @@ def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -
     """
     layers: dict[str, nn.Module] = {}
     for s in stages:
-        stage = getattr(model, f"layer{s}")
+        stage = getattr(model, f"layer{s}", None)
+        if stage is None:
+            raise ValueError(f"{type(model).__name__} has no stage layer{s} to read features from")
         for b, block in enumerate(stage):
+            if isinstance(block, nn.Conv2d):  # a plain stage (VGG): its convolutions
+                layers[f"layer{s}.{b}"] = block
+                continue
             for conv in ("conv1", "conv2", "conv3"):
                 if hasattr(block, conv):
                     layers[f"layer{s}.{b}.{conv}"] = getattr(block, conv)

@@ -94,6 +94,12 @@ class ASD(Defense):
     def trusted_per_class(cls, params: DefenseParams) -> int:
         return params.seed_per_class
 
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        if not any(name.split(".")[0] in params.meta_layers for name, _ in model.named_parameters()):
+            raise ValueError(f"its virtual update trains the layers {params.meta_layers} (asd.meta_layers), "
+                             f"which {type(model).__name__} does not have")
+
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: ASDParams = self.params
         tr, k = ctx.trainer, ctx.num_classes

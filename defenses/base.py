@@ -162,6 +162,12 @@ class Defense:
         then says ``defense_info.ground_truth_used``); a defense proper never sees it."""
         return False
 
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        """Raise ``ValueError`` saying what the defense needs where ``model`` lacks it (named
+        layers, block kinds): the cell then refuses it in one line before anything trains. Use
+        the walkers the defense itself uses (``benchmark.models``), not a list of model names."""
+
     def run(self, ctx: DefenseContext) -> DefenseResult:
         raise NotImplementedError
 

@@ -141,6 +141,10 @@ class DBALFA(Defense):
     version = 2  # 2: a layer is weighted by the gain out of it, as the notebook (was: into it)
 
     @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        feature_layers(model)
+
+    @classmethod
     def validation_fraction(cls, params: DefenseParams) -> float:
         return params.validation
 

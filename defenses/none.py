@@ -31,6 +31,7 @@ from torch import nn
 
 from benchmark.isolation import channel_discrepancy, layer_features, top_channels
 from benchmark.jenks import jenks_upper
+from benchmark.models import PreActBlock, conv_feature_layers
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
 
@@ -64,7 +65,7 @@ def class_discrepancy(features: torch.Tensor, probs: torch.Tensor, strong: float
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layer{s}.{b}", block) for s in range(1, 5)
-            for b, block in enumerate(getattr(model, f"layer{s}"))]
+            for b, block in enumerate(getattr(model, f"layer{s}", ()))]
 
 
 @torch.no_grad()
@@ -105,6 +106,15 @@ class NONE(Defense):
     # 2: as the reference: conv2 resets leave the next shortcut's input, the discrepancy starts
     # at 0, retraining is plain SGD with weight decay 1e-4, each round drops only its own flags
     version = 2
+
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        conv_feature_layers(model, tuple(params.stages))
+        for _, block in _blocks(model):  # what reset_channels edits
+            if not (hasattr(block, "bn2") and isinstance(getattr(block, "conv2", None), nn.Conv2d)
+                    and not hasattr(block, "conv3") and not isinstance(block, PreActBlock)):
+                raise ValueError(f"its channel reset edits BasicBlock ResNets (conv1/bn1, conv2/bn2, "
+                                 f"shortcut); {type(model).__name__}'s stages hold {type(block).__name__}")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: NONEParams = self.params

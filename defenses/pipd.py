@@ -32,6 +32,7 @@ from torch import nn
 from benchmark.isolation import channel_discrepancy, layer_features, top_channels
 from benchmark.jenks import jenks_upper
 from benchmark.losses import selective_loss
+from benchmark.models import conv_feature_layers
 from benchmark.registry import UsageError
 from benchmark.validate import at_least, one_of, within
 from defenses.base import (
@@ -134,6 +135,10 @@ class PIPD(Defense):
     @classmethod
     def needs_ground_truth(cls, params: DefenseParams) -> bool:
         return getattr(params, "fault_ratio", None) is not None
+
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        conv_feature_layers(model, tuple(params.stages))  # the layers its isolation reads
 
     @classmethod
     def trains_final_model(cls, params: DefenseParams) -> bool:

@@ -40,9 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from benchmark import devrun
 from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
+from benchmark.models import BasicBlock, PreActBlock
 from benchmark.progress import Phase
 from benchmark.validate import at_least, one_of, within
 from defenses.base import (
@@ -252,6 +254,13 @@ class Spectre(Defense):
     Params = SpectreParams
     is_detector = True
     version = 2  # 2: the toolbox's 64 PCA dimensions and k grid by default (was the authors' 100)
+
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        if params.features == "layer3" and not any(isinstance(m, (BasicBlock, PreActBlock))
+                                                   for m in getattr(model, "layer3", ())):
+            raise ValueError("spectre.features=layer3 reads stage 3's last residual block, which "
+                             f"{type(model).__name__} does not have (features=penultimate does)")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         model, feats, info = backdoored_features(ctx, self.params.features)

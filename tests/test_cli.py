@@ -353,3 +353,18 @@ def test_a_dry_run_reads_each_cells_status_fresh(tmp_path, capsys):
     assert line.split()[1] == "failed"
 
 
+
+
+@pytest.mark.slow
+def test_every_defense_that_accepts_vgg_runs_on_it_and_the_rest_are_refused(tiny_cifar, tmp_path, capsys):
+    from benchmark.catalog import catalog
+
+    own = [d for d in catalog(builtin=True)["defenses"] if d not in ("none", "dbalfa")]
+    args = ["--grid", "smoke", "--executor", "serial", "--data-root", str(tiny_cifar), "--cache-dir",
+            str(tmp_path / "cache"), "--results", str(tmp_path / "res"), *TINY, "--models", "vgg19_bn",
+            "--attacks", "badnets"]
+    assert main([*args, "--defenses", ",".join(own)]) == 0, capsys.readouterr().err[-2000:]
+    assert len(list((tmp_path / "res" / "records").glob("*.json"))) == len(own)
+    capsys.readouterr()
+    assert main([*args, "--defenses", "none"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: none cannot run on vgg19_bn: ")

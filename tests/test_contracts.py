@@ -65,3 +65,34 @@ def test_every_method_class_of_the_packages_is_registered():
             for _, obj in inspect.getmembers(module, inspect.isclass):
                 if issubclass(obj, base) and obj.__module__ == module.__name__ and obj.name:
                     assert obj.name in registry and registry.get(obj.name) is obj, obj
+
+
+CIFAR_MODELS = ("resnet18", "preact_resnet18", "vgg19_bn")
+
+
+@pytest.mark.parametrize("model_name", CIFAR_MODELS)
+@pytest.mark.parametrize("name", builtin(DEFENSES, "defenses"))
+def test_every_defense_accepts_a_model_or_says_in_one_line_what_it_needs(name, model_name):
+    from benchmark.models import build_model
+
+    cls = DEFENSES.get(name)
+    model = build_model(model_name, 10, width=4)
+    try:
+        cls.check_model(cls.Params(), model)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) > 20
+        assert model_name != "resnet18", f"{name} refuses the default model: {exc}"
+
+
+def test_the_residual_only_defenses_refuse_vgg_and_the_rest_accept_it():
+    from benchmark.models import build_model
+
+    vgg = build_model("vgg19_bn", 10, width=4)
+    refused = set()
+    for name in builtin(DEFENSES, "defenses"):
+        cls = DEFENSES.get(name)
+        try:
+            cls.check_model(cls.Params(), vgg)
+        except ValueError:
+            refused.add(name)
+    assert refused == {"none", "dbalfa"}

@@ -27,8 +27,6 @@ SHARED = (
 )
 TRAINER = ("fit", "fit_cached", "per_sample_loss", "predict", "logits", "embeddings", "augment")
 CONTEXT_METHODS = ("backdoored_model", "lga_model", "trained_once", "note_split")
-DEFENSE_HOOKS = ("validation_fraction", "trusted_per_class", "trains_final_model",
-                 "needs_ground_truth")
 FIELD = re.compile(r"^\s+(\w+): ([^=#]+?)(?: = [^#]*?)?\s*(?:#\s*(.*))?$")
 
 
@@ -139,8 +137,9 @@ def _result() -> str:
 def _defense_class() -> str:
     from defenses import Defense
 
+    hooks = tuple(n for n, v in vars(Defense).items() if isinstance(v, classmethod))  # every one
     return (class_attributes_table(Defense) + "\nClass methods a defense may override (each takes "
-            "its `Params`):\n\n" + members_list("Defense", Defense, DEFENSE_HOOKS))
+            "its `Params`):\n\n" + members_list("Defense", Defense, hooks))
 
 
 def _trainer() -> str:
