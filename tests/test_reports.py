@@ -532,3 +532,9 @@ def test_each_model_is_its_own_dataset_row_and_only_the_default_meets_the_papers
     (line,) = missing_cells(df, "quick")
     assert line.startswith("cifar10 (preact_resnet18): pipd seed 0 on blended")
     assert "--grid quick --models preact_resnet18 --attacks blended --defenses pipd --seeds 0`" in line
+
+
+def test_compare_on_no_records_says_so_without_a_traceback():
+    out = compare.compare(frame([]), "mine", "pipd")
+    assert out.empty
+    assert compare.markdown(out, "mine", "pipd").startswith("no attack has records of both mine and pipd")

@@ -49,6 +49,8 @@ def compare(df: pd.DataFrame, new: str, baseline: str = "pipd", tolerance: float
         return rows.set_index(["dataset", "attack_label", "seed"])
 
     a, b = cells(new), cells(baseline)
+    if a.empty or b.empty:  # nothing to pair (no records yet, or a name without any)
+        return pd.DataFrame()
     isolation_only = not (a["trains_model"].astype(bool).all() and b["trains_model"].astype(bool).all())
     groups: dict[tuple[str, str], list] = {}
     for key in a.index.intersection(b.index):
