@@ -17,10 +17,10 @@ import pickle
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from benchmark.paths import default_cache_dir, default_data_root  # noqa: F401 (
 from benchmark.progress import Phase
 from benchmark.registry import Registry, UsageError
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -226,17 +227,13 @@ def _tar_entries(path: Path) -> Iterator[tuple[str, bytes]]:
 def cache_imagefolder(source: Path, cache_dir: Path, name: str, size: int | None,
                       split_names: dict[str, str], mmap: bool = False) -> dict[str, ImageSet]:
     """Decode an ImageFolder tree (directory or tar archive) once; later calls read the cache."""
-    out = cache_dir / "datasets" / f"{name}-{_fingerprint(source)}-{size or 'native'}"
-    cached = _load_cached(out, sorted(set(split_names.values())), mmap)
-    if cached is not None:
-        return cached
-    # one decoder per dataset at a time: another process (a second grid, a Ray trial) waits,
-    # then reads what the first wrote, instead of rewriting files the first has mapped
-    with file_lock(out.with_name(out.name + ".lock")):
-        cached = _load_cached(out, sorted(set(split_names.values())), mmap)
-        if cached is not None:
-            return cached
-        return _decode_imagefolder(source, out, size, split_names, mmap)
+    def listing() -> tuple[dict[str, list], list[str]]:
+        entries = _tar_entries(source) if source.is_file() else _tree_entries(source)
+        return _split_entries(entries, split_names)
+
+    return _decode_once(source, cache_dir, name, size, sorted(set(split_names.values())), listing,
+                        mmap=mmap, missing="no images under a '{}' folder",
+                        unreadable="not a readable image archive or folder")
 
 
 def cache_items(source: Path, cache_dir: Path, name: str, size: int | None,
@@ -244,65 +241,61 @@ def cache_items(source: Path, cache_dir: Path, name: str, size: int | None,
                 stretch: bool = False) -> dict[str, ImageSet]:
     """Decode listed files (split -> [(class name, file)]) once, as ``cache_imagefolder`` does a
     tree: for a layout whose labels are not folder names (a CSV, an annotations file)."""
+    return _decode_once(source, cache_dir, name, size, sorted(items), lambda: (items, classes),
+                        stretch=stretch, missing="no {} images", unreadable="unreadable image")
+
+
+def _decode_once(source: Path, cache_dir: Path, name: str, size: int | None, splits: list[str],
+                 listing: Callable[[], tuple[dict[str, list], list[str]]], *, mmap: bool = False,
+                 stretch: bool = False, missing: str, unreadable: str) -> dict[str, ImageSet]:
+    """The cached splits of ``source``, decoded from ``listing()`` (split -> [(class name, bytes
+    or file)], class names) the first time. One decoder per dataset at a time: another process
+    (a second grid, a Ray trial) waits, then reads what the first wrote, instead of rewriting
+    files the first has mapped; a failed decode leaves nothing half-written in the cache."""
     out = cache_dir / "datasets" / f"{name}-{_fingerprint(source)}-{size or 'native'}"
-    cached = _load_cached(out, sorted(items), False)
+    cached = _load_cached(out, splits, mmap)
     if cached is not None:
         return cached
     with file_lock(out.with_name(out.name + ".lock")):
-        cached = _load_cached(out, sorted(items), False)
+        cached = _load_cached(out, splits, mmap)
         if cached is not None:
             return cached
         out.mkdir(parents=True, exist_ok=True)
         try:
-            for split, listed in items.items():
-                if not listed:
-                    raise DataNotFoundError(f"{source}: no {split} images")
-                _save_split(out, split, listed, classes, size, stretch)
-        except (OSError, DataNotFoundError) as exc:
+            by_split, classes = listing()
+            for split, items in by_split.items():
+                if not items:
+                    raise DataNotFoundError(f"{source}: {missing.format(split)}")
+                _save_split(out, split, items, classes, size, stretch)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             shutil.rmtree(out, ignore_errors=True)
-            if isinstance(exc, DataNotFoundError):
-                raise
-            raise DataNotFoundError(f"{source}: unreadable image ({type(exc).__name__}: {exc})") from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise DataNotFoundError(f"{source}: {unreadable} "
+                                    f"({type(exc).__name__}{': ' + first if first else ''})") from None
+        except DataNotFoundError:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
         (out / "classes.json").write_text(json.dumps(classes))
-        return _load_cached(out, sorted(items), False)
+        return _load_cached(out, splits, mmap)
 
 
-def _decode_imagefolder(source: Path, out: Path, size: int | None, split_names: dict[str, str],
-                        mmap: bool) -> dict[str, ImageSet]:
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        entries = _tar_entries(source) if source.is_file() else _tree_entries(source)
-        by_split, classes = _split_entries(entries, split_names)
-        for split, items in by_split.items():
-            if not items:
-                raise DataNotFoundError(f"{source}: no images under a '{split}' folder")
-            _save_split(out, split, items, classes, size)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        shutil.rmtree(out, ignore_errors=True)  # no half-decoded dataset left in the cache
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataNotFoundError(f"{source}: not a readable image archive or folder "
-                                f"({type(exc).__name__}{': ' + first if first else ''})") from None
-    except DataNotFoundError:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    (out / "classes.json").write_text(json.dumps(classes))
-    return _load_cached(out, by_split, mmap)
+def read_cifar_pickles(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) and labels of CIFAR's python batches (torchvision's download):
+    ``labels`` for CIFAR-10, ``fine_labels`` for CIFAR-100."""
+    xs, ys = [], []
+    for path in paths:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
 def _load_cifar_pickles(folder: Path) -> dict[str, ImageSet]:
-    def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for n in names:
-            with open(folder / n, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d["labels"], dtype=np.int64))
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-
     with open(folder / "batches.meta", "rb") as f:
         classes = pickle.load(f, encoding="latin1")["label_names"]
-    train = read([f"data_batch_{i}" for i in range(1, 6)])
-    test = read(["test_batch"])
+    train = read_cifar_pickles([folder / f"data_batch_{i}" for i in range(1, 6)], "labels")
+    test = read_cifar_pickles([folder / "test_batch"], "labels")
     return {"train": ImageSet(*train, classes), "test": ImageSet(*test, classes)}
 
 
@@ -317,9 +310,9 @@ def _find_cifar10(root: Path) -> tuple[str, Path] | None:
     for d in (root / "cifar-10-batches-py", root):
         if (d / "data_batch_1").exists():
             return "pickle", d
-    for d in (root, root / "cifar10-jpeg", root / "cifar10", root / "CIFAR10"):
-        if d.is_dir() and _is_imagefolder(d):
-            return "imagefolder", d
+    tree = imagefolder_under(root, ("cifar10-jpeg", "cifar10", "CIFAR10"))
+    if tree is not None:
+        return "imagefolder", tree
     if root.is_dir():
         archives = sorted(p for p in root.iterdir() if "cifar" in p.name.lower()
                           and p.name.endswith((".tar.gz", ".tgz")) and "python" not in p.name)
@@ -328,27 +321,43 @@ def _find_cifar10(root: Path) -> tuple[str, Path] | None:
     return None
 
 
-def load_cifar10(data_root: Path, cache_dir: Path, *, download: bool = True,
-                 **_: object) -> tuple[dict[str, ImageSet], str]:
-    found = _find_cifar10(data_root)
+def find_or_download(data_root: Path, find: Callable[[Path], T | None], download: bool,
+                     fetch: Callable[[Path], None], looked_for: str, name: str) -> T:
+    """The copy ``find`` sees under ``data_root``; else, with ``download``, ``fetch`` it there
+    and look again; else one clear error naming what was looked for."""
+    found = find(data_root)
+    reason = "download disabled"
     if found is None and download:
         try:
-            import torchvision
-
-            torchvision.datasets.CIFAR10(str(data_root), train=True, download=True)
-            found = _find_cifar10(data_root)
-        except Exception as exc:  # offline: fall through to the clear error below
-            download_error = f"download failed ({type(exc).__name__})"
+            fetch(data_root)
+        except Exception as exc:  # offline: the clear error below
+            reason = f"download failed ({type(exc).__name__})"
         else:
-            download_error = ""
-    else:
-        download_error = "download disabled"
+            reason = ""
+        found = find(data_root)
     if found is None:
-        raise DataNotFoundError(
-            f"CIFAR-10 not found under {data_root} (looked for cifar-10-batches-py/, an ImageFolder "
-            f"tree train/ test/, or a cifar*.tar.gz; {download_error}); pass --data-root DIR or set "
-            "BDBENCH_DATA to a folder holding one of them")
-    kind, path = found
+        raise DataNotFoundError(f"{name} not found under {data_root} (looked for {looked_for}; {reason}); "
+                                "pass --data-root DIR or set BDBENCH_DATA to a folder holding one of them")
+    return found
+
+
+def imagefolder_under(root: Path, names: tuple[str, ...]) -> Path | None:
+    """An ImageFolder tree (``train/``, ``test/``) at ``root`` or at one of its ``names``."""
+    for d in (root, *(root / n for n in names)):
+        if d.is_dir() and _is_imagefolder(d):
+            return d
+    return None
+
+
+def load_cifar10(data_root: Path, cache_dir: Path, *, download: bool = True,
+                 **_: object) -> tuple[dict[str, ImageSet], str]:
+    def fetch(root: Path) -> None:
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+
+    kind, path = find_or_download(data_root, _find_cifar10, download, fetch, "cifar-10-batches-py/, "
+                                  "an ImageFolder tree train/ test/, or a cifar*.tar.gz", "CIFAR-10")
     if kind == "pickle":
         return _load_cifar_pickles(path), f"cifar10-python:{path}"
     splits = cache_imagefolder(path, cache_dir, "cifar10", None, {"train": "train", "test": "test"})

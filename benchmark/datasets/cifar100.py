@@ -6,11 +6,15 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from benchmark.data import DATASETS, DatasetEntry, ImageSet, cache_imagefolder
-from benchmark.datasets._find import find_or_download, imagefolder_under
+from benchmark.data import (
+    DATASETS,
+    DatasetEntry,
+    ImageSet,
+    cache_imagefolder,
+    find_or_download,
+    imagefolder_under,
+    read_cifar_pickles,
+)
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
@@ -20,13 +24,6 @@ def _find(root: Path) -> Path | None:
         if (d / "train").is_file() and (d / "meta").is_file():
             return d
     return imagefolder_under(root, ("cifar100", "cifar100-jpeg", "CIFAR100"))
-
-
-def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
-    images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return torch.from_numpy(images), torch.from_numpy(np.asarray(d["fine_labels"], dtype=np.int64))
 
 
 def load_cifar100(data_root: Path, cache_dir: Path, *, download: bool = True,
@@ -41,7 +38,8 @@ def load_cifar100(data_root: Path, cache_dir: Path, *, download: bool = True,
     if (path / "meta").is_file():
         with open(path / "meta", "rb") as f:
             classes = pickle.load(f, encoding="latin1")["fine_label_names"]
-        return ({split: ImageSet(*_read(path / split), classes) for split in ("train", "test")},
+        return ({split: ImageSet(*read_cifar_pickles([path / split], "fine_labels"), classes)
+                 for split in ("train", "test")},
                 f"cifar100-python:{path}")
     return cache_imagefolder(path, cache_dir, "cifar100", None, {"train": "train", "test": "test"}), \
         f"cifar100-imagefolder:{path}"

@@ -9,8 +9,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from benchmark.data import DATASETS, DataNotFoundError, DatasetEntry, ImageSet, cache_imagefolder, cache_items
-from benchmark.datasets._find import find_or_download, imagefolder_under
+from benchmark.data import (
+    DATASETS,
+    DataNotFoundError,
+    DatasetEntry,
+    ImageSet,
+    cache_imagefolder,
+    cache_items,
+    find_or_download,
+    imagefolder_under,
+)
 
 MEAN, STD = (0.3337, 0.3064, 0.3171), (0.2672, 0.2564, 0.2629)
 

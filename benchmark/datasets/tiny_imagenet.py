@@ -8,8 +8,16 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from benchmark.data import DATASETS, DataNotFoundError, DatasetEntry, ImageSet, cache_imagefolder, cache_items
-from benchmark.datasets._find import find_or_download, imagefolder_under
+from benchmark.data import (
+    DATASETS,
+    DataNotFoundError,
+    DatasetEntry,
+    ImageSet,
+    cache_imagefolder,
+    cache_items,
+    find_or_download,
+    imagefolder_under,
+)
 
 MEAN, STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
