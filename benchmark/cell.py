@@ -7,6 +7,8 @@ Data flows one way: the defense gets the poisoned images and labels only; the gr
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import os
 import platform
 import random
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmark import devrun
-from benchmark.cache import ArtifactCache, atomic_write, config_hash
+from benchmark.cache import ArtifactCache, atomic_write, canonical_json, config_hash
 from benchmark.data import (
     DATASETS,
     DataNotFoundError,
@@ -255,11 +257,18 @@ def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
     """The checks that need the cell's data (target class in range, enough images to poison):
     ``UsageError`` before any cell trains."""
     make_attack(spec, dataset, rt).check(dataset.train)
-    model = build_model(spec.model, dataset.num_classes, **spec.model_params)
+    model = _probe_model(spec.model, canonical_json(dict(spec.model_params)), dataset.num_classes)
     try:
         spec.defense_cls.check_model(spec.defense_params, model)
     except ValueError as exc:
         raise UsageError(f"{spec.defense} cannot run on {spec.model}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _probe_model(name: str, params: str, num_classes: int) -> torch.nn.Module:
+    """An untrained model that ``Defense.check_model`` inspects (never trains): built once per
+    architecture while a grid checks its cells, not once per cell."""
+    return build_model(name, num_classes, **json.loads(params))
 
 
 def poison(spec: CellSpec, dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):

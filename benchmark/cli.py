@@ -141,13 +141,19 @@ def _main(argv: list[str]) -> int:
     return COMMAND_RUNNERS[args.command](args)
 
 
-def list_command(args: argparse.Namespace) -> int:
-    from benchmark.catalog import catalog, listing
+def load_plugins(paths: list[str]) -> None:
+    """Import each ``--plugin`` file, saying what it registered."""
     from benchmark.plugins import load_plugin
 
-    for plugin in args.plugin:
+    for plugin in paths:
         for added in load_plugin(plugin):
             print(f"plugin {plugin}: registered {added}")
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from benchmark.catalog import catalog, listing
+
+    load_plugins(args.plugin)
     print(listing(catalog()))
     return 0
 
@@ -175,12 +181,9 @@ def run_command(args: argparse.Namespace) -> int:
     from benchmark.config import cell_id, parse_sets, parse_sweeps
     from benchmark.data import default_cache_dir, default_data_root
     from benchmark.grid import describe, expand_grid, run_ray, run_serial
-    from benchmark.plugins import load_plugin
     from benchmark.store import ResultStore
 
-    for plugin in args.plugin:
-        for added in load_plugin(plugin):
-            print(f"plugin {plugin}: registered {added}")
+    load_plugins(args.plugin)
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial:g}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
@@ -264,14 +267,14 @@ def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec]) -> tupl
     """(img/s by speed key, the device's name) for the dry-run's estimates: the calibration
     file's, or measured here for each model of a cell with a development run (once, cached)."""
     from benchmark.cost import Throughputs, speed_key
-    from benchmark.devrun import FOLDER, DevRun
+    from benchmark.devrun import FOLDER
     from benchmark.store import ResultStore
 
     speeds = Throughputs(rt.cache_dir, Path(args.calibration) if args.calibration else None,
                          args.device)
     dev = ResultStore(rt.results / FOLDER)
     for spec in specs:
-        if speed_key(spec) not in speeds.known and dev.status(spec.replace(fast_dev_run=DevRun()).id) == "ok":
+        if speed_key(spec) not in speeds.known and dev.status(dev_twin(spec)[0]) == "ok":
             print(f"measuring the training throughput of {speed_key(spec)} on {speeds.kind} ...",
                   file=sys.stderr, flush=True)
             speeds.get(spec)

@@ -172,13 +172,22 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(m.avgpool(x), 1)
 
 
+def last_residual_block(model: nn.Module, stage: int = 3) -> nn.Module:
+    """The last block of residual stage ``stage`` (what ``stage_output`` reads): a pre-activation
+    block or a post-activation one with ``bn2``; ``ValueError`` naming what is missing."""
+    block = getattr(model, f"layer{stage}", [None])[-1]
+    if not (isinstance(block, PreActBlock) or hasattr(block, "bn2")):
+        raise ValueError(f"{type(model).__name__} has no residual block ending stage layer{stage}")
+    return block
+
+
 @torch.no_grad()
 def stage_output(model: nn.Module, x: torch.Tensor, stage: int = 3) -> torch.Tensor:
     """The last block of residual stage ``stage``, flattened, before the ReLU that ends it:
     the residual sum bn2(conv2(.)) + shortcut for a post-activation block (this suite's
     ``BasicBlock``, torchvision's), the block's output for a pre-activation one (no ReLU ends
     it). SPECTRE's authors read layer 3's last block of their ResNet-18 this way."""
-    block = getattr(model, f"layer{stage}")[-1]
+    block = last_residual_block(model, stage)
     if isinstance(block, PreActBlock):
         parts = {"out": block}
     else:

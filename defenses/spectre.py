@@ -44,7 +44,7 @@ from torch import nn
 
 from benchmark import devrun
 from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
-from benchmark.models import BasicBlock, PreActBlock
+from benchmark.models import last_residual_block
 from benchmark.progress import Phase
 from benchmark.validate import at_least, one_of, within
 from defenses.base import (
@@ -257,10 +257,12 @@ class Spectre(Defense):
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
-        if params.features == "layer3" and not any(isinstance(m, (BasicBlock, PreActBlock))
-                                                   for m in getattr(model, "layer3", ())):
-            raise ValueError("spectre.features=layer3 reads stage 3's last residual block, which "
-                             f"{type(model).__name__} does not have (features=penultimate does)")
+        if params.features == "layer3":
+            try:
+                last_residual_block(model, 3)
+            except ValueError as exc:
+                raise ValueError(f"spectre.features=layer3: {exc} (features=penultimate reads any "
+                                 "model)") from None
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         model, feats, info = backdoored_features(ctx, self.params.features)

@@ -22,10 +22,11 @@ IDS = Path(__file__).parent / "data" / "cell_ids.json"
 DEFAULTS = Path(__file__).parent / "data" / "method_defaults.json"
 
 
-def builtin(registry) -> list[str]:  # noqa: ANN001
-    """The suite's own entries of a registry (not a plugin another test registered)."""
-    return [n for n in registry.names()
-            if registry.get(n).__module__.split(".")[0] in ("attacks", "defenses")]
+def builtin(kind: str) -> list[str]:
+    """The suite's own attacks or defenses (not a plugin another test registered)."""
+    from benchmark.catalog import catalog
+
+    return list(catalog(builtin=True)[kind])
 
 
 def defaults() -> dict[str, dict[str, object]]:
@@ -36,17 +37,14 @@ def defaults() -> dict[str, dict[str, object]]:
 
     return {f"{kind}/{name}": {"version": reg.get(name).version,
                                "defaults": json.loads(canonical_json(asdict(reg.get(name).Params())))}
-            for kind, reg in (("attacks", ATTACKS), ("defenses", DEFENSES)) for name in builtin(reg)}
+            for kind, reg in (("attacks", ATTACKS), ("defenses", DEFENSES)) for name in builtin(kind)}
 
 
 def current() -> dict[str, dict[str, object]]:
-    from attacks import ATTACKS
-    from defenses import DEFENSES
-
     out = {}
     for preset in PRESETS:
-        for attack in builtin(ATTACKS):
-            for defense in builtin(DEFENSES):
+        for attack in builtin("attacks"):
+            for defense in builtin("defenses"):
                 spec = CellSpec.resolve(preset, attack, defense, 0)
                 out[f"{preset}/{attack}/{defense}"] = {
                     "id": spec.id, "dev": spec.replace(fast_dev_run=devrun.DevRun()).id,

@@ -148,31 +148,22 @@ def _trainer() -> str:
     return members_list("ctx.trainer", Trainer, TRAINER)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif not isinstance(v, dict):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def presets() -> str:
     """Every preset's settings, one row per ``--set`` key (blank: the section's or the method's
     default); a per-attack training override reads ``train.epochs (adaptive_patch)``."""
     from benchmark.presets import PRESETS
+    from benchmark.reports.render import dotted
 
     flat: dict[str, dict[str, object]] = {}
     for preset, spec in PRESETS.items():
         row: dict[str, object] = {}
         for key, value in spec.items():
             if key in ("attacks", "defenses"):  # by method name: --set badnets.rate=...
-                row.update(_flat(value))
+                row.update(dotted(value))
             elif key == "attack_train":
                 row.update({f"train.{k} ({attack})": v for attack, t in value.items() for k, v in t.items()})
             elif isinstance(value, dict):
-                row.update(_flat(value, ("model" if key == "model_params" else key) + "."))
+                row.update(dotted(value, ("model" if key == "model_params" else key) + "."))
             else:
                 row[key] = value
         flat[preset] = row

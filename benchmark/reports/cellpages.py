@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.reports.html import CSS as REPORT_CSS
+from benchmark.reports.render import dotted
 
 CSS = REPORT_CSS + "table.kv td:last-child{text-align:left}"
 
@@ -28,9 +29,9 @@ def anchor(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "--".join(str(p) for p in parts)).strip("-")
 
 
-def _rows(pairs: list[tuple[str, Any]]) -> str:
+def _rows(values: dict[str, Any]) -> str:
     body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_text(v))}</td></tr>"
-                   for k, v in pairs)
+                   for k, v in values.items())
     return f"<table class='kv'><tbody>{body}</tbody></table>"
 
 
@@ -40,16 +41,6 @@ def _text(v: Any) -> str:
     if isinstance(v, dict | list):
         return json.dumps(v, default=str)
     return str(v)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out += _flat(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
 
 
 def _percent(v: Any) -> str:
@@ -107,12 +98,12 @@ def page(rec: dict[str, Any], row: pd.Series | None) -> str:
     if rec.get("status") != "ok":
         parts.append(f"<pre>{html.escape(str(rec.get('error', '')))}</pre>")
     m = rec.get("metrics") or {}
-    parts += ["<h2>Metrics (%)</h2>", _rows([(k.upper(), _percent(v)) for k, v in m.items()])]
-    overrides = [*_flat(facts.get("attack_overrides") or {}, "attack."),
-                 *_flat(facts.get("defense_overrides") or {}, "defense.")]
+    parts += ["<h2>Metrics (%)</h2>", _rows({k.upper(): _percent(v) for k, v in m.items()})]
+    overrides = {**dotted(facts.get("attack_overrides") or {}, "attack."),
+                 **dotted(facts.get("defense_overrides") or {}, "defense.")}
     parts += ["<h2>Settings</h2>", "<p>Off the preset's defaults: "
-              + (html.escape(", ".join(f"{k}={_text(v)}" for k, v in overrides)) or "none") + "</p>",
-              "<details><summary>the whole resolved config</summary>", _rows(_flat(c)), "</details>"]
+              + (html.escape(", ".join(f"{k}={_text(v)}" for k, v in overrides.items())) or "none") + "</p>",
+              "<details><summary>the whole resolved config</summary>", _rows(dotted(c)), "</details>"]
     png = curves_png(rec.get("curves") or {})
     if png is not None:
         data = base64.b64encode(png).decode()
@@ -132,10 +123,10 @@ def page(rec: dict[str, Any], row: pd.Series | None) -> str:
     for key, heading in (("defense_info", "What the defense reported"),
                          ("attack_info", "What the attack reported")):
         if rec.get(key):
-            parts += [f"<h2>{heading}</h2>", _rows(_flat(rec[key]))]
-    parts += ["<h2>Timings (s)</h2>", _rows(_flat(rec.get("timings") or {})),
-              "<h2>Machine</h2>", _rows(_flat(rec.get("hardware") or {})),
-              "<h2>Versions</h2>", _rows(_flat(rec.get("versions") or {}))]
+            parts += [f"<h2>{heading}</h2>", _rows(dotted(rec[key]))]
+    parts += ["<h2>Timings (s)</h2>", _rows(dotted(rec.get("timings") or {})),
+              "<h2>Machine</h2>", _rows(dotted(rec.get("hardware") or {})),
+              "<h2>Versions</h2>", _rows(dotted(rec.get("versions") or {}))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
 

@@ -42,19 +42,16 @@ def _table(header: list[str], rows: list[list[tuple]], table_id: str) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _linked(header: list[str], rows: list[list[tuple[str, bool]]], n_index: int, link: Link
+def _linked(t: Table, header: list[str], rows: list[list[tuple[str, bool]]], link: Link
             ) -> list[list[tuple]]:
-    """A table's rows with each value cell linked to its (dataset, attack, column) group."""
-    out = []
-    for r in rows:
-        key = [x for x, _ in r[:n_index]]
-        if len(key) != 2:
-            out.append(r)
-            continue
-        attack = key[1].split(" (")[0] if " (not learned" in key[1] else key[1]
-        out.append(r[:n_index] + [(x, b, link(key[0], attack, col))
-                                  for (x, b), col in zip(r[n_index:], header[n_index:], strict=True)])
-    return out
+    """The rows of a (dataset, attack) table with each value cell linked to its (dataset,
+    attack, column) group; the table's own keys name the group, not the rendered labels."""
+    if list(t.index) != ["dataset", "attack_label"]:
+        return rows
+    n = len(t.index)
+    return [r[:n] + [(x, b, link(dataset, attack, col))
+                     for (x, b), col in zip(r[n:], header[n:], strict=True)]
+            for (dataset, attack), r in zip(t.mean.index, rows, strict=True)]
 
 
 def page(board: Board, tables: list[Table], figures: list[Path], title: str,
@@ -92,8 +89,7 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
         for m in metrics(t):
             header, rows = cells(t, m)
             parts += [f"<h4>{html.escape(m)}</h4>",
-                      _table(header, _linked(header, rows, len(t.index), link)
-                             if list(t.index) == ["dataset", "attack_label"] else rows, f"{t.name}-{m}")]
+                      _table(header, _linked(t, header, rows, link), f"{t.name}-{m}")]
         for m in metrics(t):
             paper = paper_cells(t, m)
             if paper is not None:

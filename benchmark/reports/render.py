@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from benchmark.reports.tables import BETTER, Table, metric_of
+
+
+def dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys (``{"train": {"lr": 0.1}}`` -> ``train.lr``); an
+    empty dict stays a value."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _fmt(x: float, digits: int = 2) -> str:
