@@ -75,8 +75,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "asd": {"epochs": 12, "iterations": 160},
                      "cbd": {"epochs": 20, "milestones": [4, 14], "disc_step": 4},
                      "strip": {"n": 20}},
-        "caveats": {"dbd": "docs/calibration.md#dbd-and-asd-at-quick-scale",
-                    "asd": "docs/calibration.md#dbd-and-asd-at-quick-scale"},
+        "caveats": {"dbd": "docs/findings/dbd-and-asd-at-quick.md",
+                    "asd": "docs/findings/dbd-and-asd-at-quick.md"},
     },
     "full": {
         "dataset": "cifar10",

@@ -7,7 +7,7 @@
    keep the top ceil(rho C) channels per layer; score = raw sum of kept values; 2-class Jenks
    split; the upper class is the predicted poisoned set D_p. ``seed_quantile`` < 1 replaces
    Eq. 4's max over P_p by that quantile (``pipd_median``: 0.5, ``pipd_q90``: 0.9), which one
-   benign member of P_p cannot drag (docs/calibration.md, "PIPD beyond BadNets").
+   benign member of P_p cannot drag (docs/findings/pipd-beyond-badnets.md).
 3. Progressive isolation: T rounds, P_b := P_b U D_b after each, P_p fixed, no retraining.
    The features are fixed (frozen model), so they are extracted once and every round reuses them.
 4. Selective training (Eq. 10), from the pre-isolation model: CE on D_b, gradient ascent

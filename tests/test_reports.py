@@ -150,7 +150,7 @@ def test_leaderboard_says_when_neighbouring_ranks_are_within_noise_and_marks_sca
     (note,) = [n for n in board.notes if "within noise" in n]
     assert "ranks 1 (abl) and 2 (dbd †) are within noise (difference 0.50" in note
     assert "over 2 paired seeds" in note
-    assert any(n.startswith("† dbd") and "docs/calibration.md#dbd-and-asd-at-quick-scale" in n
+    assert any(n.startswith("† dbd") and "docs/findings/dbd-and-asd-at-quick.md" in n
                for n in board.notes)
 
 
