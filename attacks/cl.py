@@ -20,7 +20,6 @@ from attacks.badnets import checkerboard
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.reference import reference_model
 from attacks.triggers import corner_box, scaled, stamp
-from benchmark import devrun
 from benchmark.data import ImageSet
 from benchmark.registry import UsageError
 
@@ -85,7 +84,7 @@ class CL(Attack):
     def perturb(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Untargeted PGD (no random start) within eps of the uint8 images."""
         self.ctx.trainer.note_work("CL PGD", self.params.steps, len(images), 1, len(images))
-        k = devrun.rows(len(images))  # a development run: a few rows, the rest as they are
+        k = self.ctx.trainer.loops.rows(len(images))  # a development run: a few rows, the rest as they are
         return torch.cat([self._pgd(images[:k], labels[:k]), images[k:]])
 
     def _pgd(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,7 @@ class CL(Attack):
         y = tr.to_device(labels)
         eps, alpha = self.params.eps / 255, self.params.step_size / 255
         x = x0.clone()
-        for _ in devrun.indices(self.params.steps):
+        for _ in tr.loops.indices(self.params.steps):
             x.requires_grad_(True)
             loss = F.cross_entropy(self.model(tr.normalize(x * 255)), y)
             (grad,) = torch.autograd.grad(loss, x)

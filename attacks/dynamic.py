@@ -168,7 +168,7 @@ class Dynamic(Attack):
             loaders: the trigger is generated from the augmented image."""
             perm = torch.randperm(n, generator=g)
             other = torch.randperm(n, generator=g)
-            dev = devrun.active()
+            dev = tr.loops.dev
             # a development run: its first batches, each cut to the backdoor and cross rows of a
             # full batch and a few clean ones
             cut = bs if dev is None else min(bs, round(p.train_attack_ratio * bs)
@@ -185,7 +185,7 @@ class Dynamic(Attack):
         sched_m = step_schedule(opt_m, p.milestones_m, p.mask_epochs)
         phase = Phase("Dynamic mask network", p.mask_epochs, n // bs)
         tr.note_work("Dynamic mask network", p.mask_epochs, n // bs * bs, n // bs, bs)
-        for epoch in devrun.epochs(p.mask_epochs):
+        for epoch in tr.loops.epochs(p.mask_epochs):
             devrun.catch_up(sched_m, epoch)
             mask_net.train()
             for i, (x1, _y, x2) in enumerate(batches(), 1):
@@ -215,7 +215,7 @@ class Dynamic(Attack):
         n_bd, n_cross = round(p.train_attack_ratio * bs), round(p.train_cross_ratio * bs)
         phase = Phase("Dynamic generator + classifier", p.epochs, n // bs)
         tr.note_work("Dynamic generator + classifier", p.epochs, n // bs * bs, n // bs, bs)
-        for epoch in devrun.epochs(p.epochs):
+        for epoch in tr.loops.epochs(p.epochs):
             devrun.catch_up(sched_c, epoch)
             devrun.catch_up(sched_g, epoch)
             clf.train()

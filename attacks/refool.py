@@ -47,7 +47,6 @@ import torch.nn.functional as F
 
 from attacks.base import Attack, AttackParams, register_attack
 from attacks.triggers import load_image, to_float, to_uint8
-from benchmark import devrun
 from benchmark.data import IMAGE_SUFFIXES, ImageSet
 from benchmark.registry import UsageError
 from benchmark.validate import at_least, within
@@ -225,7 +224,7 @@ class Refool(Attack):
         cfg = TrainConfig(epochs=p.select_epochs, lr=0.1, schedule="onecycle", warmup=0.2,
                           precision=self.ctx.precision)
         curve = []
-        for rnd in devrun.indices(p.select_rounds):
+        for rnd in tr.loops.indices(p.select_rounds):
             top = top_m()
             self.use_pool(cands, top)
             poisoned = self.poison_train(train)
@@ -234,7 +233,7 @@ class Refool(Attack):
                    desc=f"refool selection {rnd + 1}/{p.select_rounds}")
             model.eval()
             scores = torch.zeros(len(top))  # a development run scores a few (the rest: 0)
-            for j in devrun.indices(len(top)):  # one batch per reflection: probes x that reflection
+            for j in tr.loops.indices(len(top)):  # one batch per reflection: probes x that reflection
                 which = torch.full((len(probes),), j, dtype=torch.long)
                 hit = tr.predict(model, self.reflect(probes, which, g)) == p.target
                 scores[j] = hit.float().mean()

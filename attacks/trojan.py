@@ -145,7 +145,7 @@ class Trojan(Attack):
         first = last = 0.0
         tr.note_work("Trojan trigger optimisation", 1, len(x) * p.optimize_steps, p.optimize_steps, len(x))
         try:
-            for step in devrun.indices(p.optimize_steps):
+            for step in tr.loops.indices(p.optimize_steps):
                 devrun.catch_up(sched, step)
                 act = activation()
                 if step == 0:

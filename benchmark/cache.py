@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from benchmark import devrun
+from benchmark.devrun import ArtifactCollision
 
 
 def canonical_json(obj: Any) -> str:
@@ -131,19 +131,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_owner(path: Path, kind: str) -> None:
-    """In a development run: refuse an artifact that a cell of another preset made (two presets'
-    cells never share an artifact unless its key misses what tells them apart)."""
+def check_owner(path: Path, kind: str, owner: str) -> None:
+    """In a development run (``owner``: its preset): refuse an artifact that a cell of another
+    preset made (two presets' cells never share an artifact unless its key misses what tells
+    them apart)."""
     tag = path.with_suffix(".owner")
-    if devrun.owner() and tag.exists() and tag.read_text() != devrun.owner():
-        raise devrun.ArtifactCollision(
+    if owner and tag.exists() and tag.read_text() != owner:
+        raise ArtifactCollision(
             f"cache key collision: the {kind} artifact {path.stem} was made by a {tag.read_text()!r} "
-            f"cell and is asked for by a {devrun.owner()!r} cell; its key misses what tells them apart")
+            f"cell and is asked for by a {owner!r} cell; its key misses what tells them apart")
 
 
 class ArtifactCache:
-    def __init__(self, root: Path | str | None) -> None:
+    """Artifacts under ``root`` by kind and key; ``owner`` (a development run's preset) tags
+    what it makes and refuses another preset's artifacts (``ArtifactCollision``)."""
+
+    def __init__(self, root: Path | str | None, owner: str = "") -> None:
         self.root = Path(root) if root is not None else None
+        self.owner = owner
 
     def path(self, kind: str, key: Any) -> Path:
         assert self.root is not None
@@ -193,21 +198,21 @@ class ArtifactCache:
         if path.exists():
             ok, value = self.load(path)
             if ok:
-                check_owner(path, kind)
+                check_owner(path, kind, self.owner)
                 return value
         with file_lock(path.with_suffix(".lock")):
             if path.exists():  # computed by another trial while we waited
                 ok, value = self.load(path)
                 if ok:
-                    check_owner(path, kind)
+                    check_owner(path, kind, self.owner)
                     return value
             value = compute()
             import torch
 
             atomic_write(path, lambda f: torch.save(value, f))
             atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
-            if devrun.owner():
-                atomic_write_bytes(path.with_suffix(".owner"), devrun.owner().encode())
+            if self.owner:
+                atomic_write_bytes(path.with_suffix(".owner"), self.owner.encode())
             with (path.parent / "index.jsonl").open("a") as index:
                 index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
             return value

@@ -68,9 +68,9 @@ class Runtime:
         if self.imagenet_root is not None:
             self.imagenet_root = Path(self.imagenet_root).expanduser().resolve()
 
-    @property
-    def artifacts(self) -> ArtifactCache:
-        return ArtifactCache(self.results / "cache")
+    def artifacts(self, spec: CellSpec) -> ArtifactCache:
+        """The cell's artifact cache: a development run tags what it makes with its preset."""
+        return ArtifactCache(self.results / "cache", owner=spec.preset if spec.fast_dev_run else "")
 
 
 def seed_everything(seed: int) -> None:
@@ -244,7 +244,7 @@ def make_attack(spec: CellSpec, dataset: Dataset, rt: Runtime,
     # reference models and generators: the architecture is part of the artifact's identity
     uses_model = spec.attack_cls.uses_model(spec.attack_params)
     device = trainer.device if trainer is not None else torch.device("cpu")
-    ctx = AttackContext(cache=rt.artifacts,
+    ctx = AttackContext(cache=rt.artifacts(spec),
                         cache_key=spec.artifact_key("attack_model" if uses_model else "attack"),
                         keys=spec.artifact_keys(("clean_reference",)), seed=spec.seed,
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
@@ -279,8 +279,8 @@ def poison(spec: CellSpec, dataset: Dataset, rt: Runtime, trainer: Trainer, make
         attack.prepare(dataset.train)
         return {"train": attack.poison_train(dataset.train), "test": attack.trigger_test(dataset.test)}
 
-    reused = rt.artifacts.exists("poisoned", attack.ctx.cache_key)
-    art = rt.artifacts.get_or_create("poisoned", attack.ctx.cache_key, compute)
+    reused = attack.ctx.cache.exists("poisoned", attack.ctx.cache_key)
+    art = attack.ctx.cache.get_or_create("poisoned", attack.ctx.cache_key, compute)
     if attack.params.repoison_every_epoch and reused:
         # each epoch re-poisons with the attack's artifacts: load (or rebuild) them here, in the
         # attack's time and before training seeds anything, not inside the training loop
@@ -332,11 +332,6 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
 def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     """Run one cell and return its record (raises on failure; see ``run_cell_safe``); a spec
     with ``fast_dev_run`` runs as a development run (``benchmark.devrun``)."""
-    with devrun.enabled(spec.fast_dev_run, spec.preset):
-        return _run_cell(spec, rt)
-
-
-def _run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     from defenses import DefenseContext
 
     times: dict[str, Any] = {}  # seconds; defense_phases a dict of them
@@ -346,7 +341,8 @@ def _run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     dataset = load_cell_dataset(spec, rt)
     times["data_s"] = time.perf_counter() - t0
 
-    trainer = Trainer(dataset.mean, dataset.std, device=rt.device, threads=rt.threads)
+    trainer = Trainer(dataset.mean, dataset.std, device=rt.device, threads=rt.threads,
+                      loops=devrun.Loops(spec.fast_dev_run))
 
     def make_model() -> torch.nn.Module:
         return build_model(spec.model, dataset.num_classes, **spec.model_params)
@@ -366,7 +362,7 @@ def _run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     split: dict[str, float] = {}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
-        train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts,
+        train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts(spec),
         cache_key=spec.artifact_key("defense"),
         keys=spec.artifact_keys(("shared", "images")), trusted=validation,
         monitor=make_monitor(trainer, test, trig, target, ev.curve_size, ev.curve_every, split),

@@ -15,17 +15,17 @@ record. What is cut:
 - an attack's or defense's own loops (Trojan's optimisation, CL's PGD, Dynamic's generator,
   Refool's selection rounds) run their first and last iterations.
 
-The settings are process-wide while a cell runs (``enabled``), so no signature changes for it;
-outside a development run every helper here is the identity. Its records and artifacts are
+The setting travels with the cell: its trainer's ``loops`` (``Loops``) cut the trainer's and the
+shared helpers' loops, and a method's own loop asks them (``tr.loops.indices(n)``); the cell's
+artifact cache tags what a development run makes with its preset. Its records and artifacts are
 kept apart (``<results>/fast-dev-run/``, a ``fast_dev_run`` key in the cell config: other cell
 ids and artifact keys) and never enter tables.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -50,59 +50,40 @@ class ArtifactCollision(RuntimeError):
     key misses what tells the two apart (a real run would load the wrong artifact)."""
 
 
-_ACTIVE: DevRun | None = None
-_OWNER = ""  # the preset of the cell running, which tags the artifacts it makes
+@dataclass(frozen=True)
+class Loops:
+    """How far each loop of a cell runs: every iteration (``dev`` None, a real run), or a
+    development run's cut. The cell's trainer carries it (``Trainer.loops``), so the trainer and
+    the shared helpers cut their own loops, and a method's own loop asks the trainer's."""
+
+    dev: DevRun | None = None
+
+    def indices(self, n: int, keep: Iterable[int] = ()) -> list[int]:
+        """Which of ``n`` iterations (epochs, rounds, optimisation steps) to run: all of them, or
+        in a development run the first ``batches`` and the last ``batches`` plus ``keep``."""
+        if self.dev is None:
+            return list(range(n))
+        b = self.dev.batches
+        return sorted({*range(min(b, n)), *range(max(0, n - b), n), *(k for k in keep if 0 <= k < n)})
+
+    def epochs(self, n: int, keep: Iterable[int] = ()) -> list[int]:
+        """The epochs of an ``n``-epoch phase to run: all, or its first and last (plus ``keep``)."""
+        if self.dev is None:
+            return list(range(n))
+        return sorted({0, n - 1, *(k for k in keep if 0 <= k < n)}) if n > 0 else []
+
+    def rows(self, n: int) -> int:
+        """How many of ``n`` rows a pass over a set computes."""
+        return n if self.dev is None else min(n, self.dev.eval_images)
 
 
-def active() -> DevRun | None:
-    """The development run in force, or None (a real run)."""
-    return _ACTIVE
-
-
-def owner() -> str:
-    """The tag of the artifacts made now ("" outside a development run)."""
-    return _OWNER if _ACTIVE is not None else ""
-
-
-@contextlib.contextmanager
-def enabled(dev: DevRun | None, preset: str = "") -> Iterator[None]:
-    """Make ``dev`` the process-wide setting while the block runs (None: leave things be);
-    ``preset`` tags the artifacts made meanwhile (``ArtifactCollision``)."""
-    global _ACTIVE, _OWNER
-    previous = _ACTIVE, _OWNER
-    if dev is not None:
-        _ACTIVE, _OWNER = dev, preset
-    try:
-        yield
-    finally:
-        _ACTIVE, _OWNER = previous
+REAL = Loops()  # a real run: every loop to its end
 
 
 def mark(config: dict) -> dict:
     """A resolved cell config as a development-run cell: the settings join its identity, so its
     id and every artifact key differ from the real cell's."""
     return {**config, "fast_dev_run": DevRun().as_dict()}
-
-
-def indices(n: int, keep: Iterable[int] = ()) -> list[int]:
-    """Which of ``n`` iterations (epochs, rounds, optimisation steps) to run: all of them, or in a
-    development run the first ``batches`` and the last ``batches`` plus ``keep`` (in range)."""
-    if _ACTIVE is None:
-        return list(range(n))
-    b = _ACTIVE.batches
-    return sorted({*range(min(b, n)), *range(max(0, n - b), n), *(k for k in keep if 0 <= k < n)})
-
-
-def epochs(n: int, keep: Iterable[int] = ()) -> list[int]:
-    """The epochs of an ``n``-epoch phase to run: all, or its first and last (plus ``keep``)."""
-    if _ACTIVE is None:
-        return list(range(n))
-    return sorted({0, n - 1, *(k for k in keep if 0 <= k < n)}) if n > 0 else []
-
-
-def rows(n: int) -> int:
-    """How many of ``n`` rows a pass over a set computes."""
-    return n if _ACTIVE is None else min(n, _ACTIVE.eval_images)
 
 
 def fill(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import devrun
 from benchmark.train import CROP_MODES, Trainer
 from benchmark.validate import one_of
 
@@ -112,7 +111,7 @@ class MixMatch:
         xl = weak(x)
         targets_x = F.one_hot(y, self.num_classes).float()
         # steps taken, this one included (a development run skips steps: the trainer's index)
-        self.done = self.done + 1 if devrun.active() is None else tr.step_index + 1
+        self.done = self.done + 1 if tr.loops.dev is None else tr.step_index + 1
         if len(self.unlabelled) == 0:  # nothing unlabelled: the soft cross-entropy alone
             return -(targets_x * F.log_softmax(forward(xl).float(), 1)).sum(1).mean(), None
         xu = tr.to_device(self.images[self._unlabelled_batch(len(rows), gen)])

@@ -248,7 +248,8 @@ class Trainer:
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *,
                  device: torch.device | str | None = None, channels_last: bool = True,
                  threads: int | None = None,
-                 eval_batch_size: int = 512) -> None:
+                 eval_batch_size: int = 512, loops: devrun.Loops = devrun.REAL) -> None:
+        self.loops = loops  # how far loops run: all the way, or a development run's cut
         self.device = torch.device(device) if device is not None else default_device()
         self.cuda = self.device.type == "cuda"
         self.channels_last = channels_last
@@ -338,9 +339,10 @@ class Trainer:
                           "steps_per_epoch": steps_per_epoch, "batch_size": batch_size})
 
     def numbered_batches(self, rows: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
-                         epoch: int, dev: devrun.DevRun | None) -> Iterator[tuple[int, torch.Tensor]]:
+                         epoch: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(1-based position in the epoch, batch rows): the whole epoch, or in a development run
         the first batches of the first epoch and the last of the last, each cut to a few images."""
+        dev = self.loops.dev
         if dev is None:
             yield from enumerate(self.epoch_batches(rows, cfg, gen), 1)
             return
@@ -394,7 +396,7 @@ class Trainer:
         total = steps_per_epoch * cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
-        dev = devrun.active()
+        dev = self.loops.dev
         self.note_work(desc, cfg.epochs, len(rows) if cfg.steps_per_epoch is None
                        else steps_per_epoch * cfg.batch_size, steps_per_epoch, cfg.batch_size)
         gen = torch.Generator().manual_seed(seed)
@@ -410,7 +412,7 @@ class Trainer:
         step = step or supervised
         curve = []
         phase = Phase(desc, cfg.epochs, steps_per_epoch)
-        for epoch in devrun.epochs(cfg.epochs, boundaries):
+        for epoch in self.loops.epochs(cfg.epochs, boundaries):
             model.train()
             if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
                 for m in model.modules():
@@ -431,7 +433,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = scored = 0
-            for i, idx in self.numbered_batches(rows, cfg, gen, epoch, dev):
+            for i, idx in self.numbered_batches(rows, cfg, gen, epoch):
                 phase.step(epoch + 1, i)
                 self.step_index = epoch * steps_per_epoch + i - 1
                 if dev is not None:  # the learning rate where a full run would be at this step
@@ -506,7 +508,7 @@ class Trainer:
         """A re-iterable source of normalised device batches (eval order, no augmentation); in a
         development run of the first rows only (``devrun.fill`` repeats what they give)."""
         self.work.append({"phase": "eval", "images": len(images)})
-        images = images[:devrun.rows(len(images))]
+        images = images[:self.loops.rows(len(images))]
 
         def gen() -> Iterator[torch.Tensor]:
             for start in range(0, len(images), self.eval_batch_size):

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark import devrun
 from benchmark.models import classifier_head, embed
 from benchmark.train import LambdaCallback
 from benchmark.validate import at_least
@@ -139,7 +138,7 @@ class CBD(Defense):
                 return
             for group in disc_opt.param_groups:
                 group["lr"] = p.disc_lr * 0.1 ** ((epoch + 1) // p.disc_step)
-            for _, idx in tr.numbered_batches(rows, cfg, disc_gen, epoch, devrun.active()):
+            for _, idx in tr.numbered_batches(rows, cfg, disc_gen, epoch):
                 xn = inputs(x_all[tr.to_device(idx)], disc_gen)
                 with torch.no_grad():
                     z = embed(f_c, xn).float()  # f_C in training mode, as the reference

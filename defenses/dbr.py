@@ -94,7 +94,7 @@ def consistency(model: nn.Module, trainer: Trainer, images: torch.Tensor, degree
     """FCT of every uint8 image: mean over features of (f(x) - f(t(x)))^2, one draw of t each."""
     model = trainer.prepare_model(model).eval()
     out = []
-    for s in range(0, devrun.rows(len(images)), trainer.eval_batch_size):
+    for s in range(0, trainer.loops.rows(len(images)), trainer.eval_batch_size):
         x = trainer.to_device(images[s:s + trainer.eval_batch_size]).float()
         moved = rotate_translate(x / 255, degrees, translate, generator) * 255
         a, b = embed(model, trainer.normalize(x)), embed(model, trainer.normalize(moved))
@@ -186,11 +186,11 @@ class DBR(Defense):
         gen = torch.Generator().manual_seed(ctx.seed + 6)
         precision = tr.training_precision(cfg)
         curve = []
-        for epoch in devrun.epochs(p.epochs):
+        for epoch in tr.loops.epochs(p.epochs):
             model.train()
             done, sums = 0, {-1.0: 0.0, 1.0: 0.0}
             for sign, rows in parts:
-                for _, idx in tr.numbered_batches(rows, cfg, gen, epoch, devrun.active()):
+                for _, idx in tr.numbered_batches(rows, cfg, gen, epoch):
                     done += 1
                     phase.step(epoch + 1, done)
                     i = tr.to_device(idx)

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchmark import devrun
 from benchmark.clustering import as_rows, class_rows, top_directions, top_eigenpair
+from benchmark.devrun import REAL, Loops
 from benchmark.models import last_residual_block
 from benchmark.progress import Phase
 from benchmark.validate import at_least, one_of, within
@@ -88,7 +88,7 @@ def sqrt_inv(cov: torch.Tensor) -> torch.Tensor:
 
 
 def covariance_filter(s: torch.Tensor, eps: float, tau: float, limit: int,
-                      start: torch.Tensor | None = None
+                      start: torch.Tensor | None = None, loops: Loops = REAL
                       ) -> tuple[torch.Tensor | bool | None, torch.Tensor | None]:
     """One round of DKK17's filter on the rows of ``s`` (n, d): (a keep mask, True when the
     points look Gaussian (done), None when no cut qualifies (the reference gives up); the top
@@ -106,7 +106,7 @@ def covariance_filter(s: torch.Tensor, eps: float, tau: float, limit: int,
         return ((y.T * w) @ y / n - torch.trace(m) * torch.eye(d, dtype=y.dtype)).flatten()
 
     # a development run's features repeat a few rows: a degenerate spectrum, so few restarts
-    lam, v = top_eigenpair(operator, d * d, start, restarts=100 if devrun.active() is None else 2)
+    lam, v = top_eigenpair(operator, d * d, start, restarts=100 if loops.dev is None else 2)
     if lam <= 1 + C_EARLY * eps * math.log(1 / eps) ** 2:  # Q(P) / 2 = ||P||_F^2 = 1
         return True, v
     m = v.view(d, d)
@@ -122,15 +122,16 @@ def covariance_filter(s: torch.Tensor, eps: float, tau: float, limit: int,
     return None, v
 
 
-def robust_selection(s: torch.Tensor, eps: float, tau: float, limit: int) -> torch.Tensor:
+def robust_selection(s: torch.Tensor, eps: float, tau: float, limit: int,
+                     loops: Loops = REAL) -> torch.Tensor:
     """The reference's ``cov_estimation_iterate``: filter the survivors until done, failed, or
     ``limit`` points are gone; the kept mask over the rows of ``s``."""
     keep = torch.arange(len(s))
     start = None  # the reference starts every search from ones; the last vector is closer
-    for _ in devrun.indices(len(s)):  # each round drops at least one point
+    for _ in loops.indices(len(s)):  # each round drops at least one point
         if limit <= 0:
             break
-        picked, start = covariance_filter(s[keep], eps, tau, limit, start)
+        picked, start = covariance_filter(s[keep], eps, tau, limit, start, loops)
         if picked is True or picked is None:
             break
         limit -= int((~picked).sum())
@@ -148,7 +149,7 @@ def que(white: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     return m / torch.trace(m), sp
 
 
-def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams
+def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams, loops: Loops = REAL
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, kept mask) of the reference's ``rcov_quantum_filter`` at k dimensions; ``z`` is
     the class's centred projection on its principal axes (n, >= k)."""
@@ -157,7 +158,7 @@ def quantum_filter(z: torch.Tensor, k: int, eps: float, p: SpectreParams
     if k == 1:
         scores = x[:, 0] ** 2
     else:
-        kept = robust_selection(x, eps / n, p.tau, round(p.limit_filter * eps))
+        kept = robust_selection(x, eps / n, p.tau, round(p.limit_filter * eps), loops)
         sigma = torch.cov(x[kept].T, correction=0)
         white = x @ sqrt_inv(sigma)
         m, _ = que(white, p.alpha)
@@ -173,7 +174,8 @@ def dimensions(p: SpectreParams, dims: int) -> list[int]:
 
 
 def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
-                  on_k: Callable[[int, dict], None] = lambda i, tried: None) -> dict:
+                  on_k: Callable[[int, dict], None] = lambda i, tried: None, loops: Loops = REAL
+                  ) -> dict:
     """The auto filter on one class: the chosen k, its op, scores and flags (``on_k(i, tried)``
     after the i-th k, with that k's op, scores and flags: for progress and analyses)."""
     x = as_rows(feats)
@@ -182,8 +184,8 @@ def spectre_class(feats: torch.Tensor, eps: float, p: SpectreParams,
     z = x @ top_directions(x, dims).T
     best: dict = {"op": -math.inf}
     ks = dimensions(p, dims)
-    for i, k in enumerate([ks[i] for i in devrun.indices(len(ks))], 1):  # dev run: first and last
-        scores, kept = quantum_filter(z, k, eps, p)
+    for i, k in enumerate([ks[i] for i in loops.indices(len(ks))], 1):  # dev run: first and last
+        scores, kept = quantum_filter(z, k, eps, p, loops)
         sigma = torch.cov(z[kept].T)
         white = z @ sqrt_inv(sigma)
         m, sp = que(white, p.alpha)
@@ -208,8 +210,8 @@ def class_count(p: SpectreParams, n_set: int, n_class: int) -> float:
     return max(1.0, round(class_eps(p.expected_rate * n_set, n_class)))
 
 
-def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
-                   ) -> dict[int, tuple[torch.Tensor, dict]]:
+def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams,
+                   loops: Loops = REAL) -> dict[int, tuple[torch.Tensor, dict]]:
     """Every class (of at least 4 rows) filtered: class -> (its rows, ``spectre_class``'s
     result), with a progress line per k and per class."""
     per_class = {}
@@ -217,7 +219,7 @@ def filter_classes(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
     phase = Phase("SPECTRE k sweep (epoch: class)", len(classes), len(dimensions(p, p.pca_dims)))
     for done, (c, rows) in enumerate(classes, 1):
         found = spectre_class(feats[rows], class_count(p, len(labels), len(rows)), p,
-                              on_k=lambda i, _, done=done: phase.step(done, i))
+                              on_k=lambda i, _, done=done: phase.step(done, i), loops=loops)
         phase.epoch_done(done, {"class": c, "k": found["k"], "op": found["op"]})
         per_class[c] = (rows, found)
     return per_class
@@ -240,11 +242,11 @@ def flag_largest_op(per_class: dict[int, tuple[torch.Tensor, dict]], n: int
     return flagged, scores.float(), info
 
 
-def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams
+def spectre(feats: torch.Tensor, labels: torch.Tensor, p: SpectreParams, loops: Loops = REAL
             ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(flagged, scores, per-class info) over the whole set: every class filtered, the class
     of the largest op flagged."""
-    return flag_largest_op(filter_classes(feats, labels, p), len(labels))
+    return flag_largest_op(filter_classes(feats, labels, p, loops), len(labels))
 
 
 @register_defense
@@ -266,6 +268,6 @@ class Spectre(Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         model, feats, info = backdoored_features(ctx, self.params.features)
-        flagged, scores, found = spectre(feats, ctx.train.labels.cpu(), self.params)
+        flagged, scores, found = spectre(feats, ctx.train.labels.cpu(), self.params, ctx.trainer.loops)
         info.update(found)
         return DefenseResult(model=model, isolated=flagged, scores=scores, info=info)

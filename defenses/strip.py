@@ -53,13 +53,13 @@ def strip_entropy(model: nn.Module, trainer: Trainer, images: torch.Tensor, pert
     model.eval()
     n = min(n, len(perturbers))
     out = []
-    starts = range(0, devrun.rows(len(images)), batch_size)
+    starts = range(0, trainer.loops.rows(len(images)), batch_size)
     phase = Phase(f"STRIP blends of {len(images)} images", 1, len(starts))
     for b, s in enumerate(starts, 1):
         phase.step(1, b)
         x = trainer.normalize(trainer.to_device(images[s:s + batch_size]))
         pick = torch.randperm(len(perturbers), generator=generator)[:n]
-        pick = pick[devrun.indices(n)]  # a development run: the first and last blends
+        pick = pick[trainer.loops.indices(n)]  # a development run: the first and last blends
         p = trainer.normalize(trainer.to_device(perturbers[pick]))
         total = torch.zeros(len(x), device=x.device)
         step = max(1, blends_at_once // len(x))

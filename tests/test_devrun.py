@@ -23,20 +23,33 @@ DEV = devrun.DevRun()
 # ------------------------------------------------------------------ what it cuts and keeps
 def test_outside_a_development_run_every_helper_is_the_identity():
     t = torch.arange(5)
-    assert devrun.active() is None and devrun.owner() == ""
-    assert devrun.indices(7) == list(range(7)) and devrun.epochs(7, keep=(3,)) == list(range(7))
-    assert devrun.rows(1000) == 1000 and devrun.fill(t, 5) is t
+    real = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu").loops
+    assert real == devrun.REAL and real.dev is None
+    assert real.indices(7) == list(range(7)) and real.epochs(7, keep=(3,)) == list(range(7))
+    assert real.rows(1000) == 1000 and devrun.fill(t, 5) is t
 
 
 def test_a_development_run_keeps_first_last_and_boundary_iterations():
-    with devrun.enabled(DEV, "full"):
-        assert devrun.epochs(200) == [0, 199] and devrun.epochs(1) == [0]
-        assert devrun.epochs(120, keep=(59, 60, 89, 90, 500)) == [0, 59, 60, 89, 90, 119]
-        assert devrun.indices(1000) == [0, 1, 998, 999] and devrun.indices(3) == [0, 1, 2]
-        assert devrun.rows(50_000) == DEV.eval_images and devrun.owner() == "full"
-        filled = devrun.fill(torch.tensor([[1.0], [2.0], [3.0]]), 7)
-        assert filled.flatten().tolist() == [1, 2, 3, 1, 2, 3, 1]
-    assert devrun.active() is None
+    cut = devrun.Loops(DEV)
+    assert cut.epochs(200) == [0, 199] and cut.epochs(1) == [0]
+    assert cut.epochs(120, keep=(59, 60, 89, 90, 500)) == [0, 59, 60, 89, 90, 119]
+    assert cut.indices(1000) == [0, 1, 998, 999] and cut.indices(3) == [0, 1, 2]
+    assert cut.rows(50_000) == DEV.eval_images
+    filled = devrun.fill(torch.tensor([[1.0], [2.0], [3.0]]), 7)
+    assert filled.flatten().tolist() == [1, 2, 3, 1, 2, 3, 1]
+
+
+def test_the_setting_travels_with_the_trainer_not_the_process():
+    """Two trainers side by side: one cut, one real; neither changes the other."""
+    cut = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu", loops=devrun.Loops(DEV))
+    real = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    images = torch.randint(0, 256, (100, 3, 4, 4), dtype=torch.uint8)
+    calls: list[int] = []
+    model.register_forward_hook(lambda _m, inp, _o: calls.append(len(inp[0])))
+    cut.logits(model, images)
+    real.logits(model, images)
+    assert calls == [DEV.eval_images, 100]
 
 
 def test_catch_up_puts_a_scheduler_where_its_skipped_steps_would():
@@ -55,7 +68,7 @@ def test_catch_up_puts_a_scheduler_where_its_skipped_steps_would():
 
 
 def test_a_dev_fit_runs_the_first_and_last_epoch_at_their_real_steps_and_rates():
-    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu")
+    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu", loops=devrun.Loops(DEV))
     images = torch.randint(0, 256, (400, 3, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 10, (400,))
     cfg = TrainConfig(epochs=10, batch_size=40, lr=0.1, schedule="cosine", augment=False)
@@ -67,8 +80,7 @@ def test_a_dev_fit_runs_the_first_and_last_epoch_at_their_real_steps_and_rates()
         return nn.functional.cross_entropy(logits, y)
 
     model(torch.zeros(2, 3, 8, 8))
-    with devrun.enabled(DEV, "full"):
-        curve = trainer.fit(model, images, labels, cfg, loss_fn=loss)
+    curve = trainer.fit(model, images, labels, cfg, loss_fn=loss)
     # 10 steps an epoch, 100 in all: the first two of epoch 1 and the last two of epoch 10
     assert [s for s, _ in seen] == [0, 1, 98, 99]
     assert all(n == DEV.batch_size for _, n in seen)
@@ -80,13 +92,12 @@ def test_a_dev_fit_runs_the_first_and_last_epoch_at_their_real_steps_and_rates()
 
 
 def test_dev_evaluation_computes_a_few_rows_and_keeps_every_row():
-    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu")
+    trainer = Trainer(CIFAR10_MEAN, CIFAR10_STD, device="cpu", loops=devrun.Loops(DEV))
     calls: list[int] = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
     model.register_forward_hook(lambda _m, inp, _o: calls.append(len(inp[0])))
     images = torch.randint(0, 256, (100, 3, 4, 4), dtype=torch.uint8)
-    with devrun.enabled(DEV, "full"):
-        logits = trainer.logits(model, images)
+    logits = trainer.logits(model, images)
     assert logits.shape == (100, 10) and sum(calls) == DEV.eval_images
     assert torch.equal(logits[DEV.eval_images:2 * DEV.eval_images], logits[:DEV.eval_images])
     assert trainer.work[-1] == {"phase": "eval", "images": 100}

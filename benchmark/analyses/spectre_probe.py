@@ -63,7 +63,7 @@ class SpectreProbe(GroundTruthAnalysis, Spectre):
 
     def run(self, ctx):
         model, feats, info, labels, truth = inspected(ctx)
-        per_class = filter_classes(feats, labels, self.params)
+        per_class = filter_classes(feats, labels, self.params, ctx.trainer.loops)
         flagged, scores, found = flag_largest_op(per_class, len(labels))
         masks = {f"class_{c}": on_rows(rows, f["flagged"], len(labels))
                  for c, (rows, f) in per_class.items()}
@@ -84,7 +84,8 @@ class SpectreKProbe(GroundTruthAnalysis, Spectre):
         rows = (labels == p.probe_class).nonzero().flatten()
         eps = class_count(p, len(labels), len(rows))
         tried = []
-        found = spectre_class(feats[rows], eps, p, on_k=lambda i, t: tried.append(t))
+        found = spectre_class(feats[rows], eps, p, on_k=lambda i, t: tried.append(t),
+                              loops=ctx.trainer.loops)
         poisoned = truth[rows]
         masks, per_k = {}, {}
         for t in tried:
