@@ -146,13 +146,30 @@ class ArtifactCache:
     """Artifacts under ``root`` by kind and key; ``owner`` (a development run's preset) tags
     what it makes and refuses another preset's artifacts (``ArtifactCollision``)."""
 
-    def __init__(self, root: Path | str | None, owner: str = "") -> None:
+    def __init__(self, root: Path | str | None, owner: str = "",
+                 ledger: list[dict[str, Any]] | None = None) -> None:
         self.root = Path(root) if root is not None else None
         self.owner = owner
+        # the cell's work ledger (``Trainer.work``): what an artifact's computation adds is
+        # tagged with the artifact and kept beside it, and a cell that loads the artifact gets
+        # the same entries marked ``reused``, so a cell's ledger is its whole work whatever the
+        # cache held, and a grid counts each artifact once (``benchmark.cost``)
+        self.ledger = ledger
 
     def path(self, kind: str, key: Any) -> Path:
         assert self.root is not None
         return self.root / kind / f"{config_hash(key)}.pt"
+
+    def _note_reused(self, path: Path) -> None:
+        """A loaded artifact's work, as computing it noted it, into the ledger (once a cell)."""
+        if self.ledger is None:
+            return
+        try:
+            entries = json.loads(path.with_suffix(".work.json").read_text())
+        except (OSError, ValueError):  # made before artifacts kept their work
+            return
+        present = {e.get("artifact") for e in self.ledger}
+        self.ledger.extend({**e, "reused": True} for e in entries if e.get("artifact") not in present)
 
     def exists(self, kind: str, key: Any) -> bool:
         return self.root is not None and self.path(kind, key).exists()
@@ -199,18 +216,28 @@ class ArtifactCache:
             ok, value = self.load(path)
             if ok:
                 check_owner(path, kind, self.owner)
+                self._note_reused(path)
                 return value
         with file_lock(path.with_suffix(".lock")):
             if path.exists():  # computed by another trial while we waited
                 ok, value = self.load(path)
                 if ok:
                     check_owner(path, kind, self.owner)
+                    self._note_reused(path)
                     return value
+            start = len(self.ledger) if self.ledger is not None else 0
             value = compute()
             import torch
 
             atomic_write(path, lambda f: torch.save(value, f))
             atomic_write_bytes(self._checksum_path(path), file_sha256(path).encode())
+            if self.ledger is not None:
+                tag = f"{kind}/{path.stem}"
+                made = self.ledger[start:]
+                for entry in made:  # entries of artifacts computed inside keep their own tag
+                    entry.setdefault("artifact", tag)
+                atomic_write_bytes(path.with_suffix(".work.json"), json.dumps(
+                    [{k: v for k, v in e.items() if k != "reused"} for e in made]).encode())
             if self.owner:
                 atomic_write_bytes(path.with_suffix(".owner"), self.owner.encode())
             with (path.parent / "index.jsonl").open("a") as index:

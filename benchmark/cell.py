@@ -68,9 +68,11 @@ class Runtime:
         if self.imagenet_root is not None:
             self.imagenet_root = Path(self.imagenet_root).expanduser().resolve()
 
-    def artifacts(self, spec: CellSpec) -> ArtifactCache:
-        """The cell's artifact cache: a development run tags what it makes with its preset."""
-        return ArtifactCache(self.results / "cache", owner=spec.preset if spec.fast_dev_run else "")
+    def artifacts(self, spec: CellSpec, ledger: list[dict[str, Any]] | None = None) -> ArtifactCache:
+        """The cell's artifact cache: a development run tags what it makes with its preset;
+        ``ledger`` is the cell's work (``Trainer.work``), which the cache tags by artifact."""
+        return ArtifactCache(self.results / "cache", owner=spec.preset if spec.fast_dev_run else "",
+                             ledger=ledger)
 
 
 def seed_everything(seed: int) -> None:
@@ -244,7 +246,7 @@ def make_attack(spec: CellSpec, dataset: Dataset, rt: Runtime,
     # reference models and generators: the architecture is part of the artifact's identity
     uses_model = spec.attack_cls.uses_model(spec.attack_params)
     device = trainer.device if trainer is not None else torch.device("cpu")
-    ctx = AttackContext(cache=rt.artifacts(spec),
+    ctx = AttackContext(cache=rt.artifacts(spec, trainer.work if trainer is not None else None),
                         cache_key=spec.artifact_key("attack_model" if uses_model else "attack"),
                         keys=spec.artifact_keys(("clean_reference",)), seed=spec.seed,
                         num_classes=dataset.num_classes, device=device, trainer=trainer,
@@ -268,7 +270,10 @@ def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
 def _probe_model(name: str, params: str, num_classes: int) -> torch.nn.Module:
     """An untrained model that ``Defense.check_model`` inspects (never trains): built once per
     architecture while a grid checks its cells, not once per cell."""
-    return build_model(name, num_classes, **json.loads(params))
+    kwargs = json.loads(params)
+    if "pretrained" in kwargs:  # its structure is what is checked: no weights to download
+        kwargs["pretrained"] = False
+    return build_model(name, num_classes, **kwargs)
 
 
 def poison(spec: CellSpec, dataset: Dataset, rt: Runtime, trainer: Trainer, make_model):
@@ -362,7 +367,7 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     split: dict[str, float] = {}
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
-        train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts(spec),
+        train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts(spec, trainer.work),
         cache_key=spec.artifact_key("defense"),
         keys=spec.artifact_keys(("shared", "images")), trusted=validation,
         monitor=make_monitor(trainer, test, trig, target, ev.curve_size, ev.curve_every, split),

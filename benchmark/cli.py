@@ -263,22 +263,23 @@ def dev_twin(spec: CellSpec) -> tuple[str, str]:
     return spec.replace(fast_dev_run=DevRun()).id, speed_key(spec)
 
 
-def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec]) -> tuple[dict[str, float], str]:
-    """(img/s by speed key, the device's name) for the dry-run's estimates: the calibration
-    file's, or measured here for each model of a cell with a development run (once, cached)."""
+def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec]
+                    ) -> tuple[dict[str, float], str, str]:
+    """(img/s by speed key, the device's name, where the img/s come from) for the dry-run's
+    estimates: the calibration file's, or measured here for each model of a cell with work
+    counts (once, cached)."""
     from benchmark.cost import Throughputs, speed_key
-    from benchmark.devrun import FOLDER
-    from benchmark.store import ResultStore
+    from benchmark.plans import WorkCounts
 
     speeds = Throughputs(rt.cache_dir, Path(args.calibration) if args.calibration else None,
                          args.device)
-    dev = ResultStore(rt.results / FOLDER)
+    counts = WorkCounts(rt.results)
     for spec in specs:
-        if speed_key(spec) not in speeds.known and dev.status(dev_twin(spec)[0]) == "ok":
+        if speed_key(spec) not in speeds.known and counts.has(dev_twin(spec)[0]):
             print(f"measuring the training throughput of {speed_key(spec)} on {speeds.kind} ...",
                   file=sys.stderr, flush=True)
             speeds.get(spec)
-    return dict(speeds.known), speeds.kind
+    return dict(speeds.known), speeds.kind, speeds.note
 
 
 def results_folder(args: argparse.Namespace) -> Path:

@@ -102,11 +102,18 @@ class Throughputs:
     def __init__(self, cache_dir: Path, calibration: Path | None = None, device: str | None = None):
         self.device = device
         self.path = Path(cache_dir) / "throughput.json"
+        self.note = ""  # where the img/s come from, as the dry-run says it
         if calibration is not None:
             data = json.loads(Path(calibration).read_text())
             self.kind, self.known, self.measured_here = data["device_kind"], data["img_per_s"], False
+            if data.get("published"):
+                self.note = ("img/s from a published figure, not measured here: "
+                             f"{data['published']} ({calibration})")
+            else:
+                self.note = f"img/s measured on {self.kind}: {data.get('source', calibration)}"
         else:
             self.kind, self.measured_here = device_kind(device), True
+            self.note = f"img/s measured here ({self.path}, a few batches per model)"
             try:
                 self.known = json.loads(self.path.read_text()).get(self.kind, {})
             except (OSError, ValueError):
@@ -131,6 +138,68 @@ class Throughputs:
             atomic_write_bytes(self.path, json.dumps(every, indent=1).encode())
         except OSError:  # an unwritable cache costs the next dry-run a measurement
             pass
+
+
+WORK = Path(__file__).parent / "work"  # committed development-run work counts, one file a preset
+
+
+def committed_work() -> dict[str, list[dict[str, Any]]]:
+    """Every committed work ledger by its development run's id (ids differ across presets)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(WORK.glob("*.json")):
+        out.update({cid: cell["work"] for cid, cell in json.loads(path.read_text())["cells"].items()})
+    return out
+
+
+def ledger(work: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A work ledger as committed: the training phases as run, the evaluation passes summed into
+    one entry per artifact they belong to (``units`` counts them alike); each entry keeps the
+    artifact it made (``artifact``, the cache's tag), so a grid counts a shared one once."""
+    keep = ("phase", "epochs", "images_per_epoch", "artifact")
+    phases = [{k: e[k] for k in keep if k in e} for e in work if e["phase"] != "eval"]
+    evals: dict[str | None, int] = {}
+    for e in work:
+        if e["phase"] == "eval":
+            evals[e.get("artifact")] = evals.get(e.get("artifact"), 0) + e["images"]
+    return phases + [{"phase": "eval", "images": n, **({"artifact": a} if a else {})}
+                     for a, n in evals.items()]
+
+
+def grid_units(works: list[list[dict[str, Any]] | None], made: set[str] | None = None
+               ) -> list[float | None]:
+    """Each cell's training-image equivalents in a grid run in this order: an artifact's work
+    counts at the first cell that needs it, and not where ``made`` (artifacts already there)."""
+    seen = set(made or ())
+    out: list[float | None] = []
+    for work in works:
+        if work is None:
+            out.append(None)
+            continue
+        out.append(units([e for e in work if e.get("artifact") not in seen]))
+        seen |= {e["artifact"] for e in work if e.get("artifact")}
+    return out
+
+
+def write_work(dev_records: Path, out: Path) -> int:
+    """Write the work ledgers of a folder of development-run records (one preset's) to ``out``;
+    returns how many."""
+    from benchmark.cache import atomic_write_bytes
+
+    cells, presets = {}, set()
+    for path in sorted(Path(dev_records).glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status") != "ok" or "fast_dev_run" not in rec:
+            continue
+        c = rec["config"]
+        presets.add(c["preset"])
+        cells[rec["id"]] = {"cell": f"{c['dataset']}/{c['model']}/{c['attack']}/{c['defense']}",
+                            "work": ledger(rec["fast_dev_run"]["work"])}
+    if len(presets) > 1:
+        raise ValueError(f"{dev_records}: development runs of several presets ({', '.join(sorted(presets))})")
+    doc = {"preset": next(iter(presets), ""), "made_by": "python -m benchmark.cost work "
+           "--results <results of --fast-dev-run>", "cells": dict(sorted(cells.items()))}
+    atomic_write_bytes(out, (json.dumps(doc, indent=0) + "\n").encode())
+    return len(cells)
 
 
 def estimate(spec: CellSpec, work: list[dict[str, Any]] | None, speeds: Throughputs
@@ -184,12 +253,27 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.data import default_cache_dir
 
     p = argparse.ArgumentParser(prog="python -m benchmark.cost",
-                                description="check: the dry-run's estimates against measured records")
-    p.add_argument("what", choices=["check"])
-    p.add_argument("--results", required=True, help="a folder of records (e.g. docs/results/quick)")
-    p.add_argument("--calibration", required=True, help="the calibration of the records' device")
+                                description="check: the dry-run's estimates against measured records; "
+                                "work: commit a preset's development-run work counts (benchmark/work/)")
+    p.add_argument("what", choices=["check", "work"])
+    p.add_argument("--results", required=True, help="check: a folder of records (e.g. docs/results/quick); "
+                   "work: the --results of a --fast-dev-run grid")
+    p.add_argument("--calibration", help="check: the calibration of the records' device")
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
+    if args.what == "work":
+        from benchmark.devrun import FOLDER
+
+        folder = Path(args.results) / FOLDER / "records"
+        recs = list(folder.glob("*.json"))
+        if not recs:
+            p.error(f"no development-run records in {folder}")
+        preset = json.loads(recs[0].read_text())["config"]["preset"]
+        n = write_work(folder, WORK / f"{preset}.json")
+        print(f"{n} work ledger(s) of --grid {preset} written to {WORK / f'{preset}.json'}")
+        return 0
+    if not args.calibration:
+        p.error("check needs --calibration")
     rows = check(Path(args.results), Path(args.calibration), Path(args.cache_dir or default_cache_dir()))
     for r in rows:
         print(f"{r['id']}  {r['cell']:28s} measured {r['measured_s']:7.0f} s  estimated "

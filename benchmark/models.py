@@ -1,12 +1,14 @@
 """Models: CIFAR-style ResNet-18 (width option), PreAct-ResNet-18, torchvision ResNet-18,
-VGG-19-BN in its CIFAR form (width option).
+VGG-19-BN in its CIFAR form (width option), and torchvision's MobileNetV3-Large and ViT-B/16
+as BackdoorBench trains them.
 
-Every model names its stages ``layer1``... (the walkers below and the defenses read them) and
-its head ``linear`` or ``fc``; ``features`` gives what the head reads.
-
-``conv_feature_layers`` names the layers PIPD/NONE read (every conv of stages 2-4, pre-BN, and
-each 1x1 shortcut after its BN); ``collect_features`` runs a model over a tensor of images and
-returns those layers' per-channel spatial maxima.
+The walkers below read any of them: ``classifier_head`` is the last linear layer and ``embed``
+what it reads; ``conv_feature_layers`` names the layers PIPD/NONE read: every conv of stages 2-4
+(pre-BN) and each 1x1 shortcut after its BN, a stage being ``layer<s>`` where the model names
+its stages (the ResNets, VGG), else a run of convolutions at one output resolution
+(``conv_stages``). A defense that needs more (residual blocks, a stem BatchNorm) says so in
+its ``check_model``. ``collect_features`` runs a model over a tensor of images and returns
+those layers' per-channel spatial maxima.
 """
 
 from __future__ import annotations
@@ -154,22 +156,65 @@ def resnet18_imagenet(num_classes: int = 1000, **_: object) -> nn.Module:
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
+@MODELS.register("mobilenet_v3_large")
+def mobilenet_v3_large(num_classes: int = 10, **_: object) -> nn.Module:
+    """torchvision's MobileNetV3-Large, random init, on the images at their own size (BackdoorBench
+    trains it so on 32 px CIFAR: five stride-2 stages leave 1x1 maps)."""
+    import torchvision
+
+    return torchvision.models.mobilenet_v3_large(weights=None, num_classes=num_classes)
+
+
+class Resized(nn.Sequential):
+    """A model that resizes its input first (a ViT's fixed patch grid on small images)."""
+
+    def __init__(self, size: int, model: nn.Module) -> None:
+        from torchvision.transforms import Resize
+
+        super().__init__(Resize((size, size), antialias=False), model)
+
+
+@MODELS.register("vit_b_16")
+def vit_b_16(num_classes: int = 10, pretrained: bool = True, **_: object) -> nn.Module:
+    """torchvision's ViT-B/16 as BackdoorBench builds it: ImageNet-1k weights (``IMAGENET1K_V1``,
+    downloaded once by torchvision; ``pretrained=False``: random init), a new head of
+    ``num_classes``, and every input resized to 224 px inside the model (bilinear)."""
+    import torchvision
+
+    weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1 if pretrained else None
+    try:
+        net = torchvision.models.vit_b_16(weights=weights)
+    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+        raise RuntimeError(f"vit_b_16: its ImageNet weights could not be loaded ({exc}); "
+                           "--set model.pretrained=false trains it from scratch") from None
+    net.heads.head = nn.Linear(net.heads.head.in_features, num_classes)
+    return Resized(224, net)
+
+
 def classifier_head(model: nn.Module) -> nn.Linear:
-    """The final linear layer (``linear`` here, ``fc`` in torchvision)."""
+    """The final linear layer: ``linear`` (this suite's), ``fc`` (torchvision's ResNets), else the
+    last ``nn.Linear`` registered (MobileNetV3's classifier, ViT's head)."""
     head = getattr(model, "linear", None) or getattr(model, "fc", None)
+    if head is None:
+        head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no linear head named linear or fc")
+        raise ValueError(f"{type(model).__name__} has no linear head")
     return head
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The pooled features the head reads, for this suite's ResNets and torchvision's."""
-    if hasattr(model, "features"):
+    """The features the head reads: this suite's models' ``features``, else the input of
+    ``classifier_head`` caught on its way there (gradients flow through either)."""
+    features = getattr(type(model), "features", None)
+    if callable(features):  # a method (MobileNetV3's ``features`` is a submodule instead)
         return model.features(x)
-    m = model  # torchvision ResNet
-    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-    return torch.flatten(m.avgpool(x), 1)
+    caught: list[torch.Tensor] = []
+    handle = classifier_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return caught[0].flatten(1)
 
 
 def last_residual_block(model: nn.Module, stage: int = 3) -> nn.Module:
@@ -226,13 +271,50 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+@torch.no_grad()
+def conv_stages(model: nn.Module, size: int = 64) -> list[dict[str, nn.Conv2d]]:
+    """Every Conv2d that maps a feature map, by qualified name, grouped into stages by its output
+    resolution, in the order the resolutions first appear (one probe forward of a ``size`` px
+    image). Convolutions on globally pooled 1x1 inputs (squeeze-excitation gates) map no
+    feature map and are left out."""
+    sizes: dict[str, tuple[int, int]] = {}
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+    def note(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if tuple(args[0].shape[-2:]) != (1, 1):
+                sizes.setdefault(name, tuple(out.shape[-2:]))
+        return hook
+
+    handles = [m.register_forward_hook(note(name)) for name, m in convs.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    stages: dict[tuple[int, int], dict[str, nn.Conv2d]] = {}
+    for name, hw in sizes.items():  # forward order
+        stages.setdefault(hw, {})[name] = convs[name]
+    return list(stages.values())
+
+
 def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -> dict[str, nn.Module]:
     """The layers whose outputs PIPD reads, by name, in forward order.
 
-    Every Conv2d of the given residual stages (its raw output, before BatchNorm and ReLU) and
-    each projection shortcut taken after its BatchNorm (the shortcut Sequential / torchvision's
-    ``downsample``). 15 layers for ResNet-18 stages 2-4.
+    Every Conv2d of the given stages (its raw output, before BatchNorm and ReLU) and each
+    projection shortcut taken after its BatchNorm (the shortcut Sequential / torchvision's
+    ``downsample``): 15 layers for ResNet-18 stages 2-4. A model that does not name its stages
+    ``layer<s>`` (MobileNetV3) is read by ``conv_stages``: stage s is its s-th output resolution.
     """
+    if not any(hasattr(model, f"layer{s}") for s in stages):
+        found = conv_stages(model)
+        if len(found) < max(stages):
+            raise ValueError(f"{type(model).__name__} has {len(found)} convolution stage(s) (output "
+                             f"resolutions); the feature layers of stages {list(stages)} need {max(stages)}")
+        return {name: m for s in stages for name, m in found[s - 1].items()}
     layers: dict[str, nn.Module] = {}
     for s in stages:
         stage = getattr(model, f"layer{s}", None)

@@ -4,38 +4,81 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+
+class WorkCounts:
+    """The work ledger of a cell's development run, by the development run's id: the results
+    folder's own development runs first, then the counts committed with the suite
+    (``benchmark/work/<preset>.json``, ``python -m benchmark.cost work``), so a fresh clone has
+    an estimate of every preset cell they cover."""
+
+    def __init__(self, results: Path) -> None:
+        from benchmark.cost import committed_work
+        from benchmark.devrun import FOLDER
+        from benchmark.store import ResultStore
+
+        self.dev = ResultStore(results / FOLDER)
+        self.committed = committed_work()
+        self.used = {"here": 0, "committed": 0}
+
+    def get(self, dev_id: str) -> list[dict[str, Any]] | None:
+        rec = self.dev.read(dev_id)
+        if rec is not None and rec.get("status") == "ok":
+            self.used["here"] += 1
+            return rec["fast_dev_run"]["work"]
+        if dev_id in self.committed:
+            self.used["committed"] += 1
+            return self.committed[dev_id]
+        return None
+
+    def peek(self, dev_id: str) -> list[dict[str, Any]] | None:
+        """``get`` without counting where it came from (a done cell's work, for its artifacts)."""
+        rec = self.dev.read(dev_id)
+        if rec is not None and rec.get("status") == "ok":
+            return rec["fast_dev_run"]["work"]
+        return self.committed.get(dev_id)
+
+    def has(self, dev_id: str) -> bool:
+        return dev_id in self.committed or self.dev.status(dev_id) == "ok"
 
 
 def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, float] | None = None,
-               device: str = "") -> None:
+               device: str = "", speed_note: str = "") -> None:
     """Each cell's status, and with ``speeds`` (img/s by speed key) the estimated time of each
     cell to run from its development run's work (``benchmark.cost``), and the total."""
-    from benchmark.cost import units
-    from benchmark.devrun import FOLDER
+    from benchmark.cost import grid_units
     from benchmark.progress import duration
     from benchmark.sources import changed_note, stale
     from benchmark.store import ResultStore
 
-    store, dev = ResultStore(results), ResultStore(results / FOLDER)
+    store, counts = ResultStore(results), WorkCounts(results)
+    status = [store.status(cid) for cid, *_ in cells]
+    seconds: list[float | None] = [None] * len(cells)
+    if speeds is not None:
+        works = [counts.get(extra[0]) if extra and st != "ok" else None
+                 for (_, _, *extra), st in zip(cells, status, strict=True)]
+        # a done cell's artifacts are in the cache: a cell to run that shares them reuses them
+        made = {e["artifact"] for (_, _, *extra), st in zip(cells, status, strict=True)
+                if extra and st == "ok" for e in (counts.peek(extra[0]) or []) if e.get("artifact")}
+        for i, u in enumerate(grid_units(works, made)):
+            speed = speeds.get(cells[i][3]) if len(cells[i]) > 3 else None
+            seconds[i] = u / speed if u is not None and speed else None
     todo, total, unknown = 0, 0.0, 0
     changed: list[tuple[str, str, str]] = []
-    for cid, text, *extra in cells:
-        status = store.status(cid)
-        todo += status != "ok"
-        if status == "ok" and len(extra) > 2:  # today's source digests of the cell's methods
+    for (cid, text, *extra), st, sec in zip(cells, status, seconds, strict=True):
+        todo += st != "ok"
+        if st == "ok" and len(extra) > 2:  # today's source digests of the cell's methods
             changed += stale(store.read(cid) or {}, json.loads(extra[2]))
         est = ""
-        if speeds is not None and extra and status != "ok":
-            rec = dev.read(extra[0])
-            speed = speeds.get(extra[1])
-            if rec is not None and rec.get("status") == "ok" and speed:
-                seconds = units(rec["fast_dev_run"]["work"]) / speed
-                total += seconds
-                est = f"  ~{duration(seconds)}"
+        if speeds is not None and extra and st != "ok":
+            if sec is not None:
+                total += sec
+                est = f"  ~{duration(sec)}"
             else:
                 unknown += 1
                 est = "  ~?"
-        print(f"{cid}  {status:6}  {text}{est}")
+        print(f"{cid}  {st:6}  {text}{est}")
     print(f"{len(cells)} cell(s): {len(cells) - todo} done, {todo} to run")
     note = changed_note(changed)
     if note:
@@ -45,12 +88,15 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
         print(f"estimated time to run on {device}: {duration(total)} ({hours:.2f} device-hours)"
               + (f"; {unknown} cell(s) without an estimate (~?: run the same grid with "
                  f"--fast-dev-run first, seconds a cell)" if unknown else ""))
+        sources = [f"{n} from {'this folder' if k == 'here' else 'the committed'} development "
+                   f"runs{'' if k == 'here' else ' (benchmark/work/)'}" for k, n in counts.used.items() if n]
+        if sources:
+            print(f"work counts: {'; '.join(sources)}")
+        if speed_note:
+            print(speed_note)
 
 
 def has_dev_runs(cells: list, results: Path) -> bool:
-    """Whether any cell of a plan has a finished development run (then estimates are shown)."""
-    from benchmark.devrun import FOLDER
-    from benchmark.store import ResultStore
-
-    dev = ResultStore(results / FOLDER)
-    return any(len(c) > 2 and dev.status(c[2]) == "ok" for c in cells)
+    """Whether any cell of a plan has a development run's work counts (then estimates are shown)."""
+    counts = WorkCounts(results)
+    return any(len(c) > 2 and counts.has(c[2]) for c in cells)

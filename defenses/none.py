@@ -110,6 +110,9 @@ class NONE(Defense):
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
         conv_feature_layers(model, tuple(params.stages))
+        if not _blocks(model):
+            raise ValueError(f"its channel reset edits BasicBlock ResNets (stages layer1-layer4); "
+                             f"{type(model).__name__} has none")
         for _, block in _blocks(model):  # what reset_channels edits
             if not (hasattr(block, "bn2") and isinstance(getattr(block, "conv2", None), nn.Conv2d)
                     and not hasattr(block, "conv3") and not isinstance(block, PreActBlock)):

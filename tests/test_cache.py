@@ -144,3 +144,28 @@ def test_the_reference_model_trains_in_the_cells_precision(tmp_path):
     for precision in ("auto", "fp32"):
         reference_model(replace(ctx, precision=precision), train, epochs=1)
     assert asked == ["auto", "fp32"] and len(list((tmp_path / "models").glob("*.pt"))) == 2
+
+
+def test_an_artifacts_work_is_tagged_and_comes_back_with_it_when_loaded(tmp_path):
+    """The cell that computes an artifact and a cell that loads it get the same work entries
+    (the loader's marked reused); an artifact computed inside another keeps its own tag."""
+    first: list[dict] = []
+    store = cache.ArtifactCache(tmp_path, ledger=first)
+
+    def outer() -> int:
+        first.append({"phase": "train outer", "epochs": 2, "images_per_epoch": 10})
+        return store.get_or_create("inner", {"k": 1}, inner) + 1
+
+    def inner() -> int:
+        first.append({"phase": "train inner", "epochs": 1, "images_per_epoch": 5})
+        return 41
+
+    assert store.get_or_create("outer", {"k": 2}, outer) == 42
+    tags = [e["artifact"].split("/")[0] for e in first]
+    assert tags == ["outer", "inner"]
+    second: list[dict] = [{"phase": "eval", "images": 3}]
+    again = cache.ArtifactCache(tmp_path, ledger=second)
+    assert again.get_or_create("outer", {"k": 2}, lambda: 0) == 42
+    assert again.get_or_create("inner", {"k": 1}, lambda: 0) == 41  # already in: not twice
+    assert [{k: v for k, v in e.items() if k != "reused"} for e in second[1:]] == first
+    assert all(e["reused"] for e in second[1:]) and len(second) == 3

@@ -4,6 +4,7 @@ tested in its own module's tests, and every built-in method runs end to end in t
 development run (tests/test_devrun.py)."""
 
 import dataclasses
+import functools
 import importlib
 import sys
 
@@ -67,16 +68,21 @@ def test_every_method_class_of_the_packages_is_registered():
                     assert obj.name in registry and registry.get(obj.name) is obj, obj
 
 
-CIFAR_MODELS = ("resnet18", "preact_resnet18", "vgg19_bn")
+CIFAR_MODELS = ("resnet18", "preact_resnet18", "vgg19_bn", "mobilenet_v3_large", "vit_b_16")
+
+
+@functools.cache
+def small_model(model_name: str):  # noqa: ANN201
+    from benchmark.models import build_model
+
+    return build_model(model_name, 10, width=4, pretrained=False)  # no weights to download
 
 
 @pytest.mark.parametrize("model_name", CIFAR_MODELS)
 @pytest.mark.parametrize("name", builtin(DEFENSES, "defenses"))
 def test_every_defense_accepts_a_model_or_says_in_one_line_what_it_needs(name, model_name):
-    from benchmark.models import build_model
-
     cls = DEFENSES.get(name)
-    model = build_model(model_name, 10, width=4)
+    model = small_model(model_name)
     try:
         cls.check_model(cls.Params(), model)
     except ValueError as exc:
@@ -96,3 +102,19 @@ def test_the_residual_only_defenses_refuse_vgg_and_the_rest_accept_it():
         except ValueError:
             refused.add(name)
     assert refused == {"none", "dbalfa"}
+
+
+def test_which_defenses_refuse_mobilenet_and_vit():
+    """MobileNetV3 has conv stages but no residual blocks or stem BatchNorm; ViT has one
+    convolution (its patch embedding): what reads conv stages refuses it, nothing else."""
+    refused: dict[str, set[str]] = {"mobilenet_v3_large": set(), "vit_b_16": set()}
+    for model_name, names in refused.items():
+        for name in builtin(DEFENSES, "defenses"):
+            cls = DEFENSES.get(name)
+            try:
+                cls.check_model(cls.Params(), small_model(model_name))
+            except ValueError:
+                names.add(name)
+    assert refused["mobilenet_v3_large"] == {"none", "dbalfa", "asd"}
+    assert refused["vit_b_16"] == {"none", "dbalfa", "asd", "pipd", "pipd_median", "pipd_q90",
+                                   "pipd_abl_seed"}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark.config import default_model
 from benchmark.data import DATASETS, DataNotFoundError, load_dataset
 
 
@@ -101,17 +102,27 @@ def test_a_missing_dataset_is_one_clear_error(tmp_path, name):
         load_dataset(name, tmp_path, tmp_path / "cache", download=False)
 
 
+WRITERS = {"cifar100": write_cifar100, "gtsrb": write_gtsrb, "tiny_imagenet": write_tiny_imagenet}
+# every new dataset with its default model and the CNNs; ViT-B/16 (224 px whatever the data,
+# a minute a cell on 2 cores) on one, with random weights: CI cannot download ImageNet's
+PAIRS = [(d, m) for d in WRITERS for m in (None, "vgg19_bn", "mobilenet_v3_large")] + \
+    [("tiny_imagenet", "vit_b_16")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name,write", [("cifar100", write_cifar100), ("gtsrb", write_gtsrb),
-                                        ("tiny_imagenet", write_tiny_imagenet)])
-def test_a_full_preset_development_run_of_no_defense_and_pipd_runs_on_each(tmp_path, name, write, capsys):
+@pytest.mark.parametrize("name,model", PAIRS)
+def test_a_full_preset_development_run_of_no_defense_and_pipd_runs_on_each(tmp_path, name, model, capsys):
     from benchmark.cli import main
 
-    root = write(tmp_path / "data")
-    argv = ["--grid", "full", "--datasets", name, "--attacks", "badnets", "--defenses", "no_defense,pipd",
+    root = WRITERS[name](tmp_path / "data")
+    defenses = "no_defense" if model == "vit_b_16" else "no_defense,pipd"  # PIPD refuses ViT
+    argv = ["--grid", "full", "--datasets", name, "--attacks", "badnets", "--defenses", defenses,
             "--fast-dev-run", "--executor", "serial", "--data-root", str(root), "--cache-dir",
             str(tmp_path / "cache"), "--results", str(tmp_path / "res"), "--no-download"]
+    if model:
+        argv += ["--models", model] + (["--set", "model.pretrained=false"] if model == "vit_b_16" else [])
     assert main(argv) == 0, capsys.readouterr().err[-2000:]
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "fast-dev-run" / "records").glob("*.json")]
-    assert {r["config"]["defense"] for r in recs} == {"no_defense", "pipd"}
+    assert {r["config"]["defense"] for r in recs} == set(defenses.split(","))
     assert all(r["config"]["dataset"] == name and r["status"] == "ok" for r in recs)
+    assert all(r["config"]["model"] == (model or default_model(name)) for r in recs)

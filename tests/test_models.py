@@ -92,3 +92,50 @@ def test_stage_output_is_layer3s_last_block_before_its_relu(name, size):
             relu = F.relu
             manual = blk.bn2(blk.conv2(relu(blk.bn1(blk.conv1(inp["x"]))))) + inp["x"]  # identity shortcut
         assert torch.allclose(feats, manual.flatten(1), atol=1e-6)
+
+
+def test_torchvision_backbones_as_backdoorbench_builds_them():
+    mobile = build_model("mobilenet_v3_large", 7)
+    assert mobile(torch.randn(2, 3, 32, 32)).shape == (2, 7)  # 32 px as they are: 1x1 at the end
+    vit = build_model("vit_b_16", 7, pretrained=False)
+    seen: list[tuple[int, ...]] = []
+    vit[1].conv_proj.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 7) and seen == [(2, 3, 224, 224)]
+    assert sum(p.numel() for p in vit.parameters()) == 85_798_656 + 768 * 7 + 7  # ViT-B/16 + head
+
+
+def test_head_and_embedding_of_any_model_are_its_last_linear_and_what_it_reads():
+    from benchmark.models import classifier_head, embed
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    tv = build_model("resnet18_imagenet", 10).eval()
+    by_hand = torch.flatten(tv.avgpool(tv.layer4(tv.layer3(tv.layer2(tv.layer1(
+        tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))), 1)
+    assert classifier_head(tv) is tv.fc and torch.equal(embed(tv, x), by_hand)
+    mobile = build_model("mobilenet_v3_large", 10).eval()
+    assert classifier_head(mobile) is mobile.classifier[3]
+    inner = mobile.classifier[:3](torch.flatten(mobile.avgpool(mobile.features(x)), 1))
+    assert torch.allclose(embed(mobile, x), inner)
+    assert torch.allclose(classifier_head(mobile)(embed(mobile, x)), mobile(x), atol=1e-6)
+    cifar = build_model("resnet18", 10, width=8).eval()
+    assert classifier_head(cifar) is cifar.linear and torch.equal(embed(cifar, x), cifar.features(x))
+
+
+def test_stages_by_resolution_where_a_model_does_not_name_them():
+    from benchmark.models import conv_stages
+
+    resnet = build_model("resnet18", 10, width=8)
+    named = list(conv_feature_layers(resnet))
+    by_size = conv_stages(resnet)
+    assert [len(s) for s in by_size] == [5, 5, 5, 5]  # stem + layer1, then layer2-4 with shortcuts
+    assert [n for n in by_size[1] if not n.endswith("shortcut.0")] == \
+        [n for n in named if n.startswith("layer2") and not n.endswith("shortcut")]
+    mobile = build_model("mobilenet_v3_large", 10)
+    stages = conv_stages(mobile)
+    assert len(stages) == 5  # 64 px probe: 32, 16, 8, 4, 2; the squeeze-excitation gates left out
+    assert not any(".fc" in n for s in stages for n in s)
+    layers = conv_feature_layers(mobile)
+    assert list(layers) == [n for s in stages[1:4] for n in s] and len(layers) == 33
+    with pytest.raises(ValueError, match="1 convolution stage"):
+        conv_feature_layers(build_model("vit_b_16", 10, pretrained=False))
