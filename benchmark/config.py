@@ -16,7 +16,7 @@ from typing import Any
 from benchmark.cache import config_hash, hashed_fields, keyed_fields
 from benchmark.data import DATASETS
 from benchmark.models import MODELS
-from benchmark.presets import PRESETS
+from benchmark.presets import DATASET_ATTACKS, PRESETS
 from benchmark.registry import UsageError
 from benchmark.train import TrainConfig
 from benchmark.validate import check_fields, check_parameters, check_section
@@ -148,7 +148,10 @@ def resolve_cell(preset: str, attack: str, defense: str, seed: int,
     # to every defense cell of that attack, so the comparison within the attack stays fair)
     train = {**preset_train(spec), **preset_params(spec.get("attack_train", {}), attack_cls)}
     eval_ = {**EVAL_DEFAULTS, **spec.get("eval", {})}
-    attack_params = {**params_dict(attack_cls.Params), **preset_params(spec.get("attacks", {}), attack_cls)}
+    on_dataset = DATASET_ATTACKS.get(dataset, {})  # what the references change per dataset
+    attack_params = {**params_dict(attack_cls.Params), **on_dataset.get("*", {}),
+                     **preset_params(on_dataset, attack_cls),
+                     **preset_params(spec.get("attacks", {}), attack_cls)}
     defense_params = {**params_dict(defense_cls.Params),
                       **preset_params(spec.get("defenses", {}), defense_cls)}
     attack_names, defense_names = lineage(attack_cls), lineage(defense_cls)

@@ -6,6 +6,9 @@ Keys: ``dataset``; ``data``, ``model_params``, ``train``, ``eval`` (sections of 
 base's); ``attack_train`` (training overrides for every cell of one attack); ``grid_attacks`` /
 ``grid_defenses`` (the grid's default selection); ``caveats`` (defenses whose rows the leaderboard
 marks, with the page that says why).
+
+``DATASET_ATTACKS``: per dataset, the attack settings the references change, under every preset
+(before the preset's own ``attacks``; ``"*"``: every attack).
 """
 
 from __future__ import annotations
@@ -86,4 +89,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"curve_size": 2000},
         "defenses": {},
     },
+}
+
+
+DATASET_ATTACKS: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar100": {"sig": {"rate": 0.005}, "cl": {"rate": 0.005}},
+    "gtsrb": {"*": {"target": 2}, "sig": {"rate": 0.0287}, "cl": {"rate": 0.0287}},
+    "tiny_imagenet": {"sig": {"rate": 0.0025}, "cl": {"rate": 0.0025}},
 }

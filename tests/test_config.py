@@ -149,3 +149,29 @@ def test_the_grid_has_dataset_and_model_axes():
                          (dict(datasets=["cifar9"]), "unknown dataset 'cifar9'; valid choices")):
         with pytest.raises(UsageError, match=message):
             expand_grid("smoke", ["badnets"], ["no_defense"], [0], [], **bad)
+
+
+# training images and target-class images of each dataset's real training split
+REAL_SPLITS = {"cifar10": (50_000, 5_000), "cifar100": (50_000, 500), "gtsrb": (39_209, 2_250),
+               "tiny_imagenet": (100_000, 500)}
+
+
+@pytest.mark.parametrize("dataset", list(REAL_SPLITS))
+def test_each_dataset_takes_its_declared_attack_settings(dataset):
+    """A clean-label attack poisons half of the target class on every dataset (5% of CIFAR-10);
+    GTSRB's target is backdoor-toolbox's class 2; --set still wins."""
+    from benchmark.presets import DATASET_ATTACKS
+
+    n, in_target = REAL_SPLITS[dataset]
+    target = 2 if dataset == "gtsrb" else 0
+    for attack in ("badnets", "sig", "cl", "wanet"):
+        c = resolve_cell("full", attack, "no_defense", 0, [], dataset=dataset)
+        assert c["attack_params"]["target"] == target
+        if attack in ("sig", "cl"):
+            assert c["attack_params"]["rate"] * n == pytest.approx(in_target / 2, rel=0.01)
+        else:
+            assert c["attack_params"]["rate"] == 0.05
+    c = resolve_cell("full", "sig", "no_defense", 0, [("sig.rate", 0.001), ("attack.target", 1)],
+                     dataset=dataset)
+    assert (c["attack_params"]["rate"], c["attack_params"]["target"]) == (0.001, 1)
+    assert set(DATASET_ATTACKS) <= set(REAL_SPLITS)

@@ -173,8 +173,19 @@ def presets() -> str:
     return f"| setting | {' | '.join(flat)} |\n|---|{'---|' * len(flat)}\n" + "\n".join(lines) + "\n"
 
 
+def dataset_attacks() -> str:
+    """The per-dataset attack settings (``DATASET_ATTACKS``), one row per dataset and key."""
+    from benchmark.presets import DATASET_ATTACKS
+
+    lines = [f"| {ds} | `{'every attack' if attack == '*' else attack}` | `{key}` | `{json.dumps(v)}` |"
+             for ds, by_attack in DATASET_ATTACKS.items() for attack, values in by_attack.items()
+             for key, v in values.items()]
+    return "| dataset | attack | setting | value |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "presets": presets,
+    "dataset_attacks": dataset_attacks,
     "defense_context": _context,
     "defense_result": _result,
     "defense_class": _defense_class,
