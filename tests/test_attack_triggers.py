@@ -192,6 +192,38 @@ def test_adaptive_patch_equal_shares_each_trigger_at_its_own_opacity():
     assert int(ps.cover_mask.sum()) == 2 * len(idx)
 
 
+def test_adaptive_blend_masks_half_the_pieces_per_image_and_tests_the_whole_trigger():
+    """The toolbox's CIFAR-10 settings: 16 pieces, 8 masked per poisoned or cover image (each
+    its own), alpha 0.15 where kept and nowhere else; test: the whole pattern at 0.2."""
+    train = make_set(2000, low=0, high=256)
+    atk, ps = poisoned("adaptive_blend", train)
+    p = atk.params
+    assert (p.rate, p.cover_rate, p.alpha, p.test_alpha, p.pieces) == (0.003, 0.003, 0.15, 0.2, 16)
+    idx, cover = ps.poison_mask.nonzero().flatten(), ps.cover_mask.nonzero().flatten()
+    assert len(idx) == len(cover) == 6 and not (ps.poison_mask & ps.cover_mask).any()
+    assert (ps.labels[idx] == 0).all() and torch.equal(ps.labels[cover], train.labels[cover])
+    pattern = atk.pattern(3, 32, 32).float() / 255
+    kept = []
+    for i in torch.cat([idx, cover]):
+        changed = (ps.images[i] != train.images[i]).any(0)
+        share = changed.view(4, 8, 4, 8).permute(0, 2, 1, 3).reshape(16, 64).float().mean(1)
+        assert ((share == 0) | (share > 0.5)).all()  # a piece is blended as a whole or not at all
+        piece = (share > 0.5).view(4, 1, 4, 1).expand(4, 8, 4, 8).reshape(32, 32)
+        full = to_uint8(0.85 * train.images[i].float() / 255 + 0.15 * pattern)
+        assert (ps.images[i][:, piece].int() - full[:, piece].int()).abs().max() <= 1
+        assert torch.equal(ps.images[i][:, ~piece], train.images[i][:, ~piece])
+        kept.append(tuple((share > 0.5).tolist()))
+    assert all(sum(k) == 8 for k in kept) and len(set(kept)) > 1  # half each, not the same half
+    out = atk.apply_trigger(train.images[:4])
+    assert torch.equal(out, to_uint8(0.8 * train.images[:4].float() / 255 + 0.2 * pattern))
+    again, _ = poisoned("adaptive_blend", train)
+    assert torch.equal(again.poison_train(train).images, ps.images)  # seeded
+    with pytest.raises(UsageError, match="square number"):
+        make_attack("adaptive_blend", pieces=12)
+    with pytest.raises(UsageError, match="grid of pieces"):
+        make_attack("adaptive_blend", pieces=25).check(train)
+
+
 def test_adaptive_patch_trigger_geometry_and_two_trigger_test():
     """The geometry of the original's trigger images, and its test pair."""
     atk = make_attack("adaptive_patch")

@@ -134,20 +134,21 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     recs = list(records(tmp_path).values())
     attacks = {r["config"]["attack"] for r in recs}
     assert {"badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
-            "refool", "clean"} <= attacks
+            "refool", "clean", "adaptive_blend"} <= attacks
     for r in recs:
         assert r["status"] == "ok", r.get("error")
         info = r["attack_info"]
-        assert info["n_poisoned"] == (0 if r["config"]["attack"] == "clean" else 20)
+        assert info["n_poisoned"] == (0 if r["config"]["attack"] == "clean" else 20)  # the fixture's rate
     by = {r["config"]["attack"]: r["attack_info"] for r in recs}
     assert by["wanet"]["n_cover"] == 40 and by["adaptive_patch"]["n_cover"] == 40
+    assert by["adaptive_blend"]["n_cover"] == round(0.003 * by["adaptive_blend"]["n_train"])
     assert by["sig"]["clean_label"] and not by["badnets"]["clean_label"]
     cache = tmp_path / "res" / "cache"
     assert len(list((cache / "generators").glob("*.pt"))) == 1  # Dynamic's generator, once
     assert len(list((cache / "models").glob("*.pt"))) == 1  # one clean reference: CL and Trojan
     assert len(list((cache / "triggers").glob("*.pt"))) == 1  # Trojan's optimised trigger
     assert len(list((cache / "refool").glob("*.pt"))) == 1  # Refool's reflection selection
-    assert len(list((cache / "backdoored").glob("*.pt"))) == 10  # each attack's No Defense model
+    assert len(list((cache / "backdoored").glob("*.pt"))) == 11  # each attack's No Defense model
 
 
 @pytest.mark.slow
