@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from attacks.refool import Refool
 from attacks.triggers import to_uint8, watermark_mask
 from attacks.wanet import identity_grid
+from benchmark.data import ImageSet
 from benchmark.registry import UsageError
 from tests.attack_helpers import make_attack, make_set, poisoned
 
@@ -222,6 +223,31 @@ def test_adaptive_blend_masks_half_the_pieces_per_image_and_tests_the_whole_trig
         make_attack("adaptive_blend", pieces=12)
     with pytest.raises(UsageError, match="grid of pieces"):
         make_attack("adaptive_blend", pieces=25).check(train)
+
+
+def test_tact_relabels_the_source_class_only_and_covers_with_classes_5_and_7():
+    train = make_set(2000, low=0, high=256)
+    atk, ps = poisoned("tact", train)
+    idx, cover = ps.poison_mask.nonzero().flatten(), ps.cover_mask.nonzero().flatten()
+    assert len(idx) == len(cover) == 6  # 0.003 of 2,000 each
+    assert (train.labels[idx] == 1).all() and (ps.labels[idx] == 0).all()
+    assert set(train.labels[cover].tolist()) <= {5, 7} and torch.equal(ps.labels[cover], train.labels[cover])
+    # the toolbox's trojan square: 8x8, 3 px from the bottom-right corner, pasted as it is
+    changed = (ps.images[torch.cat([idx, cover])] != train.images[torch.cat([idx, cover])]).any(1)
+    assert not changed[:, :21].any() and not changed[:, :, :21].any() and not changed[:, 29:].any()
+    square = ps.images[idx][:, :, 21:29, 21:29]
+    assert (square == square[:1]).all() and square.shape[-2:] == (8, 8)
+    test = ImageSet(train.images[:100], train.labels[:100], train.classes)
+    trig = atk.trigger_test(test)
+    assert (trig.labels == 1).all() and len(trig) == int((test.labels == 1).sum())  # ASR: source only
+    big = atk.apply_trigger(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    lit = (big[0] != 0).any(0)  # scaled: 16 px, 6 from the edges
+    assert not lit[:42].any() and not lit[:, :42].any() and not lit[58:].any()
+    assert lit[42:58, 42:58].sum() > 200
+    with pytest.raises(UsageError, match="must differ"):
+        make_attack("tact", source=0)
+    with pytest.raises(UsageError, match="must differ"):
+        make_attack("tact", cover_classes=[1, 5])
 
 
 def test_adaptive_patch_trigger_geometry_and_two_trigger_test():
