@@ -214,8 +214,12 @@ class Attack:
         return PoisonedTrainSet(images, labels, mask, cover_mask, train.labels.clone(),
                                 train.classes, info=self.describe())
 
+    def test_rows(self, test: ImageSet) -> torch.Tensor:
+        """The rows of the test set the trigger is measured on (ASR): the non-target images."""
+        return (test.labels != self.params.target).nonzero().flatten()
+
     def trigger_test(self, test: ImageSet) -> ImageSet:
-        keep = (test.labels != self.params.target).nonzero().flatten()
+        keep = self.test_rows(test)
         return ImageSet(self._chunked(self.apply_trigger, test.images[keep]), test.labels[keep],
                         test.classes)
 

@@ -90,8 +90,6 @@ class TaCT(Attack):
         pick = torch.randperm(len(candidates), generator=self.draw_generator(1))[:k]
         return candidates[pick].sort().values
 
-    def trigger_test(self, test: ImageSet) -> ImageSet:
-        """The source class's test images, triggered: TaCT's ASR is measured on them only."""
-        keep = (test.labels == self.params.source).nonzero().flatten()
-        return ImageSet(self._chunked(self.apply_trigger, test.images[keep]), test.labels[keep],
-                        test.classes)
+    def test_rows(self, test: ImageSet) -> torch.Tensor:
+        """The source class's test images: TaCT's ASR is measured on them only."""
+        return (test.labels == self.params.source).nonzero().flatten()

@@ -191,19 +191,18 @@ def split_prober(truth: torch.Tensor, into: dict[str, float]
     return probe
 
 
-def split_validation(test: ImageSet, triggered: ImageSet, target: int, fraction: float, seed: int
+def split_validation(test: ImageSet, triggered: ImageSet, rows: torch.Tensor, fraction: float, seed: int
                      ) -> tuple[ImageSet, ImageSet, ImageSet | None]:
     """(clean test set, triggered test set, validation set): with ``fraction`` > 0 a seeded
     share of the clean test images becomes the defense's benign validation set and leaves both
-    test sets (triggered images are the non-target test images, in order)."""
+    test sets (``triggered`` holds the test ``rows`` in order: ``Attack.test_rows``)."""
     if fraction <= 0:
         return test, triggered, None
     n = len(test)
     val = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]
     rest = torch.ones(n, dtype=torch.bool)
     rest[val] = False
-    keep = (test.labels != target).nonzero().flatten()  # the rows triggered was built from
-    return (test.subset(rest.nonzero().flatten()), triggered.subset(rest[keep].nonzero().flatten()),
+    return (test.subset(rest.nonzero().flatten()), triggered.subset(rest[rows].nonzero().flatten()),
             test.subset(val.sort().values))
 
 
@@ -362,7 +361,7 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     ev = spec.eval
     defense_cls = spec.defense_cls
     params = copy.deepcopy(spec.defense_params)
-    test, trig, validation = split_validation(dataset.test, triggered, target,
+    test, trig, validation = split_validation(dataset.test, triggered, attack.test_rows(dataset.test),
                                               defense_cls.validation_fraction(params), seed)
     split: dict[str, float] = {}
     ctx = DefenseContext(

@@ -263,11 +263,16 @@ def test_validation_split_leaves_both_test_sets():
     test = ImageSet(images, labels, list("abcd"))
     keep = (labels != 0).nonzero().flatten()
     triggered = ImageSet(images[keep] + 100, labels[keep], list("abcd"))
-    t, trig, val = split_validation(test, triggered, 0, 0.25, seed=0)
+    t, trig, val = split_validation(test, triggered, keep, 0.25, seed=0)
     ids = lambda s: set(s.images[:, 0, 0, 0].tolist())  # noqa: E731
     assert len(val) == 5 and len(t) == 15 and not ids(val) & ids(t)
     assert ids(trig) == {i + 100 for i in ids(t) if i % 4 != 0}
-    assert split_validation(test, triggered, 0, 0.0, seed=0)[2] is None
+    assert split_validation(test, triggered, keep, 0.0, seed=0)[2] is None
+    # an attack measured on one source class (TaCT): its rows, not the non-target ones
+    source = (labels == 1).nonzero().flatten()
+    t, trig, val = split_validation(test, ImageSet(images[source] + 100, labels[source], list("abcd")),
+                                    source, 0.25, seed=0)
+    assert ids(trig) == {i + 100 for i in ids(t) if i % 4 == 1}
 
 
 def test_none_and_abl_run_end_to_end(tmp_path):
