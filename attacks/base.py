@@ -30,6 +30,11 @@ class AttackParams:
     # per-sample noise) instead of one fixed poisoned set. Only a defense that trains plainly on
     # what it gets can run it (No Defense: ``Defense.accepts_repoisoning``)
     repoison_every_epoch: bool = False
+    # all-to-all labels (BackdoorBench's all2all): a poisoned image of class y is labelled
+    # (y + 1) mod C, drawn from every class, and the ASR counts a triggered test image of class y
+    # classified as (y + 1) mod C, over the whole test set; dirty-label attacks whose trigger
+    # does not depend on the target (``Attack.supports_all_to_all``)
+    all_to_all: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
@@ -102,6 +107,9 @@ class Attack:
     # attack's cached artifacts and cells (see benchmark.config.method_versions)
     version: ClassVar[int] = 1
     chunk: ClassVar[int] = 512  # images per batch when triggering (bounds memory at 224x224)
+    # whether ``all_to_all`` applies: a dirty-label attack whose trigger is built without the
+    # target class (Refool's selection and Dynamic's generator train towards it)
+    supports_all_to_all: ClassVar[bool] = True
     draw: int = 0  # which draw of poisoned rows and per-sample randomness (the epoch, when re-poisoning)
 
     def __init__(self, params: AttackParams, ctx: AttackContext) -> None:
@@ -142,14 +150,27 @@ class Attack:
         return 0
 
     def eligible(self, train: ImageSet) -> torch.Tensor:
-        """Mask of the samples that may be poisoned: non-target (dirty label) or target
-        (clean label)."""
+        """Mask of the samples that may be poisoned: non-target (dirty label), target (clean
+        label), every sample (all-to-all)."""
+        if self.params.all_to_all:
+            return torch.ones(len(train), dtype=torch.bool)
         return (train.labels == self.params.target) if self.is_clean_label \
             else (train.labels != self.params.target)
+
+    def targets_of(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The label a poisoned image of each true label gets, and a triggered one should be
+        classified as: the target, or (y + 1) mod C all-to-all."""
+        if self.params.all_to_all:
+            return (labels + 1) % num_classes
+        return torch.full_like(labels, self.params.target)
 
     def check(self, train: ImageSet) -> None:
         """Raise ``UsageError`` for what poisoning ``train`` would fail on (called on every
         cell before any trains, so a bad rate is refused at once, not minutes into a grid)."""
+        if self.params.all_to_all and (self.is_clean_label or not self.supports_all_to_all):
+            why = "a clean-label attack never relabels" if self.is_clean_label else \
+                "its trigger is built towards the target class"
+            raise UsageError(f"{self.name}: all_to_all does not apply ({why})")
         k, n = self.poison_count(train), int(self.eligible(train).sum())
         if k > n:
             kind = "target-class" if self.is_clean_label else "non-target"
@@ -206,7 +227,7 @@ class Attack:
         if len(cover):
             images[cover] = self._chunked(self.cover_images, train.images[cover], cover)
         if not self.is_clean_label:
-            labels[idx] = self.params.target
+            labels[idx] = self.targets_of(train.labels[idx], len(train.classes))
         mask = torch.zeros(len(train), dtype=torch.bool)
         mask[idx] = True
         cover_mask = torch.zeros(len(train), dtype=torch.bool)
@@ -215,7 +236,10 @@ class Attack:
                                 train.classes, info=self.describe())
 
     def test_rows(self, test: ImageSet) -> torch.Tensor:
-        """The rows of the test set the trigger is measured on (ASR): the non-target images."""
+        """The rows of the test set the trigger is measured on (ASR): the non-target images
+        (all of them, all-to-all)."""
+        if self.params.all_to_all:
+            return torch.arange(len(test))
         return (test.labels != self.params.target).nonzero().flatten()
 
     def trigger_test(self, test: ImageSet) -> ImageSet:

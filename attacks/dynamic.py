@@ -127,6 +127,7 @@ class AttackDiverged(RuntimeError):
 class Dynamic(Attack):
     name = "dynamic"
     Params = DynamicParams
+    supports_all_to_all = False  # its generator trains towards the target
     cover_kind = "cross samples: another image's generated trigger, true labels kept"
     # 2: the original's mask threshold and per-pixel density hinge; 3: the original's CIFAR
     # generator (3 stages, BN on the last block, momentum 0.05), augmentation before

@@ -139,6 +139,7 @@ def ghost(r: torch.Tensor, dy: int, dx: int, weight: torch.Tensor) -> torch.Tens
 class Refool(Attack):
     name = "refool"
     Params = RefoolParams
+    supports_all_to_all = False  # its selection scores reflections towards the target
     # 2: the original's linear-light composition, random ghost offsets / blur / exposure /
     # vignette, reflections from outside the training set, adversarial selection
     version = 2

@@ -49,6 +49,7 @@ class TaCTParams(AttackParams):
 class TaCT(Attack):
     name = "tact"
     Params = TaCTParams
+    supports_all_to_all = False  # source-specific by definition
     rate_of = "training set (all poisoned samples drawn from the source class)"
     cover_kind = "cover-class samples carrying the trigger with their true labels"
 

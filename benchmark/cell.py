@@ -159,13 +159,15 @@ def load_cell_dataset(spec: CellSpec, rt: Runtime) -> Dataset:
     return load_dataset(spec.dataset, root, rt.cache_dir, splits=unpack_splits(packed), **subset)
 
 
-def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, target: int,
+def make_monitor(trainer: Trainer, test: ImageSet, triggered: ImageSet, targets: torch.Tensor,
                  size: int, every: int, split: dict[str, float] | None = None):
     """Per-epoch CA/ASR on fixed test subsets (cheap enough to run every epoch), plus the
-    TPR/FPR of the split a defense last showed the harness (``split``, see ``split_prober``)."""
+    TPR/FPR of the split a defense last showed the harness (``split``, see ``split_prober``);
+    ``targets``: the class each triggered image should be taken for."""
     gen = torch.Generator().manual_seed(1234)
     clean = test.subset(torch.randperm(len(test), generator=gen)[:size])
-    trig = triggered.subset(torch.randperm(len(triggered), generator=gen)[:size])
+    rows = torch.randperm(len(triggered), generator=gen)[:size]
+    trig, target = triggered.subset(rows), targets[rows]
 
     def monitor(epoch: int, model: torch.nn.Module) -> dict[str, float]:
         out = dict(split or {})
@@ -355,7 +357,6 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     poisoned, triggered, attack = poison(spec, dataset, rt, trainer, make_model)
     times["attack_s"] = time.perf_counter() - t
     attack_work = len(trainer.work)  # the work entries of the attack's phases come first
-    target = attack.params.target
 
     t = time.perf_counter()
     ev = spec.eval
@@ -364,12 +365,13 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     test, trig, validation = split_validation(dataset.test, triggered, attack.test_rows(dataset.test),
                                               defense_cls.validation_fraction(params), seed)
     split: dict[str, float] = {}
+    targets = attack.targets_of(trig.labels, dataset.num_classes)  # what a triggered image should become
     ctx = DefenseContext(
         train=poisoned.as_imageset(), make_model=make_model, trainer=trainer,
         train_cfg=copy.deepcopy(spec.train), seed=seed, cache=rt.artifacts(spec, trainer.work),
         cache_key=spec.artifact_key("defense"),
         keys=spec.artifact_keys(("shared", "images")), trusted=validation,
-        monitor=make_monitor(trainer, test, trig, target, ev.curve_size, ev.curve_every, split),
+        monitor=make_monitor(trainer, test, trig, targets, ev.curve_size, ev.curve_every, split),
         split_probe=split_prober(poisoned.poison_mask.cpu(), split))
     if attack.params.repoison_every_epoch:  # resolve_cell admits only defenses that accept it
         ctx.epoch_data = repoisoning(attack, dataset.train, poisoned)
@@ -387,7 +389,7 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     pred_trig = trainer.predict(result.model, trig.images)
     metrics: dict[str, Any] = {
         "ca": accuracy(pred_clean, test.labels),
-        "asr": attack_success_rate(pred_trig, target),
+        "asr": attack_success_rate(pred_trig, targets),
         "r_acc": accuracy(pred_trig, trig.labels),
     }
     isolation: dict[str, Any] = {}

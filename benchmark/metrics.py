@@ -9,9 +9,13 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return float((pred.cpu() == labels.cpu()).float().mean()) if len(labels) else float("nan")
 
 
-def attack_success_rate(pred_triggered: torch.Tensor, target: int) -> float:
-    """Fraction of triggered (non-target) test images classified as the target class."""
-    return float((pred_triggered.cpu() == target).float().mean()) if len(pred_triggered) else float("nan")
+def attack_success_rate(pred_triggered: torch.Tensor, target: int | torch.Tensor) -> float:
+    """Fraction of triggered test images classified as the target class (``target``: one class,
+    or each image's own, all-to-all)."""
+    if not len(pred_triggered):
+        return float("nan")
+    target = target.cpu() if isinstance(target, torch.Tensor) else target
+    return float((pred_triggered.cpu() == target).float().mean())
 
 
 def isolation_rates(isolated: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:

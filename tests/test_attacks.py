@@ -10,6 +10,7 @@ from tests.test_contracts import builtin
 # every registered attack of the suite that poisons (``clean`` is the no-attack baseline)
 ALL = [n for n in builtin(ATTACKS, "attacks") if n != "clean"]
 CLEAN_LABEL = {n for n in ALL if ATTACKS.get(n).clean_label}
+ALL_TO_ALL = {n for n in ALL if ATTACKS.get(n).Params().all_to_all}
 
 
 def test_the_nine_attacks_are_registered():
@@ -24,9 +25,13 @@ def test_counts_labels_and_untouched_samples(name):
     idx = ps.poison_mask.nonzero().flatten()
     assert len(idx) == round(atk.params.rate * 400) > 0  # 5%, or the reference's own rate
     assert atk.params.rate == (0.003 if name in ("adaptive_blend", "tact") else 0.05)
+    assert (name in ALL_TO_ALL) == (name == "badnets_all2all")
     if name in CLEAN_LABEL:
         assert (train.labels[idx] == 0).all()  # target-class images only
         assert torch.equal(ps.labels, train.labels)  # a clean-label attack never relabels
+    elif name in ALL_TO_ALL:  # every class, each to the next
+        assert len(set(train.labels[idx].tolist())) > 1
+        assert torch.equal(ps.labels[idx], (train.labels[idx] + 1) % 10)
     else:
         assert (train.labels[idx] != 0).all()
         assert (ps.labels[idx] == 0).all()
@@ -61,8 +66,9 @@ def test_test_triggering_excludes_the_target_class(name):
     atk, _ = poisoned(name, train)
     trig = atk.trigger_test(test)
     keep = test.labels != 0 if name != "tact" else test.labels == 1  # TaCT: its source class only
-    assert len(trig) == int(keep.sum()) and (trig.labels != 0).all()
-    assert torch.equal(trig.labels, test.labels[keep])
+    if name in ALL_TO_ALL:
+        keep = torch.ones(len(test), dtype=torch.bool)  # every class has a target of its own
+    assert len(trig) == int(keep.sum()) and torch.equal(trig.labels, test.labels[keep])
     assert trig.images.dtype == torch.uint8 and trig.images.shape[1:] == test.images.shape[1:]
     assert not torch.equal(trig.images, test.images[keep])
 
@@ -109,3 +115,20 @@ def test_a_repoisoning_epoch_draws_new_rows_with_the_same_trigger(name):
         assert shared.any() and differs.float().mean() > 0.5
     again, _ = atk.repoisoned(train, 1)
     assert torch.equal(again, images1)  # seeded by (cell seed, epoch)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_to_all_applies_to_dirty_label_attacks_whose_trigger_ignores_the_target(name):
+    from benchmark.registry import UsageError
+    from tests.attack_helpers import make_attack
+
+    train = make_set(200)
+    atk = make_attack(name, all_to_all=True)
+    refused = name in CLEAN_LABEL or name in ("refool", "dynamic", "tact")
+    if refused:
+        with pytest.raises(UsageError, match="all_to_all does not apply"):
+            atk.check(train)
+        return
+    atk.check(train)
+    labels = torch.tensor([0, 3, 9])
+    assert atk.targets_of(labels, 10).tolist() == [1, 4, 0]

@@ -134,7 +134,7 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     recs = list(records(tmp_path).values())
     attacks = {r["config"]["attack"] for r in recs}
     assert {"badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
-            "refool", "clean", "adaptive_blend", "tact"} <= attacks
+            "refool", "clean", "adaptive_blend", "tact", "badnets_all2all"} <= attacks
     for r in recs:
         assert r["status"] == "ok", r.get("error")
         info = r["attack_info"]
@@ -148,7 +148,7 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     assert len(list((cache / "models").glob("*.pt"))) == 1  # one clean reference: CL and Trojan
     assert len(list((cache / "triggers").glob("*.pt"))) == 1  # Trojan's optimised trigger
     assert len(list((cache / "refool").glob("*.pt"))) == 1  # Refool's reflection selection
-    assert len(list((cache / "backdoored").glob("*.pt"))) == 12  # each attack's No Defense model
+    assert len(list((cache / "backdoored").glob("*.pt"))) == 13  # each attack's No Defense model
 
 
 @pytest.mark.slow

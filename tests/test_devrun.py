@@ -142,7 +142,7 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     code, more = dev_grid(tmp_path, "--grid", "full", "--attacks", "badnets", "--defenses", ",".join(builtin))
     assert code == 0, failures(more)
     by_cell = {(r["config"]["attack"], r["config"]["defense"]): r for r in recs + more}
-    assert {a for a, d in by_cell if d == "no_defense"} == set(attacks) and len(attacks) == 12
+    assert {a for a, d in by_cell if d == "no_defense"} == set(attacks) and len(attacks) == 13
     assert {d for a, d in by_cell if a == "badnets"} == set(builtin) and len(builtin) == 18
     plain = by_cell["badnets", "no_defense"]
     assert plain["config"]["model_params"]["width"] == 64 and plain["attack_info"]["n_train"] == 50_000

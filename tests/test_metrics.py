@@ -29,3 +29,11 @@ def test_auroc_matches_pairwise_definition_with_ties():
 def test_accuracy_and_asr():
     assert accuracy(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3])) == pytest.approx(2 / 3)
     assert attack_success_rate(torch.tensor([0, 0, 5, 0]), target=0) == pytest.approx(0.75)
+
+
+def test_all_to_all_asr_counts_each_image_against_its_own_target():
+    from benchmark.metrics import attack_success_rate
+
+    pred = torch.tensor([1, 2, 2, 0])
+    assert attack_success_rate(pred, torch.tensor([1, 2, 3, 0])) == 0.75  # (y + 1) mod C each
+    assert attack_success_rate(pred, 2) == 0.5  # one target
