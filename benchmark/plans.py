@@ -22,22 +22,14 @@ class WorkCounts:
         self.committed = committed_work()
         self.used = {"here": 0, "committed": 0}
 
-    def get(self, dev_id: str) -> list[dict[str, Any]] | None:
+    def get(self, dev_id: str, count: bool = True) -> list[dict[str, Any]] | None:
+        """The cell's work ledger, or None; ``count``: note where it came from (``used``)."""
         rec = self.dev.read(dev_id)
-        if rec is not None and rec.get("status") == "ok":
-            self.used["here"] += 1
-            return rec["fast_dev_run"]["work"]
-        if dev_id in self.committed:
-            self.used["committed"] += 1
-            return self.committed[dev_id]
-        return None
-
-    def peek(self, dev_id: str) -> list[dict[str, Any]] | None:
-        """``get`` without counting where it came from (a done cell's work, for its artifacts)."""
-        rec = self.dev.read(dev_id)
-        if rec is not None and rec.get("status") == "ok":
-            return rec["fast_dev_run"]["work"]
-        return self.committed.get(dev_id)
+        source, work = ("here", rec["fast_dev_run"]["work"]) if rec is not None and \
+            rec.get("status") == "ok" else ("committed", self.committed.get(dev_id))
+        if work is not None and count:
+            self.used[source] += 1
+        return work
 
     def has(self, dev_id: str) -> bool:
         return dev_id in self.committed or self.dev.status(dev_id) == "ok"
@@ -59,8 +51,9 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
         works = [counts.get(extra[0]) if extra and st != "ok" else None
                  for (_, _, *extra), st in zip(cells, status, strict=True)]
         # a done cell's artifacts are in the cache: a cell to run that shares them reuses them
-        made = {e["artifact"] for (_, _, *extra), st in zip(cells, status, strict=True)
-                if extra and st == "ok" for e in (counts.peek(extra[0]) or []) if e.get("artifact")}
+        done = [counts.get(extra[0], count=False) for (_, _, *extra), st in zip(cells, status, strict=True)
+                if extra and st == "ok"]
+        made = {e["artifact"] for work in done for e in work or [] if e.get("artifact")}
         for i, u in enumerate(grid_units(works, made)):
             speed = speeds.get(cells[i][3]) if len(cells[i]) > 3 else None
             seconds[i] = u / speed if u is not None and speed else None

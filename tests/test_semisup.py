@@ -88,14 +88,16 @@ def test_dbd_labels_exactly_the_lower_half_and_leaves_the_poisoned_unlabelled(tm
 
     train, truth = colour_classes()
     ctx = context(train, tmp_path, epochs=2)
-    res = run("dbd", ctx, simclr_epochs=2, simclr_batch=64, head_epochs=60, head_lr=0.01,
+    # 4 SimCLR epochs: at 2 the representation is borderline and the share below depends on the
+    # CPU's float rounding (0.58 on an AVX2 EPYC); at 4 it is 1.0 there at seeds 0 and 1
+    res = run("dbd", ctx, simclr_epochs=4, simclr_batch=64, head_epochs=60, head_lr=0.01,
               semi_epochs=1, semi_iterations=2, semi_batch=16)
     assert int(res.isolated.sum()) == len(truth) - len(truth) // 2  # 50% labelled
     lowest = res.scores.argsort()[:len(truth) // 2]
     assert not res.isolated[lowest].any()  # the labelled half is the lowest-SCE half
     assert res.isolated[truth].float().mean() >= 0.7  # mislabelled content: high SCE (chance: 0.5)
     assert res.info["self_supervised_model"] == "trained"
-    again = run("dbd", ctx, simclr_epochs=2, simclr_batch=64, head_epochs=1, semi_epochs=1,
+    again = run("dbd", ctx, simclr_epochs=4, simclr_batch=64, head_epochs=1, semi_epochs=1,
                 semi_iterations=1, semi_batch=16)
     assert again.info["self_supervised_model"] == "reused from cache"
 
