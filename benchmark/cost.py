@@ -19,6 +19,7 @@ Not counted: decoding the data, stamping triggers, start-up (seconds a cell).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +201,24 @@ def write_work(dev_records: Path, out: Path) -> int:
            "--results <results of --fast-dev-run>", "cells": dict(sorted(cells.items()))}
     atomic_write_bytes(out, (json.dumps(doc, indent=0) + "\n").encode())
     return len(cells)
+
+
+def phase_kind(entry: dict[str, Any]) -> str:
+    """A work entry's phase without its round numbers (``refool selection 2/3``: ``refool
+    selection``), so a grid's work sums by kind of phase."""
+    return re.sub(r"\s*\(?\d+/\d+\)?", "", entry["phase"]).strip()
+
+
+def grid_phases(works: list[list[dict[str, Any]]]) -> dict[str, float]:
+    """A grid's training-image equivalents by kind of phase, each shared artifact once."""
+    seen: set[str] = set()
+    out: dict[str, float] = {}
+    for work in works:
+        for e in work:
+            if e.get("artifact") not in seen:
+                out[phase_kind(e)] = out.get(phase_kind(e), 0.0) + units([e])
+        seen |= {e["artifact"] for e in work if e.get("artifact")}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def estimate(spec: CellSpec, work: list[dict[str, Any]] | None, speeds: Throughputs

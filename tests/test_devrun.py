@@ -127,6 +127,49 @@ def failures(records: list[dict]) -> list[str]:
     return [r["error"] for r in records if r["status"] != "ok"]
 
 
+def test_committed_work_counts_cover_every_cell_of_the_full_grid():
+    """A fresh clone estimates the full grid: every cell's development run (its id at today's
+    methods and presets) has committed work counts. A changed method or preset fails here until
+    its counts are made again (``python -m benchmark.cost work``)."""
+    from benchmark.cli import dev_twin
+    from benchmark.cost import committed_work
+    from benchmark.grid import expand_grid
+    from benchmark.spec import CellSpec
+
+    committed = committed_work()
+    specs = [CellSpec.from_config(c) for c in expand_grid("full", None, None, [0], [])]
+    missing = [f"{s.attack}/{s.defense}" for s in specs if dev_twin(s)[0] not in committed]
+    assert len(specs) == 234 and not missing, (
+        f"{len(missing)} full-grid cell(s) without committed work counts, e.g. {missing[:5]}: run "
+        "python run_benchmark.py --grid full --fast-dev-run --results R, then "
+        "python -m benchmark.cost work --results R")
+
+
+def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_path, capsys):
+    """No development run in the results folder: the committed counts over the calibration's
+    img/s, for all 234 cells, and the output says where the img/s come from."""
+    from benchmark.cli import dev_twin
+    from benchmark.cost import committed_work, grid_units, units
+    from benchmark.grid import expand_grid
+    from benchmark.spec import CellSpec
+
+    calibration = Path(__file__).parents[1] / "docs/results/perf/calibration-a100-published.json"
+    assert main(["--grid", "full", "--dry-run", "--results", str(tmp_path / "fresh"),
+                 "--calibration", str(calibration)]) == 0
+    out = capsys.readouterr().out
+    assert "~?" not in out and out.count("  todo  ") == 234
+    assert "work counts: 234 from the committed development runs" in out
+    assert "img/s from a published figure, not measured here" in out
+    hours = float(out.split("estimated time to run on NVIDIA A100: ")[1]
+                  .split("(")[1].split()[0])
+    speed = json.loads(calibration.read_text())["img_per_s"]["resnet18(width=64) 32px auto"]
+    committed = committed_work()
+    ids = [dev_twin(CellSpec.from_config(c))[0] for c in expand_grid("full", None, None, [0], [])]
+    assert hours == pytest.approx(sum(grid_units([committed[i] for i in ids])) / speed / 3600, abs=0.01)
+    # each shared artifact (a poisoned set, a backdoored or LGA model) counts once in the grid
+    assert sum(grid_units([committed[i] for i in ids])) < 0.7 * sum(units(committed[i]) for i in ids)
+
+
 @pytest.mark.slow
 def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     """Every attack once (No Defense) and every defense and detector once (BadNets), at the full
@@ -170,6 +213,13 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     assert seconds > 200 * 50_000 / 5000.0  # 200 epochs of 50,000 images, and evaluation
     assert f"{spec.id}  todo    resnet18 cifar10/badnets/no_defense seed 0  ~{duration(seconds)}" in out
     assert f"estimated time to run on a test GPU: {duration(seconds)}" in out
+    # the committed work counts (benchmark/work/full.json) are these development runs' counts
+    from benchmark.cost import committed_work, ledger
+
+    committed = committed_work()
+    stale = [f"{r['config']['attack']}/{r['config']['defense']}" for r in recs + more
+             if committed.get(r["id"]) != ledger(r["fast_dev_run"]["work"])]
+    assert not stale, f"benchmark/work/full.json is stale for {stale}: python -m benchmark.cost work"
     capsys.readouterr()
     assert main(["report", "--results", str(tmp_path / "res" / devrun.FOLDER),
                  "--out", str(tmp_path / "rep")]) in (0, 2)

@@ -12,6 +12,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 # (module, names): the pieces a new method reuses instead of writing its own
 SHARED = (
@@ -183,8 +184,41 @@ def dataset_attacks() -> str:
     return "| dataset | attack | setting | value |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
 
 
+def full_estimate() -> str:
+    """The full grid's device-hours from the committed work counts (``benchmark/work/full.json``)
+    over each committed calibration with the grid's model (``docs/results/perf/calibration-*``),
+    and the kinds of phase that take them."""
+    from benchmark.cli import dev_twin
+    from benchmark.cost import committed_work, grid_phases, grid_units, speed_key
+    from benchmark.grid import expand_grid
+    from benchmark.spec import CellSpec
+
+    specs = [CellSpec.from_config(c) for c in expand_grid("full", None, None, [0], [])]
+    committed = committed_work()
+    works = [committed.get(dev_twin(s)[0]) for s in specs]
+    have = [w for w in works if w is not None]
+    keys = {speed_key(s) for s in specs}
+    total = sum(grid_units(have))
+    rows = []
+    for path in sorted((Path(__file__).parents[2] / "docs/results/perf").glob("calibration-*.json")):
+        cal = json.loads(path.read_text())
+        speeds = [cal["img_per_s"][k] for k in keys if k in cal["img_per_s"]]
+        if len(speeds) != len(keys):
+            continue  # calibrated for other models (a quick preset's width)
+        source = "published figures, not measured here" if cal.get("published") else "measured"
+        rows.append(f"| {cal['device_kind']} | {speeds[0]:,.1f} ({source}) | "
+                    f"{total / speeds[0] / 3600:,.1f} |")
+    out = [f"{len(have)} of {len(specs)} cells ({', '.join(sorted(keys))}), seed 0, each shared "
+           "artifact counted once.", "", "| device | img/s | hours |", "|---|---|---|", *rows, "",
+           "| phase | share of the grid's work |", "|---|---|"]
+    for phase, u in list(grid_phases(have).items())[:8]:
+        out.append(f"| {phase} | {100 * u / total:.1f}% |")
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "presets": presets,
+    "full_estimate": full_estimate,
     "dataset_attacks": dataset_attacks,
     "defense_context": _context,
     "defense_result": _result,
