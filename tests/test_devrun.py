@@ -127,6 +127,14 @@ def failures(records: list[dict]) -> list[str]:
     return [r["error"] for r in records if r["status"] != "ok"]
 
 
+def own_methods() -> tuple[list[str], list[str]]:
+    """The suite's attacks and defenses, without those other tests' plugins registered."""
+    from benchmark.catalog import catalog
+
+    own = catalog(builtin=True)
+    return own["attacks"], list(own["defenses"])
+
+
 def test_committed_work_counts_cover_every_cell_of_the_full_grid():
     """A fresh clone estimates the full grid: every cell's development run (its id at today's
     methods and presets) has committed work counts. A changed method or preset fails here until
@@ -137,7 +145,7 @@ def test_committed_work_counts_cover_every_cell_of_the_full_grid():
     from benchmark.spec import CellSpec
 
     committed = committed_work()
-    specs = [CellSpec.from_config(c) for c in expand_grid("full", None, None, [0], [])]
+    specs = [CellSpec.from_config(c) for c in expand_grid("full", *own_methods(), [0], [])]
     missing = [f"{s.attack}/{s.defense}" for s in specs if dev_twin(s)[0] not in committed]
     assert len(specs) == 234 and not missing, (
         f"{len(missing)} full-grid cell(s) without committed work counts, e.g. {missing[:5]}: run "
@@ -154,8 +162,9 @@ def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_
     from benchmark.spec import CellSpec
 
     calibration = Path(__file__).parents[1] / "docs/results/perf/calibration-a100-published.json"
-    assert main(["--grid", "full", "--dry-run", "--results", str(tmp_path / "fresh"),
-                 "--calibration", str(calibration)]) == 0
+    attacks, defenses = own_methods()
+    assert main(["--grid", "full", "--dry-run", "--results", str(tmp_path / "fresh"), "--calibration",
+                 str(calibration), "--attacks", ",".join(attacks), "--defenses", ",".join(defenses)]) == 0
     out = capsys.readouterr().out
     assert "~?" not in out and out.count("  todo  ") == 234
     assert "work counts: 234 from the committed development runs" in out
@@ -164,7 +173,7 @@ def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_
                   .split("(")[1].split()[0])
     speed = json.loads(calibration.read_text())["img_per_s"]["resnet18(width=64) 32px auto"]
     committed = committed_work()
-    ids = [dev_twin(CellSpec.from_config(c))[0] for c in expand_grid("full", None, None, [0], [])]
+    ids = [dev_twin(CellSpec.from_config(c))[0] for c in expand_grid("full", attacks, defenses, [0], [])]
     assert hours == pytest.approx(sum(grid_units([committed[i] for i in ids])) / speed / 3600, abs=0.01)
     # each shared artifact (a poisoned set, a backdoored or LGA model) counts once in the grid
     assert sum(grid_units([committed[i] for i in ids])) < 0.7 * sum(units(committed[i]) for i in ids)

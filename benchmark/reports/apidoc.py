@@ -188,12 +188,15 @@ def full_estimate() -> str:
     """The full grid's device-hours from the committed work counts (``benchmark/work/full.json``)
     over each committed calibration with the grid's model (``docs/results/perf/calibration-*``),
     and the kinds of phase that take them."""
+    from benchmark.catalog import catalog
     from benchmark.cli import dev_twin
     from benchmark.cost import committed_work, grid_phases, grid_units, speed_key
     from benchmark.grid import expand_grid
     from benchmark.spec import CellSpec
 
-    specs = [CellSpec.from_config(c) for c in expand_grid("full", None, None, [0], [])]
+    own = catalog(builtin=True)  # not the plugins a process registered
+    specs = [CellSpec.from_config(c) for c in expand_grid("full", own["attacks"], list(own["defenses"]),
+                                                          [0], [])]
     committed = committed_work()
     works = [committed.get(dev_twin(s)[0]) for s in specs]
     have = [w for w in works if w is not None]
