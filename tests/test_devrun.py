@@ -226,8 +226,18 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     from benchmark.cost import committed_work, ledger
 
     committed = committed_work()
+
+    def same(old: list[dict] | None, new: list[dict]) -> bool:
+        """The same phases, epochs and artifacts; sizes within 0.1% (a split's size follows the
+        model's floats: D-BR's D_p differed by 1 of 12,596 between thread counts)."""
+        key = [(e["phase"], e.get("epochs"), e.get("artifact")) for e in new]
+        size = [e.get("images_per_epoch", e.get("images")) for e in new]
+        return old is not None and key == [(e["phase"], e.get("epochs"), e.get("artifact")) for e in old] \
+            and all(abs(a - b) <= 1e-3 * b for a, b in zip(
+                [e.get("images_per_epoch", e.get("images")) for e in old], size, strict=True))
+
     stale = [f"{r['config']['attack']}/{r['config']['defense']}" for r in recs + more
-             if committed.get(r["id"]) != ledger(r["fast_dev_run"]["work"])]
+             if not same(committed.get(r["id"]), ledger(r["fast_dev_run"]["work"]))]
     assert not stale, f"benchmark/work/full.json is stale for {stale}: python -m benchmark.cost work"
     capsys.readouterr()
     assert main(["report", "--results", str(tmp_path / "res" / devrun.FOLDER),
