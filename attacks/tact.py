@@ -76,7 +76,7 @@ class TaCT(Attack):
         if max(p.source, *p.cover_classes) >= k:
             raise UsageError(f"tact: source {p.source} and cover classes {p.cover_classes} must be "
                              f"classes of this dataset (0-{k - 1})")
-        n = int(torch.isin(train.labels, torch.tensor(p.cover_classes)).sum())
+        n = len(self.cover_candidates(train))
         if self.cover_count(train) > n:
             raise UsageError(f"tact: cover_rate {p.cover_rate} asks for {self.cover_count(train)} cover "
                              f"samples but the cover classes hold {n} images")
@@ -84,9 +84,13 @@ class TaCT(Attack):
     def cover_count(self, train: ImageSet) -> int:
         return round(self.params.cover_rate * len(train))
 
+    def cover_candidates(self, train: ImageSet) -> torch.Tensor:
+        """The rows of the cover classes."""
+        return torch.isin(train.labels, torch.tensor(self.params.cover_classes)).nonzero().flatten()
+
     def select_cover(self, train: ImageSet, poisoned: torch.Tensor) -> torch.Tensor:
         """Seeded choice of cover samples among the cover classes (labels kept)."""
-        candidates = torch.isin(train.labels, torch.tensor(self.params.cover_classes)).nonzero().flatten()
+        candidates = self.cover_candidates(train)
         k = self.cover_count(train)
         pick = torch.randperm(len(candidates), generator=self.draw_generator(1))[:k]
         return candidates[pick].sort().values

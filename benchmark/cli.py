@@ -209,15 +209,16 @@ def run_command(args: argparse.Namespace) -> int:
     todo = [c for c in cells if status[cell_id(c)] != "ok"]
 
     if args.dry_run:
-        from benchmark.plans import has_dev_runs, print_plan
+        from benchmark.plans import WorkCounts, print_plan
         from benchmark.sources import current_sources
         from benchmark.spec import CellSpec
 
         specs = [CellSpec.from_config(c) for c in cells]
         plan = [(s.id, f"{s.model} {describe(c)}", *dev_twin(s), json.dumps(current_sources(c)))
                 for s, c in zip(specs, cells, strict=True)]
-        estimates = not args.fast_dev_run and has_dev_runs(plan, rt.results)
-        print_plan(plan, rt.results, *(estimate_speeds(args, rt, specs) if estimates else ()))
+        counts = WorkCounts(rt.results)  # estimates are shown where a cell has work counts
+        estimates = not args.fast_dev_run and any(counts.has(p[2]) for p in plan)
+        print_plan(plan, rt.results, counts, *(estimate_speeds(args, rt, specs, counts) if estimates else ()))
         return 0
 
     t0 = time.perf_counter()
@@ -263,17 +264,15 @@ def dev_twin(spec: CellSpec) -> tuple[str, str]:
     return spec.replace(fast_dev_run=DevRun()).id, speed_key(spec)
 
 
-def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec]
+def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec], counts
                     ) -> tuple[dict[str, float], str, str]:
     """(img/s by speed key, the device's name, where the img/s come from) for the dry-run's
     estimates: the calibration file's, or measured here for each model of a cell with work
-    counts (once, cached)."""
+    counts (``counts``, a ``plans.WorkCounts``; once, cached)."""
     from benchmark.cost import Throughputs, speed_key
-    from benchmark.plans import WorkCounts
 
     speeds = Throughputs(rt.cache_dir, Path(args.calibration) if args.calibration else None,
                          args.device)
-    counts = WorkCounts(rt.results)
     for spec in specs:
         if speed_key(spec) not in speeds.known and counts.has(dev_twin(spec)[0]):
             print(f"measuring the training throughput of {speed_key(spec)} on {speeds.kind} ...",

@@ -166,24 +166,29 @@ def ledger(work: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      for a, n in evals.items()]
 
 
-def grid_units(works: list[list[dict[str, Any]] | None], made: set[str] | None = None
-               ) -> list[float | None]:
-    """Each cell's training-image equivalents in a grid run in this order: an artifact's work
-    counts at the first cell that needs it, and not where ``made`` (artifacts already there)."""
+def first_needs(works: list[list[dict[str, Any]] | None], made: set[str] | None = None
+                ) -> list[list[dict[str, Any]] | None]:
+    """Each cell's work in a grid run in this order: an artifact's entries stay at the first
+    cell that needs it and leave the later ones, and every cell where ``made`` (artifacts
+    already there); None where a cell has no ledger."""
     seen = set(made or ())
-    out: list[float | None] = []
+    out: list[list[dict[str, Any]] | None] = []
     for work in works:
-        if work is None:
-            out.append(None)
-            continue
-        out.append(units([e for e in work if e.get("artifact") not in seen]))
-        seen |= {e["artifact"] for e in work if e.get("artifact")}
+        out.append(None if work is None else [e for e in work if e.get("artifact") not in seen])
+        seen |= {e["artifact"] for e in work or [] if e.get("artifact")}
     return out
 
 
-def write_work(dev_records: Path, out: Path) -> int:
-    """Write the work ledgers of a folder of development-run records (one preset's) to ``out``;
-    returns how many."""
+def grid_units(works: list[list[dict[str, Any]] | None], made: set[str] | None = None
+               ) -> list[float | None]:
+    """Each cell's training-image equivalents in a grid run in this order, each shared artifact
+    counted once (``first_needs``)."""
+    return [None if w is None else units(w) for w in first_needs(works, made)]
+
+
+def write_work(dev_records: Path, folder: Path = WORK) -> tuple[Path, int]:
+    """Write the work ledgers of a folder of development-run records (one preset's) to
+    ``<folder>/<preset>.json``; returns the file and how many."""
     from benchmark.cache import atomic_write_bytes
 
     cells, presets = {}, set()
@@ -195,12 +200,16 @@ def write_work(dev_records: Path, out: Path) -> int:
         presets.add(c["preset"])
         cells[rec["id"]] = {"cell": f"{c['dataset']}/{c['model']}/{c['attack']}/{c['defense']}",
                             "work": ledger(rec["fast_dev_run"]["work"])}
+    if not presets:
+        raise ValueError(f"no development-run records in {dev_records}")
     if len(presets) > 1:
         raise ValueError(f"{dev_records}: development runs of several presets ({', '.join(sorted(presets))})")
-    doc = {"preset": next(iter(presets), ""), "made_by": "python -m benchmark.cost work "
+    preset = presets.pop()
+    doc = {"preset": preset, "made_by": "python -m benchmark.cost work "
            "--results <results of --fast-dev-run>", "cells": dict(sorted(cells.items()))}
+    out = Path(folder) / f"{preset}.json"
     atomic_write_bytes(out, (json.dumps(doc, indent=0) + "\n").encode())
-    return len(cells)
+    return out, len(cells)
 
 
 def phase_kind(entry: dict[str, Any]) -> str:
@@ -211,13 +220,10 @@ def phase_kind(entry: dict[str, Any]) -> str:
 
 def grid_phases(works: list[list[dict[str, Any]]]) -> dict[str, float]:
     """A grid's training-image equivalents by kind of phase, each shared artifact once."""
-    seen: set[str] = set()
     out: dict[str, float] = {}
-    for work in works:
-        for e in work:
-            if e.get("artifact") not in seen:
-                out[phase_kind(e)] = out.get(phase_kind(e), 0.0) + units([e])
-        seen |= {e["artifact"] for e in work if e.get("artifact")}
+    for work in first_needs(works):
+        for e in work or []:
+            out[phase_kind(e)] = out.get(phase_kind(e), 0.0) + units([e])
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -283,13 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "work":
         from benchmark.devrun import FOLDER
 
-        folder = Path(args.results) / FOLDER / "records"
-        recs = list(folder.glob("*.json"))
-        if not recs:
-            p.error(f"no development-run records in {folder}")
-        preset = json.loads(recs[0].read_text())["config"]["preset"]
-        n = write_work(folder, WORK / f"{preset}.json")
-        print(f"{n} work ledger(s) of --grid {preset} written to {WORK / f'{preset}.json'}")
+        try:
+            out, n = write_work(Path(args.results) / FOLDER / "records")
+        except ValueError as exc:
+            p.error(str(exc))
+        print(f"{n} work ledger(s) written to {out}")
         return 0
     if not args.calibration:
         p.error("check needs --calibration")

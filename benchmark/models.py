@@ -278,7 +278,7 @@ def conv_stages(model: nn.Module, size: int = 64) -> list[dict[str, nn.Conv2d]]:
     image). Convolutions on globally pooled 1x1 inputs (squeeze-excitation gates) map no
     feature map and are left out."""
     sizes: dict[str, tuple[int, int]] = {}
-    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    convs = conv_layers(model)
 
     def note(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:

@@ -35,16 +35,16 @@ class WorkCounts:
         return dev_id in self.committed or self.dev.status(dev_id) == "ok"
 
 
-def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, float] | None = None,
-               device: str = "", speed_note: str = "") -> None:
+def print_plan(cells: list[tuple[str, ...]], results: Path, counts: WorkCounts,
+               speeds: dict[str, float] | None = None, device: str = "", speed_note: str = "") -> None:
     """Each cell's status, and with ``speeds`` (img/s by speed key) the estimated time of each
-    cell to run from its development run's work (``benchmark.cost``), and the total."""
+    cell to run from its work counts (``counts``, ``benchmark.cost``), and the total."""
     from benchmark.cost import grid_units
     from benchmark.progress import duration
     from benchmark.sources import changed_note, stale
     from benchmark.store import ResultStore
 
-    store, counts = ResultStore(results), WorkCounts(results)
+    store = ResultStore(results)
     status = [store.status(cid) for cid, *_ in cells]
     seconds: list[float | None] = [None] * len(cells)
     if speeds is not None:
@@ -87,9 +87,3 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, speeds: dict[str, fl
             print(f"work counts: {'; '.join(sources)}")
         if speed_note:
             print(speed_note)
-
-
-def has_dev_runs(cells: list, results: Path) -> bool:
-    """Whether any cell of a plan has a development run's work counts (then estimates are shown)."""
-    counts = WorkCounts(results)
-    return any(len(c) > 2 and counts.has(c[2]) for c in cells)
