@@ -8,7 +8,8 @@ what it reads; ``conv_feature_layers`` names the layers PIPD/NONE read: every co
 its stages (the ResNets, VGG), else a run of convolutions at one output resolution
 (``conv_stages``). A defense that needs more (residual blocks, a stem BatchNorm) says so in
 its ``check_model``. ``collect_features`` runs a model over a tensor of images and returns
-those layers' per-channel spatial maxima.
+those layers' per-channel spatial maxima. ``batchnorm_layers`` and ``residual_blocks`` list those
+modules by name (IBD-PSC scales BatchNorm, PSBD drops out block outputs).
 """
 
 from __future__ import annotations
@@ -334,6 +335,23 @@ def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -
     if not layers:
         raise ValueError(f"{type(model).__name__} has no layer{stages} stages to read features from")
     return layers
+
+
+def batchnorm_layers(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """Every BatchNorm2d by its qualified name, in registration order (IBD-PSC scales the last
+    ones)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Every residual block by its qualified name, in registration order: this suite's
+    ``BasicBlock`` and ``PreActBlock`` and torchvision's ``BasicBlock`` and ``Bottleneck``
+    (their output is the block's sum, after the post-activation ReLU where one ends it)."""
+    from torchvision.models.resnet import BasicBlock as TvBasic
+    from torchvision.models.resnet import Bottleneck
+
+    kinds = (BasicBlock, PreActBlock, TvBasic, Bottleneck)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
 @torch.no_grad()

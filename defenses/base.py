@@ -172,6 +172,16 @@ class Defense:
         raise NotImplementedError
 
 
+class BenignValidation:
+    """Mixed into a defense whose Params has ``validation``: that share of the clean test set
+    becomes its benign validation set (``ctx.trusted``), as SCALE-UP, STRIP, SCAn, DBALFA,
+    IBD-PSC and PSBD take theirs."""
+
+    @classmethod
+    def validation_fraction(cls, params: DefenseParams) -> float:
+        return params.validation
+
+
 class GroundTruthAnalysis:
     """Mixed into a defense's subclass, it makes an analysis plugin (docs/results/analysis/): an
     isolation-only cell that reads the poison mask (``ctx.ground_truth``) for its report; never

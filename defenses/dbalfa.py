@@ -32,7 +32,14 @@ from torch import nn
 
 from benchmark import devrun
 from benchmark.validate import one_of
-from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
+from defenses.base import (
+    BenignValidation,
+    Defense,
+    DefenseContext,
+    DefenseParams,
+    DefenseResult,
+    register_defense,
+)
 
 
 @dataclass
@@ -133,7 +140,7 @@ def critical_weights(sims: torch.Tensor, preds: torch.Tensor, num_classes: int, 
 
 
 @register_defense
-class DBALFA(Defense):
+class DBALFA(BenignValidation, Defense):
     name = "dbalfa"
     title = "DBALFA (layer-wise feature analysis detector)"
     Params = DBALFAParams
@@ -143,10 +150,6 @@ class DBALFA(Defense):
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
         feature_layers(model)
-
-    @classmethod
-    def validation_fraction(cls, params: DefenseParams) -> float:
-        return params.validation
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: DBALFAParams = self.params

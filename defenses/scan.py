@@ -43,6 +43,7 @@ import torch
 from benchmark.clustering import as_rows, class_rows
 from benchmark.validate import one_of, within
 from defenses.base import (
+    BenignValidation,
     Defense,
     DefenseContext,
     DefenseParams,
@@ -160,15 +161,11 @@ def scan(train: torch.Tensor, train_labels: torch.Tensor, clean: torch.Tensor,
 
 
 @register_defense
-class Scan(Defense):
+class Scan(BenignValidation, Defense):
     name = "scan"
     title = "SCAn (two-component decomposition, untangling statistic)"
     Params = ScanParams
     is_detector = True
-
-    @classmethod
-    def validation_fraction(cls, params: DefenseParams) -> float:
-        return params.validation
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: ScanParams = self.params

@@ -30,7 +30,14 @@ from benchmark import devrun
 from benchmark.progress import Phase
 from benchmark.train import Trainer
 from benchmark.validate import within
-from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
+from defenses.base import (
+    BenignValidation,
+    Defense,
+    DefenseContext,
+    DefenseParams,
+    DefenseResult,
+    register_defense,
+)
 
 
 @dataclass
@@ -79,15 +86,11 @@ def frr_threshold(clean_entropy: torch.Tensor, frr: float) -> float:
 
 
 @register_defense
-class Strip(Defense):
+class Strip(BenignValidation, Defense):
     name = "strip"
     title = "STRIP (entropy of superimposed predictions) as a training-set filter"
     Params = StripParams
     is_detector = True
-
-    @classmethod
-    def validation_fraction(cls, params: DefenseParams) -> float:
-        return params.validation
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: StripParams = self.params

@@ -475,3 +475,49 @@ def test_dynamic_fails_when_its_generator_training_diverges(monkeypatch):
     monkeypatch.setattr(dynamic, "diversity_loss", lambda *a: torch.tensor(float("nan")))
     with pytest.raises(dynamic.AttackDiverged, match="diverged at epoch 1, batch 1"):
         make_attack("dynamic").prepare(train)
+
+
+# ---------------------------------------------------------------- FTrojan
+def test_ftrojan_dct_is_scipys_orthonormal_dct():
+    scipy_fft = pytest.importorskip("scipy.fft")
+    from attacks.ftrojan import dct_matrix
+
+    block = torch.randn(32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = dct_matrix(32)
+    assert torch.allclose(d @ block @ d.T, torch.from_numpy(scipy_fft.dctn(block.numpy(), norm="ortho")))
+
+
+def test_ftrojan_adds_magnitude_at_its_frequencies_of_cr_and_cb_and_nothing_else():
+    """The RGB change, taken back to OpenCV's Cr and Cb and to the DCT, holds 30 at (15, 15) and
+    (31, 31) and 0 elsewhere, and leaves Y alone (up to OpenCV's rounded constants); on a uint8
+    mid-grey image, rounding to whole levels (the change is 6.6 levels at most) loses up to 3 of the 30."""
+    from attacks.ftrojan import dct_matrix, frequency_pattern
+
+    d = dct_matrix(32)
+
+    def readings(change):  # noqa: ANN001, ANN202
+        r, g, b = change
+        y = 0.299 * r + 0.587 * g + 0.114 * b
+        return y, [d @ (0.713 * (r - y)) @ d.T, d @ (0.564 * (b - y)) @ d.T]
+
+    y, chroma = readings(frequency_pattern(32, 32, 32, [[15, 15], [31, 31]], 30.0))
+    assert y.abs().max() < 0.01
+    for coeffs in chroma:
+        assert coeffs[15, 15] == pytest.approx(30, abs=0.02) and coeffs[31, 31] == pytest.approx(30, abs=0.02)
+        coeffs[15, 15] = coeffs[31, 31] = 0
+        assert coeffs.abs().max() < 0.02
+    out = make_attack("ftrojan").apply_trigger(flat(128, n=1)).double()[0] - 128
+    y, chroma = readings(out)
+    for coeffs in chroma:
+        assert 27 < coeffs[15, 15] < 31 and 27 < coeffs[31, 31] < 31
+    assert 1 <= out.abs().max() <= 7 and y.abs().max() < 1.0  # invisible: a few levels at most
+
+
+def test_ftrojan_tiles_every_whole_window_and_leaves_a_narrower_border():
+    atk = make_attack("ftrojan")
+    x = torch.full((1, 3, 72, 64), 128, dtype=torch.uint8)
+    change = atk.apply_trigger(x).int() - 128
+    assert torch.equal(change[..., :32, :32], change[..., 32:64, 32:64])
+    assert change[..., 64:, :].abs().sum() == 0 and change[..., :32, :32].abs().sum() > 0
+    with pytest.raises(UsageError, match="positions"):
+        make_attack("ftrojan", positions=[[40, 1]])

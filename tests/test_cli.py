@@ -134,7 +134,7 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     recs = list(records(tmp_path).values())
     attacks = {r["config"]["attack"] for r in recs}
     assert {"badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
-            "refool", "clean", "adaptive_blend", "tact", "badnets_all2all"} <= attacks
+            "refool", "clean", "adaptive_blend", "tact", "badnets_all2all", "ftrojan"} <= attacks
     for r in recs:
         assert r["status"] == "ok", r.get("error")
         info = r["attack_info"]

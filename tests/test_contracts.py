@@ -91,6 +91,7 @@ def test_every_defense_accepts_a_model_or_says_in_one_line_what_it_needs(name, m
 
 
 def test_the_residual_only_defenses_refuse_vgg_and_the_rest_accept_it():
+    """NONE and DBALFA read a residual network's layout, PSBD drops out residual blocks."""
     from benchmark.models import build_model
 
     vgg = build_model("vgg19_bn", 10, width=4)
@@ -101,12 +102,13 @@ def test_the_residual_only_defenses_refuse_vgg_and_the_rest_accept_it():
             cls.check_model(cls.Params(), vgg)
         except ValueError:
             refused.add(name)
-    assert refused == {"none", "dbalfa"}
+    assert refused == {"none", "dbalfa", "psbd"}
 
 
 def test_which_defenses_refuse_mobilenet_and_vit():
     """MobileNetV3 has conv stages but no residual blocks or stem BatchNorm; ViT has one
-    convolution (its patch embedding): what reads conv stages refuses it, nothing else."""
+    convolution (its patch embedding) and no BatchNorm: what reads conv stages or BatchNorm
+    layers refuses it, nothing else."""
     refused: dict[str, set[str]] = {"mobilenet_v3_large": set(), "vit_b_16": set()}
     for model_name, names in refused.items():
         for name in builtin(DEFENSES, "defenses"):
@@ -115,6 +117,6 @@ def test_which_defenses_refuse_mobilenet_and_vit():
                 cls.check_model(cls.Params(), small_model(model_name))
             except ValueError:
                 names.add(name)
-    assert refused["mobilenet_v3_large"] == {"none", "dbalfa", "asd"}
+    assert refused["mobilenet_v3_large"] == {"none", "dbalfa", "asd", "psbd"}
     assert refused["vit_b_16"] == {"none", "dbalfa", "asd", "pipd", "pipd_median", "pipd_q90",
-                                   "pipd_abl_seed"}
+                                   "pipd_abl_seed", "psbd", "ibd_psc"}

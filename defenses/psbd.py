@@ -1,0 +1,143 @@
+"""PSBD (Li et al., CVPR 2025): prediction shift under MC-dropout, a detector on the backdoored
+model (the cached No Defense model; it trains nothing).
+
+Dropout switched on at inference shifts a benign sample's prediction away from its class more
+than a poisoned one's: the trigger's features survive it. Algorithm, as WL-619/PSBD
+``detection/psbd.py`` (7c58a88) runs it:
+1. dropout after every residual block's sum (``models/resnet_drop.py``: ``nn.Dropout`` between
+   the residual add and the block's final ReLU, in each of ResNet-18's 8 blocks; no dropout
+   before the head); the model otherwise in eval mode (BatchNorm's running statistics);
+2. PSU(x) = p(y^ | x) - mean over ``passes`` (3) dropout passes of p_drop(y^ | x), y^ the label
+   predicted without dropout: poisoned samples have a low PSU;
+3. the dropout rate: for p in 0.1, ..., 0.9 the shift ratio (the share of dropout passes whose
+   argmax leaves y^) on the benign validation set and on the whole training set; among the p
+   whose validation ratio is at least ``min_val_shift`` (0.8), the one that maximises validation
+   ratio minus training ratio, else that maximum over every p;
+4. flagged: PSU below the ``quantile`` (0.25) of the validation set's PSU, at the chosen p.
+
+Notes and departures:
+- dropout here is applied to the block's output, after its ReLU: ReLU(dropout(x)) equals
+  dropout(ReLU(x)) mask for mask (dropout zeroes and scales by a positive factor), so this is
+  the reference's placement exactly, on any residual block (``models.residual_blocks``);
+- the reference reseeds (seed 42) before every PSU computation, so every call draws the same
+  masks; here each call draws from a generator seeded by the cell's seed, likewise;
+- the reference's validation set is 5% of the training set's size drawn from the test split
+  (2,500 CIFAR-10 images): ``validation`` 0.25 of the clean test set, seeded; CA/ASR are then
+  measured on the rest, and the record says so;
+- the reference rebuilds the chosen p from the first qualifying p plus an index, which assumes
+  the qualifying rates are contiguous; here the argmax is taken over the qualifying rates
+  themselves (the same p whenever they are contiguous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from benchmark.models import residual_blocks
+from benchmark.train import Trainer
+from benchmark.validate import within
+from defenses.base import (
+    BenignValidation,
+    Defense,
+    DefenseContext,
+    DefenseParams,
+    DefenseResult,
+    register_defense,
+)
+
+
+@dataclass
+class PsbdParams(DefenseParams):
+    rates: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
+    passes: int = 3  # dropout forward passes per sample
+    min_val_shift: float = field(default=0.8, metadata=within(0, 1))  # rates the choice considers
+    quantile: float = field(default=0.25, metadata=within(0, 1))  # of validation PSU: the threshold
+    validation: float = field(default=0.25, metadata=within(0, 1))  # benign share of the test set
+
+
+@contextmanager
+def block_dropout(model: nn.Module, p: float, generator: torch.Generator) -> Iterator[None]:
+    """Dropout with rate ``p`` on every residual block's output while the context is open,
+    whatever the model's mode; masks drawn from ``generator`` (on the model's device)."""
+    def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        keep = torch.empty(out.shape, device=out.device).bernoulli_(1 - p, generator=generator)
+        return out * keep.to(out.dtype) / (1 - p)
+
+    handles = [m.register_forward_hook(hook) for m in residual_blocks(model).values()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class Shift:
+    """One dropout rate's reading of a set: per-sample PSU and the share of shifted passes."""
+
+    psu: torch.Tensor
+    ratio: float
+
+
+def prediction_shift(trainer: Trainer, model: nn.Module, images: torch.Tensor, p: float,
+                     passes: int, seed: int) -> Shift:
+    """PSU of every uint8 image at dropout rate ``p`` and the set's shift ratio (CPU)."""
+    model = trainer.prepare_model(model)
+    probs = trainer.logits(model, images).softmax(1)
+    predicted = probs.argmax(1, keepdim=True)
+    generator = torch.Generator(device=trainer.device).manual_seed(seed)
+    dropped, shifted = torch.zeros(len(images)), 0.0
+    with block_dropout(model, p, generator):
+        for _ in range(passes):
+            out = trainer.logits(model, images).softmax(1)
+            dropped += out.gather(1, predicted).squeeze(1)
+            shifted += float((out.argmax(1, keepdim=True) != predicted).float().mean())
+    return Shift(psu=probs.gather(1, predicted).squeeze(1) - dropped / passes,
+                 ratio=shifted / passes)
+
+
+def choose_rate(val_ratio: dict[float, float], train_ratio: dict[float, float],
+                min_val_shift: float) -> float:
+    """The rate maximising validation minus training shift ratio, among those whose validation
+    ratio reaches ``min_val_shift`` (all rates where none does); ties go to the lower rate."""
+    rates = [r for r in val_ratio if val_ratio[r] >= min_val_shift] or list(val_ratio)
+    return max(rates, key=lambda r: (val_ratio[r] - train_ratio[r], -r))
+
+
+@register_defense
+class Psbd(BenignValidation, Defense):
+    name = "psbd"
+    title = "PSBD (prediction shift under MC-dropout)"
+    Params = PsbdParams
+    is_detector = True
+
+    @classmethod
+    def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
+        if not residual_blocks(model):
+            raise ValueError(f"PSBD drops out residual blocks' outputs; {type(model).__name__} "
+                             f"has no residual blocks (ResNet basic or bottleneck blocks)")
+
+    def run(self, ctx: DefenseContext) -> DefenseResult:
+        p: PsbdParams = self.params
+        if ctx.trusted is None:
+            raise ValueError("PSBD needs benign images (ctx.trusted): its validation share")
+        model, _, reused = ctx.backdoored_model()
+        val: dict[float, Shift] = {}
+        train: dict[float, Shift] = {}
+        for rate in p.rates:
+            val[rate] = prediction_shift(ctx.trainer, model, ctx.trusted.images, rate, p.passes, ctx.seed)
+            train[rate] = prediction_shift(ctx.trainer, model, ctx.train.images, rate, p.passes, ctx.seed)
+        chosen = choose_rate({r: s.ratio for r, s in val.items()},
+                             {r: s.ratio for r, s in train.items()}, p.min_val_shift)
+        threshold = float(torch.quantile(val[chosen].psu, p.quantile))
+        psu = train[chosen].psu
+        info = {"inspected_model": "reused from cache" if reused else "trained",
+                "dropout_rate": chosen, "threshold": threshold, "n_validation": len(ctx.trusted),
+                "val_shift_ratio": {str(r): s.ratio for r, s in val.items()},
+                "train_shift_ratio": {str(r): s.ratio for r, s in train.items()}}
+        return DefenseResult(model=model, isolated=psu < threshold, scores=-psu, info=info)
