@@ -213,9 +213,10 @@ def test_report_command_on_partial_and_empty_stores(tmp_path, capsys):
     assert "open" in out and (tmp_path / "rep" / "index.html").exists()
     missing = (tmp_path / "rep" / "missing.md").read_text()
     assert "--attacks badnets --defenses pipd" in missing and "FAILED: RuntimeError: boom" in missing
-    for name in ("table1", "table2", "table3", "table4"):
+    for name in ("table1", "table2", "table3", "table4", "robustness_isolation", "robustness_defense"):
         for ext in ("csv", "md", "tex"):
             assert (tmp_path / "rep" / "tables" / f"{name}.{ext}").exists()
+    assert "Robustness: isolation TPR" in (tmp_path / "rep" / "robustness.html").read_text()
     assert "no records yet" in (tmp_path / "rep" / "tables" / "table3.md").read_text()
     assert (tmp_path / "rep" / "figures" / "fig1_isolation.png").exists()
     assert main(["report", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 0
@@ -538,3 +539,41 @@ def test_compare_on_no_records_says_so_without_a_traceback():
     out = compare.compare(frame([]), "mine", "pipd")
     assert out.empty
     assert compare.markdown(out, "mine", "pipd").startswith("no attack has records of both mine and pipd")
+
+
+def test_robustness_sets_each_adaptive_attack_beside_the_mean_over_the_papers_attacks():
+    from benchmark.reports import robustness
+
+    recs = [record("badnets", "pipd", ca=80, asr=1, tpr=99, fpr=0.1),
+            record("blended", "pipd", seed=0, ca=80, asr=1, tpr=97, fpr=0.3),
+            record("blended", "pipd", seed=1, ca=80, asr=1, tpr=95, fpr=0.5),
+            record("adaptive_patch", "pipd", ca=80, asr=3, tpr=90, fpr=1),  # the paper's 5%: the mean
+            record("adaptive_patch", "pipd", sets=["adaptive_patch.rate=0.003"], ca=80, asr=50, tpr=20, fpr=4),
+            record("adaptive_blend", "pipd", ca=80, asr=60, tpr=10, fpr=2),
+            record("adaptive_blend", "pipd_q90", ca=80, asr=20, tpr=60, fpr=1),
+            record("badnets", "pipd_q90", ca=80, asr=1, tpr=100, fpr=0),
+            record("adaptive_blend", "pipd", sets=["pipd.rounds=2"], ca=80, asr=0, tpr=100, fpr=0),
+            record("ftrojan", "pipd", ca=80, asr=0, tpr=100, fpr=0),  # not in the view
+            record("adaptive_blend", "no_defense", ca=81, asr=5),
+            record("tact", "no_defense", ca=81, asr=90)]
+    iso, defended = robustness.robustness(frame(recs))
+    tpr = iso.mean.loc[("cifar10", "pipd")]
+    assert list(iso.mean.columns) == ["paper attacks (mean) TPR", "adaptive_blend TPR",
+                                      "adaptive_patch 0.003/0.006 TPR", "paper attacks (mean) FPR",
+                                      "adaptive_blend FPR", "adaptive_patch 0.003/0.006 FPR"]
+    # blended first over its seeds (96), then the three paper attacks: (99 + 96 + 90) / 3
+    assert tpr["paper attacks (mean) TPR"] == pytest.approx(95.0)
+    assert iso.seeds.loc[("cifar10", "pipd"), "paper attacks (mean) TPR"] == 3
+    assert tpr["adaptive_blend TPR"] == pytest.approx(10) and tpr["adaptive_patch 0.003/0.006 TPR"] == 20
+    header, rows = render.cells(iso, "TPR")
+    by = {r[1][0]: r for r in rows}
+    # a mean over one attack is not compared with one over three: neither is bold
+    assert by["pipd"][2] == ("95.00 ± 3.74 (3 attacks)", False)
+    assert by["pipd_q90"][2] == ("100.00 (1 attack)", False)
+    assert by["pipd_q90"][3] == ("60.00", True)  # adaptive_blend: pipd_q90 isolates more
+    assert set(defended.mean.index.get_level_values(1)) == {"no_defense", "pipd", "pipd_q90"}
+    assert any("adaptive_blend on cifar10 (No Defense ASR 5.00)" in n for n in iso.notes)
+    assert not any("tact" in n for n in iso.notes)
+    empty = robustness.robustness(frame([]))
+    assert [t.name for t in empty] == ["robustness_isolation", "robustness_defense"]
+    assert all(t.empty and t.title for t in empty)

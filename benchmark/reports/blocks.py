@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.analyses import summaries
-from benchmark.reports import apidoc, records, tables
+from benchmark.reports import apidoc, records, robustness, tables
+from benchmark.reports.render import markdown as table_markdown
 
 ROOT = Path(__file__).parents[2]
 KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
@@ -35,6 +36,8 @@ KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "isolation_versions": lambda df: tables.isolation(df, older=True),
     "records": tables.inventory,
     "seed_quantile": tables.seed_quantiles,
+    # the attacks built to beat isolation beside the paper's (benchmark.reports.robustness)
+    "robustness": lambda df: "\n".join(table_markdown(t) for t in robustness.robustness(df)),
 }
 # a block from the code has no folder: <!-- generated: defense_context --> (benchmark.reports.apidoc)
 BLOCK = re.compile(r"(<!-- generated: (\S+)(?: ([^\s=]+))?((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)",

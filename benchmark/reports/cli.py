@@ -14,7 +14,17 @@ import pandas as pd
 
 from benchmark import sources
 from benchmark.cliutil import split_csv
-from benchmark.reports import cellpages, compare, figures, html, leaderboard, records, render, tables
+from benchmark.reports import (
+    cellpages,
+    compare,
+    figures,
+    html,
+    leaderboard,
+    records,
+    render,
+    robustness,
+    tables,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +92,8 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     written: list[Path] = []
     built = [f(df, grid) for f in (tables.table1, tables.table2, tables.table3, tables.table4)]
     built += tables.studies(df, grid)
+    robust = robustness.robustness(df, grid)
+    built += robust
     for t in built:
         written += render.write(t, out / "tables")
     figs = (figures.fig1_isolation(df, out / "figures") + figures.fig4_fpr_vs_rounds(df, out / "figures")
@@ -92,10 +104,15 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     board = leaderboard.leaderboard(df)
     (out / "leaderboard.md").write_text(leaderboard.markdown(board))
     (out / "headline.md").write_text(tables.headline(df))
+    (out / "robustness.md").write_text("# Robustness\n\n" + "\n".join(render.markdown(t) for t in robust))
+    (out / "robustness.html").write_text(html.tables_page(
+        robust, "Robustness: the attacks built to beat isolation", [robustness.__doc__.split("\n\n")[1]]))
     (out / "records.md").write_text("# Records\n\n" + tables.inventory(df))
     missing = missing_cells(df, grid)
     notes = [f"{len(df)} record(s) from {', '.join(map(str, folders))}; "
-             f"{int((df['status'] == 'ok').sum()) if not df.empty else 0} ok"]
+             f"{int((df['status'] == 'ok').sum()) if not df.empty else 0} ok",
+             "the robustness view (the attacks built to beat isolation) is also a page of its own: "
+             "robustness.html"]
     changed = sources.changed_note(x for r in recs for x in sources.stale(r))
     if changed:
         notes.append(changed)
@@ -109,7 +126,8 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
                                               link))
     (out / "missing.md").write_text("# Missing cells\n\n" + ("\n".join(f"- {m}" for m in missing)
                                                               or "none") + "\n")
-    written += [out / "leaderboard.md", out / "headline.md", out / "records.md",
+    written += [out / "leaderboard.md", out / "headline.md", out / "robustness.md", out / "robustness.html",
+                out / "records.md",
                 out / "index.html", out / "missing.md"]
     return out / "index.html", {"frame": df, "board": board, "missing": missing,
                                 "written": written, "changed_sources": changed}

@@ -81,6 +81,19 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
                                                            for i, x in enumerate(r)] for r in rows],
                                                  f"detectors-{dataset}")]
     parts += [f"<p>{html.escape(n)}</p>" for n in board.notes]
+    parts += tables_html(tables, link)
+    for f in figures:
+        if f.suffix == ".png":
+            data = base64.b64encode(f.read_bytes()).decode()
+            parts.append(f'<h3>{html.escape(f.stem)}</h3><img alt="{html.escape(f.stem)}" '
+                         f'src="data:image/png;base64,{data}">')
+    return _document(title, parts)
+
+
+def tables_html(tables: list[Table], link: Link | None = None) -> list[str]:
+    """Each table's blocks (one per metric, then the paper's values where it has them)."""
+    link = link or (lambda *labels: None)
+    parts: list[str] = []
     for t in tables:
         parts.append(f"<h2>{html.escape(t.title)}</h2>")
         if t.empty:
@@ -97,10 +110,15 @@ def page(board: Board, tables: list[Table], figures: list[Path], title: str,
                           _table(*paper, f"{t.name}-{m}-paper")]
         parts += [f"<p>{html.escape(n)}</p>" for n in t.notes]
         parts.append(f"<p>filled by <code>{html.escape(t.command)}</code></p>")
-    for f in figures:
-        if f.suffix == ".png":
-            data = base64.b64encode(f.read_bytes()).decode()
-            parts.append(f'<h3>{html.escape(f.stem)}</h3><img alt="{html.escape(f.stem)}" '
-                         f'src="data:image/png;base64,{data}">')
+    return parts
+
+
+def tables_page(tables: list[Table], title: str, notes: list[str]) -> str:
+    """A page of its own for a group of tables (the robustness view)."""
+    return _document(title, [f"<h1>{html.escape(title)}</h1>",
+                             *[f"<p>{html.escape(n)}</p>" for n in notes], *tables_html(tables)])
+
+
+def _document(title: str, parts: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style><script>{SORT_JS}</script></head><body>{''.join(parts)}</body></html>")

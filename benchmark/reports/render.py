@@ -31,18 +31,26 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 
 def _best(t: Table, key) -> set[str]:  # noqa: ANN001
-    """The columns holding the best value of their metric in row ``key``."""
+    """The columns of row ``key`` holding the best value of their metric: across the row (methods
+    are columns), or down each column (``bold_by="column"``: methods are rows)."""
     best: set[str] = set()
     row = t.mean.loc[key]
     for metric, pick in BETTER.items():
         cols = [c for c in row.index if c.endswith(" " + metric) and not pd.isna(row[c])]
-        if len(cols) > 1:
+        if t.bold_by == "column":  # a counted column compares the rows of the largest count only
+            for c in cols:
+                peers = t.mean[c].dropna()
+                if c.rsplit(" ", 1)[0] in t.counted:
+                    peers = peers[t.seeds.loc[peers.index, c] == t.seeds[c].max()]
+                if len(peers) > 1 and key in peers.index and row[c] == pick(peers):
+                    best.add(c)
+        elif len(cols) > 1:
             top = pick(row[c] for c in cols)
             best |= {c for c in cols if row[c] == top}
     return best
 
 
-INDEX_NAMES = {"attack_label": "attack"}
+INDEX_NAMES = {"attack_label": "attack", "defense_label": "method"}
 
 
 def metrics(t: Table) -> list[str]:
@@ -65,6 +73,8 @@ def cells(t: Table, metric: str) -> tuple[list[str], list[list[tuple[str, bool]]
         for c in cols:
             m, sd, n = t.mean.at[key, c], t.std.at[key, c], t.seeds.at[key, c]
             text = _fmt(m) + (f" ± {_fmt(sd)}" if n > 1 and key[-1] != "average" and _fmt(m) else "")
+            what = t.counted.get(c.rsplit(" ", 1)[0])
+            text += f" ({int(n)} {what if n > 1 else what.rstrip('s')})" if what and _fmt(m) else ""
             row.append((text, c in best))
         body.append(row)
     return _header(t, cols), body

@@ -57,6 +57,11 @@ class Table:
     command: str = ""
     notes: list[str] = field(default_factory=list)
     marks: dict = field(default_factory=dict)  # row key -> a remark printed beside its label
+    # bold marks the best value of each metric in a row (methods are columns) or in a column
+    # (methods are rows: the robustness view)
+    bold_by: str = "row"
+    # column (without its metric) -> what its count counts, shown beside each value ("7 attacks")
+    counted: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -92,14 +97,17 @@ def metric_of(col: str) -> str:
 
 
 def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str,
-          metrics: dict[str, str], paper_of=None, grid: str = "quick") -> Table:
+          metrics: dict[str, str], paper_of=None, grid: str = "quick", command: str | None = None
+          ) -> Table:
     """Aggregate ``df`` (records frame, ok rows) into a Table: ``metrics`` maps frame columns
     (``ca``) to display names (``CA``), values in percent; ``paper_of(index_values, column
-    value, metric)`` gives the paper's number or NaN."""
+    value, metric)`` gives the paper's number or NaN; ``command`` what fills the table (default:
+    ``COMMANDS[name]``)."""
     cols = list(metrics)
+    command = command if command is not None else COMMANDS[name].format(grid=grid)
     if df.empty:
         blank = pd.DataFrame()
-        return Table(name, title, index, blank, blank, blank, blank, COMMANDS[name].format(grid=grid))
+        return Table(name, title, index, blank, blank, blank, blank, command)
     g = df.groupby([*index, column], dropna=False)[cols]
     mean, std, count = g.mean() * 100, g.std(ddof=0) * 100, g.count()
     wide = {}
@@ -118,7 +126,7 @@ def build(df: pd.DataFrame, name: str, title: str, index: list[str], column: str
                 method, metric = col.rsplit(" ", 1)
                 paper_vals.at[key, col] = paper_of(key if isinstance(key, tuple) else (key,), method, metric)
     return Table(name, title, index, wide["mean"], wide["std"].fillna(0.0), paper_vals,
-                 wide["seeds"].fillna(0), COMMANDS[name].format(grid=grid))
+                 wide["seeds"].fillna(0), command)
 
 
 def _paper_defense(method: str) -> str | None:
