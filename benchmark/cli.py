@@ -217,6 +217,8 @@ def run_command(args: argparse.Namespace) -> int:
         plan = [(s.id, f"{s.model} {describe(c)}", *dev_twin(s), json.dumps(current_sources(c)))
                 for s, c in zip(specs, cells, strict=True)]
         counts = WorkCounts(rt.results)  # estimates are shown where a cell has work counts
+        for s, c, p in zip(specs, cells, plan, strict=True):
+            add_stand_in(counts, s, c, p[2])
         estimates = not args.fast_dev_run and any(counts.has(p[2]) for p in plan)
         print_plan(plan, rt.results, counts, *(estimate_speeds(args, rt, specs, counts) if estimates else ()))
         return 0
@@ -262,6 +264,21 @@ def dev_twin(spec: CellSpec) -> tuple[str, str]:
     from benchmark.devrun import DevRun
 
     return spec.replace(fast_dev_run=DevRun()).id, speed_key(spec)
+
+
+def add_stand_in(counts, spec: CellSpec, config: dict, dev_id: str) -> None:
+    """For a cell of another dataset without work counts of its own: its CIFAR-10 twin's,
+    scaled by the training sets' sizes (``plans.WorkCounts.stand_in``)."""
+    from benchmark.config import resolve_cell
+    from benchmark.data import DATASETS
+    from benchmark.spec import CellSpec
+
+    sizes, base = DATASETS.get(spec.dataset).sizes, DATASETS.get("cifar10").sizes
+    if spec.dataset == "cifar10" or sizes is None or counts.has(dev_id):
+        return
+    twin = resolve_cell(config["preset"], config["attack"], config["defense"], config["seed"], [],
+                        dataset="cifar10", model=spec.model)
+    counts.stand_in(dev_id, dev_twin(CellSpec.from_config(twin))[0], sizes[0] / base[0], spec.dataset)
 
 
 def estimate_speeds(args: argparse.Namespace, rt, specs: list[CellSpec], counts

@@ -58,7 +58,9 @@ def speed_key(spec: CellSpec) -> str:
     """What the throughput of a cell depends on besides the device: model, its parameters, the
     image size and the training precision asked for."""
     params = ",".join(f"{k}={v}" for k, v in sorted(spec.model_params.items()))
-    return f"{spec.model}({params}) {spec.data.get('image_size', 32)}px {spec.train.precision}"
+    from benchmark.data import image_side
+
+    return f"{spec.model}({params}) {image_side(spec.dataset, spec.data)}px {spec.train.precision}"
 
 
 def device_kind(device: str | None = None) -> str:
@@ -81,12 +83,12 @@ def measure(spec: CellSpec, device: str | None = None, batches: int = 3,
     ``batches`` timed ones of random images)."""
     import torch
 
-    from benchmark.data import CIFAR10_MEAN, CIFAR10_STD
+    from benchmark.data import CIFAR10_MEAN, CIFAR10_STD, image_side
     from benchmark.models import build_model
     from benchmark.perf import bench_trainer
     from benchmark.train import Trainer
 
-    size = spec.data.get("image_size", 32)
+    size = image_side(spec.dataset, spec.data)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batches * batch_size, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (len(images),), generator=g)
@@ -164,6 +166,22 @@ def ledger(work: list[dict[str, Any]]) -> list[dict[str, Any]]:
             evals[e.get("artifact")] = evals.get(e.get("artifact"), 0) + e["images"]
     return phases + [{"phase": "eval", "images": n, **({"artifact": a} if a else {})}
                      for a, n in evals.items()]
+
+
+def scaled(work: list[dict[str, Any]], ratio: float, where: str) -> list[dict[str, Any]]:
+    """Another dataset's ledger with every phase's images times ``ratio`` (its training set's
+    size over that dataset's) and its artifacts tagged ``where``, so they never merge with the
+    source dataset's: a stand-in for a cell without its own development run."""
+    out = []
+    for e in work:
+        e = dict(e)
+        for k in ("images", "images_per_epoch"):
+            if k in e:
+                e[k] = round(e[k] * ratio)
+        if e.get("artifact"):
+            e["artifact"] = f"{where}:{e['artifact']}"
+        out.append(e)
+    return out
 
 
 def first_needs(works: list[list[dict[str, Any]] | None], made: set[str] | None = None

@@ -97,8 +97,10 @@ class Dataset:
 class DatasetEntry(NamedTuple):
     """A registered dataset: its loader ``(data_root, cache_dir, **options) -> (splits, source)``,
     the normalisation, its own ``data.*`` options with their defaults (beside the subset's
-    ``train_size``, ``test_size``, ``subset_seed``), the model a grid uses on it by default, and
-    whether the loader can download it (it then takes ``download``)."""
+    ``train_size``, ``test_size``, ``subset_seed``), the model a grid uses on it by default,
+    whether the loader can download it (it then takes ``download``), the images of its standard
+    training and test splits (``--dry-run`` scales CIFAR-10's work counts by them for a cell
+    without its own) and their side."""
 
     loader: Any
     mean: tuple[float, ...]
@@ -106,6 +108,8 @@ class DatasetEntry(NamedTuple):
     data: dict[str, Any] = {}
     default_model: str = "resnet18"
     downloads: bool = False
+    sizes: tuple[int, int] | None = None  # (training, test) images; None: any size (ImageFolder)
+    side: int = 32  # the images' side where ``data.image_size`` does not set it
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -377,13 +381,19 @@ def load_imagefolder(data_root: Path, cache_dir: Path, *, image_size: int = 224,
     return splits, f"imagefolder:{data_root}"
 
 
-DATASETS.register("cifar10", DatasetEntry(load_cifar10, CIFAR10_MEAN, CIFAR10_STD, downloads=True))
+DATASETS.register("cifar10", DatasetEntry(load_cifar10, CIFAR10_MEAN, CIFAR10_STD, downloads=True,
+                                          sizes=(50_000, 10_000)))
 DATASETS.register("imagefolder", DatasetEntry(load_imagefolder, IMAGENET_MEAN, IMAGENET_STD,
                                               data={"image_size": 224},
                                               default_model="resnet18_imagenet"))
 
 
 Splits = dict[str, ImageSet]
+
+
+def image_side(dataset: str, data: dict[str, Any]) -> int:
+    """The side of a cell's images: its ``data.image_size``, else the dataset's own."""
+    return int(data.get("image_size") or DATASETS.get(dataset).side)
 
 
 def load_splits(name: str, data_root: Path, cache_dir: Path, **options: object) -> tuple[Splits, str]:

@@ -13,26 +13,51 @@ class WorkCounts:
     (``benchmark/work/<preset>.json``, ``python -m benchmark.cost work``), so a fresh clone has
     an estimate of every preset cell they cover."""
 
-    def __init__(self, results: Path) -> None:
+    def __init__(self, results: Path | None) -> None:  # None: the committed counts only
         from benchmark.cost import committed_work
         from benchmark.devrun import FOLDER
         from benchmark.store import ResultStore
 
-        self.dev = ResultStore(results / FOLDER)
+        self.dev = ResultStore(results / FOLDER) if results is not None else None
         self.committed = committed_work()
-        self.used = {"here": 0, "committed": 0}
+        self.used = {"here": 0, "committed": 0, "scaled": 0}
+        # dev id -> (the CIFAR-10 twin's dev id, training-set ratio, dataset): see ``stand_in``
+        self.stand_ins: dict[str, tuple[str, float, str]] = {}
+        self.ratios: dict[str, float] = {}
+
+    def _own(self, dev_id: str) -> tuple[str, list[dict[str, Any]] | None]:
+        rec = self.dev.read(dev_id) if self.dev is not None else None
+        if rec is not None and rec.get("status") == "ok":
+            return "here", rec["fast_dev_run"]["work"]
+        return "committed", self.committed.get(dev_id)
 
     def get(self, dev_id: str, count: bool = True) -> list[dict[str, Any]] | None:
         """The cell's work ledger, or None; ``count``: note where it came from (``used``)."""
-        rec = self.dev.read(dev_id)
-        source, work = ("here", rec["fast_dev_run"]["work"]) if rec is not None and \
-            rec.get("status") == "ok" else ("committed", self.committed.get(dev_id))
+        from benchmark.cost import scaled
+
+        source, work = self._own(dev_id)
+        if work is None and dev_id in self.stand_ins:
+            twin, ratio, dataset = self.stand_ins[dev_id]
+            work = self._own(twin)[1]
+            source, work = "scaled", None if work is None else scaled(work, ratio, dataset)
         if work is not None and count:
             self.used[source] += 1
         return work
 
     def has(self, dev_id: str) -> bool:
-        return dev_id in self.committed or self.dev.status(dev_id) == "ok"
+        twin = self.stand_ins.get(dev_id)
+        return self._ran(dev_id) or (twin is not None and self._ran(twin[0]))
+
+    def _ran(self, dev_id: str) -> bool:
+        return dev_id in self.committed or (self.dev is not None and self.dev.status(dev_id) == "ok")
+
+    def stand_in(self, dev_id: str, twin_id: str, ratio: float, dataset: str) -> None:
+        """Count a cell that has no ledger of its own (another dataset's) as its CIFAR-10 twin's
+        (the same attack, defense and model at the preset's settings), each phase's images times
+        ``ratio``: the datasets' training-set sizes. The recipe is the preset's on every dataset,
+        so what changes is how many images an epoch holds."""
+        self.stand_ins[dev_id] = (twin_id, ratio, dataset)
+        self.ratios[dataset] = ratio
 
 
 def print_plan(cells: list[tuple[str, ...]], results: Path, counts: WorkCounts,
@@ -81,8 +106,12 @@ def print_plan(cells: list[tuple[str, ...]], results: Path, counts: WorkCounts,
         print(f"estimated time to run on {device}: {duration(total)} ({hours:.2f} device-hours)"
               + (f"; {unknown} cell(s) without an estimate (~?: run the same grid with "
                  f"--fast-dev-run first, seconds a cell)" if unknown else ""))
-        sources = [f"{n} from {'this folder' if k == 'here' else 'the committed'} development "
-                   f"runs{'' if k == 'here' else ' (benchmark/work/)'}" for k, n in counts.used.items() if n]
+        words = {"here": "from this folder's development runs",
+                 "committed": "from the committed development runs (benchmark/work/)",
+                 "scaled": "scaled from CIFAR-10's by training-set size (" + ", ".join(
+                     f"{d} x{r:.3f}" for d, r in sorted(counts.ratios.items())) + "; a development "
+                     "run on the dataset counts them exactly)"}
+        sources = [f"{n} {words[k]}" for k, n in counts.used.items() if n]
         if sources:
             print(f"work counts: {'; '.join(sources)}")
         if speed_note:

@@ -13,6 +13,7 @@ from torch import nn
 
 from benchmark import devrun
 from benchmark.cli import main
+from benchmark.config import resolve_cell
 from benchmark.data import CIFAR10_MEAN, CIFAR10_STD, DataNotFoundError, default_data_root
 from benchmark.train import TrainConfig, Trainer, lr_factor
 from tests.conftest import write_imagefolder
@@ -177,6 +178,33 @@ def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_
     assert hours == pytest.approx(sum(grid_units([committed[i] for i in ids])) / speed / 3600, abs=0.01)
     # each shared artifact (a poisoned set, a backdoored or LGA model) counts once in the grid
     assert sum(grid_units([committed[i] for i in ids])) < 0.7 * sum(units(committed[i]) for i in ids)
+
+
+def test_another_datasets_estimate_scales_cifar10s_counts_by_its_training_set(tmp_path, capsys):
+    """GTSRB's cells have no development run committed: each counts as its CIFAR-10 twin with
+    39,209 / 50,000 of the images, on the same 32 px speed; Tiny-ImageNet's 64 px images have a
+    speed of their own (a quarter of 32 px's: four times the FLOPs)."""
+    from benchmark.cost import speed_key
+    from benchmark.spec import CellSpec
+
+    calibration = Path(__file__).parents[1] / "docs/results/perf/calibration-a100-published.json"
+    grid = ["--grid", "full", "--dry-run", "--calibration", str(calibration), "--attacks", "badnets,blended",
+            "--defenses", "no_defense,pipd,abl,scale_up"]
+
+    def hours(dataset: str) -> tuple[float, str]:
+        assert main([*grid, "--datasets", dataset, "--results", str(tmp_path / dataset)]) == 0
+        out = capsys.readouterr().out
+        total = float(out.split("estimated time to run on NVIDIA A100: ")[1].split("(")[1].split()[0])
+        return total, out
+
+    cifar, _ = hours("cifar10")
+    gtsrb, out = hours("gtsrb")
+    assert "~?" not in out and "8 scaled from CIFAR-10's by training-set size (gtsrb x0.784" in out
+    assert gtsrb == pytest.approx(cifar * 39_209 / 50_000, abs=0.01)
+    tiny, out = hours("tiny_imagenet")
+    assert tiny == pytest.approx(cifar * 2 * 23_070 / 5_768, abs=0.02)
+    spec = CellSpec.from_config(resolve_cell("full", "badnets", "pipd", 0, [], dataset="tiny_imagenet"))
+    assert speed_key(spec) == "resnet18(width=64) 64px auto"
 
 
 @pytest.mark.slow

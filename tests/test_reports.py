@@ -548,7 +548,8 @@ def test_robustness_sets_each_adaptive_attack_beside_the_mean_over_the_papers_at
             record("blended", "pipd", seed=0, ca=80, asr=1, tpr=97, fpr=0.3),
             record("blended", "pipd", seed=1, ca=80, asr=1, tpr=95, fpr=0.5),
             record("adaptive_patch", "pipd", ca=80, asr=3, tpr=90, fpr=1),  # the paper's 5%: the mean
-            record("adaptive_patch", "pipd", sets=["adaptive_patch.rate=0.003"], ca=80, asr=50, tpr=20, fpr=4),
+            record("adaptive_patch", "pipd", sets=["adaptive_patch.rate=0.003"], ca=80, asr=50, tpr=20,
+                   fpr=4),
             record("adaptive_blend", "pipd", ca=80, asr=60, tpr=10, fpr=2),
             record("adaptive_blend", "pipd_q90", ca=80, asr=20, tpr=60, fpr=1),
             record("badnets", "pipd_q90", ca=80, asr=1, tpr=100, fpr=0),

@@ -45,4 +45,5 @@ def load_cifar100(data_root: Path, cache_dir: Path, *, download: bool = True,
         f"cifar100-imagefolder:{path}"
 
 
-DATASETS.register("cifar100", DatasetEntry(load_cifar100, MEAN, STD, downloads=True))
+DATASETS.register("cifar100", DatasetEntry(load_cifar100, MEAN, STD, downloads=True,
+                                             sizes=(50_000, 10_000)))

@@ -58,4 +58,5 @@ def load_gtsrb(data_root: Path, cache_dir: Path, *, download: bool = True, image
                        stretch=True), f"gtsrb:{path}"
 
 
-DATASETS.register("gtsrb", DatasetEntry(load_gtsrb, MEAN, STD, data={"image_size": 32}, downloads=True))
+DATASETS.register("gtsrb", DatasetEntry(load_gtsrb, MEAN, STD, data={"image_size": 32}, downloads=True,
+                                          sizes=(39_209, 12_630)))

@@ -61,4 +61,5 @@ def load_tiny_imagenet(data_root: Path, cache_dir: Path, *, download: bool = Tru
                        classes), f"tiny_imagenet:{path}"
 
 
-DATASETS.register("tiny_imagenet", DatasetEntry(load_tiny_imagenet, MEAN, STD, downloads=True))
+DATASETS.register("tiny_imagenet", DatasetEntry(load_tiny_imagenet, MEAN, STD, downloads=True,
+                                                  sizes=(100_000, 10_000), side=64))

@@ -219,9 +219,47 @@ def full_estimate() -> str:
     return "\n".join(out) + "\n"
 
 
+def dataset_estimates() -> str:
+    """The full grid's A100 device-hours on each dataset of a known size, as ``--dry-run
+    --datasets D`` counts them: a cell's own committed counts, else its CIFAR-10 twin's scaled
+    by the training sets (``cli.add_stand_in``), over the published A100 calibration."""
+    from benchmark.catalog import catalog
+    from benchmark.cli import add_stand_in, dev_twin
+    from benchmark.cost import grid_units, speed_key
+    from benchmark.data import DATASETS
+    from benchmark.grid import expand_grid
+    from benchmark.plans import WorkCounts
+    from benchmark.spec import CellSpec
+
+    own = catalog(builtin=True)
+    path = Path(__file__).parents[2] / "docs/results/perf/calibration-a100-published.json"
+    speeds = json.loads(path.read_text())["img_per_s"]
+    out = ["| dataset | training images | image side | cells with counts | A100 hours | counts |",
+           "|---|---|---|---|---|---|"]
+    for name in DATASETS.names():
+        entry = DATASETS.get(name)
+        if entry.sizes is None:
+            continue
+        configs = expand_grid("full", own["attacks"], list(own["defenses"]), [0], [], datasets=[name])
+        specs = [CellSpec.from_config(c) for c in configs]
+        counts = WorkCounts(None)  # the committed counts only
+        ids = [dev_twin(s)[0] for s in specs]
+        for spec, config, dev_id in zip(specs, configs, ids, strict=True):
+            add_stand_in(counts, spec, config, dev_id)
+        works = [counts.get(i) for i in ids]
+        seconds = sum(u / speeds[speed_key(s)] for u, s in zip(grid_units(works), specs, strict=True)
+                      if u is not None)
+        how = "own" if counts.used["committed"] and not counts.used["scaled"] else \
+            f"CIFAR-10's x{entry.sizes[0] / DATASETS.get('cifar10').sizes[0]:.3f}"
+        out.append(f"| {name} | {entry.sizes[0]:,} | {entry.side} px | "
+                   f"{sum(w is not None for w in works)} of {len(specs)} | {seconds / 3600:,.1f} | {how} |")
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "presets": presets,
     "full_estimate": full_estimate,
+    "dataset_estimates": dataset_estimates,
     "dataset_attacks": dataset_attacks,
     "defense_context": _context,
     "defense_result": _result,
