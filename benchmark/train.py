@@ -94,7 +94,7 @@ def _overrides(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
     """The callbacks that implement ``hook`` (not the base's no-op)."""
     return [c for c in callbacks if hook in vars(c) or getattr(type(c), hook) is not getattr(Callback, hook)]
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "radam")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 CROP_MODES = ("zeros", "reflect")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -499,6 +499,8 @@ class Trainer:
     def _optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if cfg.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "radam":  # Narcissus's warm-up
+            return torch.optim.RAdam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)

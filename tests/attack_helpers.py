@@ -16,6 +16,8 @@ TINY = {
     "dynamic": {"mask_epochs": 1, "epochs": 1, "width": 4, "batch_size": 50},
     "trojan": {"optimize_steps": 3, "ref_epochs": 1},
     "refool": {"n_reflections": 10, "n_candidates": 20, "select_rounds": 1, "select_epochs": 1},
+    # a step size that moves the trigger visibly in three rounds (RAdam starts slowly)
+    "narcissus": {"ref_epochs": 1, "warmup_epochs": 1, "rounds": 3, "batch_size": 50, "generation_lr": 5.0},
 }
 
 

@@ -521,3 +521,37 @@ def test_ftrojan_tiles_every_whole_window_and_leaves_a_narrower_border():
     assert change[..., 64:, :].abs().sum() == 0 and change[..., :32, :32].abs().sum() > 0
     with pytest.raises(UsageError, match="positions"):
         make_attack("ftrojan", positions=[[40, 1]])
+
+
+# ---------------------------------------------------------------- Narcissus
+class Brightness(torch.nn.Module):
+    """Class 0's logit grows (or falls) with the image's mean: the best trigger towards class 0
+    is +eps (or -eps) on every pixel."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__()
+        self.sign = sign
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # a model has parameters to freeze
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        score = self.sign * 10 * x.mean((1, 2, 3))
+        return torch.stack([score, torch.zeros_like(score)], 1)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_narcissus_trigger_goes_to_the_bound_along_the_targets_gradient(sign):
+    atk = make_attack("narcissus", warmup_epochs=0, rounds=30, generation_lr=0.05, batch_size=50)
+    train = make_set(200)
+    art = atk.generate(Brightness(sign), train)
+    delta = art["delta"] * 255
+    assert delta.shape == (3, 32, 32) and delta.abs().max() <= 16 + 1e-4
+    # every pixel near the bound on the target's side (a pixel the crop's zero padding covers
+    # gets no gradient through the clamp at 0 for a while: the border lags a little)
+    assert (sign * delta > 14).all() and (sign * delta).mean() > 15.8
+    assert art["info"]["loss_last_batch"] < art["info"]["loss_first_batch"]
+    atk.delta = art["delta"]
+    x = flat(100)
+    step = atk.poison_images(x, torch.arange(2)).int() - 100
+    assert torch.equal(step[0], (art["delta"] * 255).round().int())
+    test_step = atk.apply_trigger(x).int() - 100  # three times the trigger at test
+    assert torch.equal(test_step[0], (3 * art["delta"] * 255).round().int())

@@ -129,12 +129,14 @@ def test_plugin_errors_exit_2(args, tmp_path, capsys):
 def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_path, capsys):
     fast = ["--set", "cl.ref_epochs=1", "--set", "cl.steps=2", "--set", "dynamic.mask_epochs=1",
             "--set", "dynamic.epochs=1", "--set", "dynamic.width=4", "--set", "trojan.ref_epochs=1",
-            "--set", "trojan.optimize_steps=3"]
+            "--set", "trojan.optimize_steps=3", "--set", "narcissus.ref_epochs=1",
+            "--set", "narcissus.rounds=1"]
     assert main([*args, "--attacks", "all", "--defenses", "no_defense", *fast]) == 0
     recs = list(records(tmp_path).values())
     attacks = {r["config"]["attack"] for r in recs}
     assert {"badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
-            "refool", "clean", "adaptive_blend", "tact", "badnets_all2all", "ftrojan"} <= attacks
+            "refool", "clean", "adaptive_blend", "tact", "badnets_all2all", "ftrojan",
+            "narcissus"} <= attacks
     for r in recs:
         assert r["status"] == "ok", r.get("error")
         info = r["attack_info"]
@@ -145,8 +147,8 @@ def test_every_attack_runs_end_to_end_and_model_artifacts_are_reused(args, tmp_p
     assert by["sig"]["clean_label"] and not by["badnets"]["clean_label"]
     cache = tmp_path / "res" / "cache"
     assert len(list((cache / "generators").glob("*.pt"))) == 1  # Dynamic's generator, once
-    assert len(list((cache / "models").glob("*.pt"))) == 1  # one clean reference: CL and Trojan
-    assert len(list((cache / "triggers").glob("*.pt"))) == 1  # Trojan's optimised trigger
+    assert len(list((cache / "models").glob("*.pt"))) == 1  # one clean reference: CL, Trojan, Narcissus
+    assert len(list((cache / "triggers").glob("*.pt"))) == 2  # Trojan's and Narcissus's optimised triggers
     assert len(list((cache / "refool").glob("*.pt"))) == 1  # Refool's reflection selection
     assert len(list((cache / "backdoored").glob("*.pt"))) == 13  # each attack's No Defense model
 
