@@ -174,8 +174,9 @@ class Defense:
 
 class BenignValidation:
     """Mixed into a defense whose Params has ``validation``: that share of the clean test set
-    becomes its benign validation set (``ctx.trusted``), as SCALE-UP, STRIP, SCAn, DBALFA,
-    IBD-PSC and PSBD take theirs."""
+    becomes its benign validation set (``ctx.trusted``), as SCALE-UP, STRIP, SCAn and DBALFA take
+    theirs (their references draw it from the test set; a newer method takes trusted training
+    images instead: ``Defense.trusted_per_class``)."""
 
     @classmethod
     def validation_fraction(cls, params: DefenseParams) -> float:
@@ -251,6 +252,16 @@ def backdoored_features(ctx: DefenseContext, layer: str = "penultimate"
         feats = ctx.trainer.embeddings(model, ctx.train.images)
     return model, feats, {"inspected_model": "reused from cache" if reused else "trained",
                           "feature_dim": int(feats.shape[1])}
+
+
+def trusted_excluded(ctx: DefenseContext) -> torch.Tensor | None:
+    """The rows a defense's result leaves out of TPR/FPR (``DefenseResult.excluded``): the
+    training rows it was given as trusted clean samples, or None (held-out images)."""
+    if ctx.trusted_rows is None:
+        return None
+    mask = torch.zeros(len(ctx.train), dtype=torch.bool)
+    mask[ctx.trusted_rows] = True
+    return mask
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:

@@ -18,9 +18,10 @@ as BackdoorBox's ``core/defenses/IBD_PSC.py`` (d3cf184) and backdoor-toolbox's
 Departures, each declared:
 - the references detect test inputs; the suite scores the training set (Table 2's task), as it
   does SCALE-UP, the method's input-level companion;
-- the benign validation images are ``validation`` (0.2) of the clean test set, seeded: 2,000 of
-  CIFAR-10's 10,000, the references' budget (BackdoorBox's example draws 2,000 test images);
-  CA/ASR are then measured on the rest, and the record says so;
+- the benign labelled images are the defense context's trusted clean samples, ``per_class``
+  (200) of each class: 2,000 on CIFAR-10, the references' budget, which both draw from the test
+  set; here held-out training images where the cell has them, else ground-truth-clean training
+  rows (left out of TPR/FPR), never test images;
 - where no k reaches ``xi`` the references fail (``prob_start`` returns None); here k* is
   max(1, L - n), so the n models end at all L layers, and the record says ``xi_reached: false``.
 """
@@ -36,14 +37,14 @@ from torch import nn
 
 from benchmark.models import batchnorm_layers
 from benchmark.train import Trainer
-from benchmark.validate import within
+from benchmark.validate import at_least, within
 from defenses.base import (
-    BenignValidation,
     Defense,
     DefenseContext,
     DefenseParams,
     DefenseResult,
     register_defense,
+    trusted_excluded,
 )
 
 
@@ -53,7 +54,7 @@ class IbdPscParams(DefenseParams):
     xi: float = field(default=0.6, metadata=within(0, 1))  # benign error rate that fixes k*
     threshold: float = field(default=0.9, metadata=within(0, 1))  # flagged when PSC >= this
     scale: float = 1.5  # factor on the scaled layers' weight and bias
-    validation: float = field(default=0.2, metadata=within(0, 1))  # benign share of the test set
+    per_class: int = field(default=200, metadata=at_least(1))  # trusted clean images per class
 
 
 def scaled_copy(model: nn.Module, layers: int, scale: float) -> nn.Module:
@@ -93,11 +94,15 @@ def consistency(trainer: Trainer, model: nn.Module, images: torch.Tensor, depths
 
 
 @register_defense
-class IbdPsc(BenignValidation, Defense):
+class IbdPsc(Defense):
     name = "ibd_psc"
     title = "IBD-PSC (consistency under scaled BatchNorm parameters)"
     Params = IbdPscParams
     is_detector = True
+
+    @classmethod
+    def trusted_per_class(cls, params: DefenseParams) -> int:
+        return params.per_class
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
@@ -108,7 +113,7 @@ class IbdPsc(BenignValidation, Defense):
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: IbdPscParams = self.params
         if ctx.trusted is None:
-            raise ValueError("IBD-PSC needs benign labelled images (ctx.trusted): its validation share")
+            raise ValueError("IBD-PSC needs trusted clean images (ctx.trusted)")
         model, _, reused = ctx.backdoored_model()
         count = len(batchnorm_layers(model))
         val = ctx.trusted
@@ -128,5 +133,6 @@ class IbdPsc(BenignValidation, Defense):
         info = {"inspected_model": "reused from cache" if reused else "trained",
                 "batchnorm_layers": count, "start_depth": start, "xi_reached": reached,
                 "scaled_depths": depths, "validation_errors": {str(k): e for k, e in errors.items()},
-                "n_validation": len(val)}
-        return DefenseResult(model=model, isolated=psc >= p.threshold, scores=psc, info=info)
+                "n_trusted": len(val), "trusted_source": ctx.trusted_source}
+        return DefenseResult(model=model, isolated=psc >= p.threshold, scores=psc, info=info,
+                             excluded=trusted_excluded(ctx))

@@ -22,8 +22,9 @@ Notes and departures:
 - the reference reseeds (seed 42) before every PSU computation, so every call draws the same
   masks; here each call draws from a generator seeded by the cell's seed, likewise;
 - the reference's validation set is 5% of the training set's size drawn from the test split
-  (2,500 CIFAR-10 images): ``validation`` 0.25 of the clean test set, seeded; CA/ASR are then
-  measured on the rest, and the record says so;
+  (2,500 CIFAR-10 images); here it is the defense context's trusted clean samples, ``per_class``
+  (250) of each class, 2,500 on CIFAR-10: held-out training images where the cell has them,
+  else ground-truth-clean training rows (left out of TPR/FPR), never test images;
 - the reference rebuilds the chosen p from the first qualifying p plus an index, which assumes
   the qualifying rates are contiguous; here the argmax is taken over the qualifying rates
   themselves (the same p whenever they are contiguous).
@@ -40,14 +41,14 @@ from torch import nn
 
 from benchmark.models import residual_blocks
 from benchmark.train import Trainer
-from benchmark.validate import within
+from benchmark.validate import at_least, within
 from defenses.base import (
-    BenignValidation,
     Defense,
     DefenseContext,
     DefenseParams,
     DefenseResult,
     register_defense,
+    trusted_excluded,
 )
 
 
@@ -57,7 +58,7 @@ class PsbdParams(DefenseParams):
     passes: int = 3  # dropout forward passes per sample
     min_val_shift: float = field(default=0.8, metadata=within(0, 1))  # rates the choice considers
     quantile: float = field(default=0.25, metadata=within(0, 1))  # of validation PSU: the threshold
-    validation: float = field(default=0.25, metadata=within(0, 1))  # benign share of the test set
+    per_class: int = field(default=250, metadata=at_least(1))  # trusted clean images per class
 
 
 @contextmanager
@@ -110,11 +111,15 @@ def choose_rate(val_ratio: dict[float, float], train_ratio: dict[float, float],
 
 
 @register_defense
-class Psbd(BenignValidation, Defense):
+class Psbd(Defense):
     name = "psbd"
     title = "PSBD (prediction shift under MC-dropout)"
     Params = PsbdParams
     is_detector = True
+
+    @classmethod
+    def trusted_per_class(cls, params: DefenseParams) -> int:
+        return params.per_class
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
@@ -125,7 +130,7 @@ class Psbd(BenignValidation, Defense):
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PsbdParams = self.params
         if ctx.trusted is None:
-            raise ValueError("PSBD needs benign images (ctx.trusted): its validation share")
+            raise ValueError("PSBD needs trusted clean images (ctx.trusted)")
         model, _, reused = ctx.backdoored_model()
         val: dict[float, Shift] = {}
         train: dict[float, Shift] = {}
@@ -137,7 +142,9 @@ class Psbd(BenignValidation, Defense):
         threshold = float(torch.quantile(val[chosen].psu, p.quantile))
         psu = train[chosen].psu
         info = {"inspected_model": "reused from cache" if reused else "trained",
-                "dropout_rate": chosen, "threshold": threshold, "n_validation": len(ctx.trusted),
+                "dropout_rate": chosen, "threshold": threshold, "n_trusted": len(ctx.trusted),
+                "trusted_source": ctx.trusted_source,
                 "val_shift_ratio": {str(r): s.ratio for r, s in val.items()},
                 "train_shift_ratio": {str(r): s.ratio for r, s in train.items()}}
-        return DefenseResult(model=model, isolated=psu < threshold, scores=-psu, info=info)
+        return DefenseResult(model=model, isolated=psu < threshold, scores=-psu, info=info,
+                             excluded=trusted_excluded(ctx))
