@@ -37,6 +37,7 @@ PASSES = {
     "CL PGD": 1.0,
     "Dynamic mask network": 0.3,  # two forwards + backward of a width-8 encoder-decoder
     "Dynamic generator + classifier": 1.6,  # the classifier step + the generators' passes
+    "ASSET offset": 1 + 2 / 3,  # a trained clean batch + the features of two batches (forward)
 }
 EVAL = 1 / 3  # an evaluation image against a training image
 

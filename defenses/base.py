@@ -183,6 +183,17 @@ class BenignValidation:
         return params.validation
 
 
+class TrustedSamples:
+    """Mixed into a defense whose Params has ``per_class``: that many trusted clean samples of
+    each class (``ctx.trusted``: held-out training images, else ground-truth-clean training rows,
+    which its result leaves out with ``trusted_excluded``), as IBD-PSC, PSBD and ASSET take
+    their clean data."""
+
+    @classmethod
+    def trusted_per_class(cls, params: DefenseParams) -> int:
+        return params.per_class
+
+
 class GroundTruthAnalysis:
     """Mixed into a defense's subclass, it makes an analysis plugin (docs/results/analysis/): an
     isolation-only cell that reads the poison mask (``ctx.ground_truth``) for its report; never

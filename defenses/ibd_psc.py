@@ -43,6 +43,7 @@ from defenses.base import (
     DefenseContext,
     DefenseParams,
     DefenseResult,
+    TrustedSamples,
     register_defense,
     trusted_excluded,
 )
@@ -94,15 +95,11 @@ def consistency(trainer: Trainer, model: nn.Module, images: torch.Tensor, depths
 
 
 @register_defense
-class IbdPsc(Defense):
+class IbdPsc(TrustedSamples, Defense):
     name = "ibd_psc"
     title = "IBD-PSC (consistency under scaled BatchNorm parameters)"
     Params = IbdPscParams
     is_detector = True
-
-    @classmethod
-    def trusted_per_class(cls, params: DefenseParams) -> int:
-        return params.per_class
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:

@@ -47,6 +47,7 @@ from defenses.base import (
     DefenseContext,
     DefenseParams,
     DefenseResult,
+    TrustedSamples,
     register_defense,
     trusted_excluded,
 )
@@ -111,15 +112,11 @@ def choose_rate(val_ratio: dict[float, float], train_ratio: dict[float, float],
 
 
 @register_defense
-class Psbd(Defense):
+class Psbd(TrustedSamples, Defense):
     name = "psbd"
     title = "PSBD (prediction shift under MC-dropout)"
     Params = PsbdParams
     is_detector = True
-
-    @classmethod
-    def trusted_per_class(cls, params: DefenseParams) -> int:
-        return params.per_class
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
