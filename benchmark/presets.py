@@ -40,7 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "asd": {"epochs": 4, "iterations": 4, "batch": 32, "grow_every_iterations": 4},
                      "strip": {"n": 8},
                      "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1},
-                     "dbr": {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2}},
+                     "dbr": {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2},
+                     "ct": {"pretrain_epochs": [1, 1, 1, 1, 1, 1], "iterations": [4, 4, 4, 4, 4, 4]}},
     },
     "demo": {
         "dataset": "cifar10",
@@ -80,7 +81,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "semi_epochs": 10, "semi_iterations": 160},
                      "asd": {"epochs": 12, "iterations": 160},
                      "cbd": {"epochs": 20, "milestones": [4, 14], "disc_step": 4},
-                     "strip": {"n": 20}},
+                     "strip": {"n": 20},
+                     # a tenth of the reference's pretraining and iterations (~25 min a cell here)
+                     "ct": {"pretrain_epochs": [10, 10, 4, 4, 4, 4],
+                            "iterations": [600, 600, 600, 600, 200, 200]}},
         "caveats": {"dbd": "docs/findings/dbd-and-asd-at-quick.md",
                     "asd": "docs/findings/dbd-and-asd-at-quick.md"},
     },
