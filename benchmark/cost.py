@@ -39,6 +39,7 @@ PASSES = {
     "Dynamic generator + classifier": 1.6,  # the classifier step + the generators' passes
     "ASSET offset": 1 + 2 / 3,  # a trained clean batch + the features of two batches (forward)
     "CT confusion": 1.5,  # even iterations train 32 clean + 32 distilled images, odd ones 32
+    "VaB beneficiary": 2 * (1 + 1 / 3),  # two views trained, each after an attention forward
 }
 EVAL = 1 / 3  # an evaluation image against a training image
 

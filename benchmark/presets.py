@@ -41,7 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "strip": {"n": 8},
                      "cbd": {"bias_epochs": 1, "epochs": 2, "milestones": [1], "disc_step": 1},
                      "dbr": {"sd_epochs": 1, "intra_epochs": 1, "epochs": 2},
-                     "ct": {"pretrain_epochs": [1, 1, 1, 1, 1, 1], "iterations": [4, 4, 4, 4, 4, 4]}},
+                     "ct": {"pretrain_epochs": [1, 1, 1, 1, 1, 1], "iterations": [4, 4, 4, 4, 4, 4]},
+                     "vab": {"epochs": 2, "milestones": [1], "semi_start": 1, "alpha_switch": 1,
+                             "split_every": 1, "warmup": 2}},
     },
     "demo": {
         "dataset": "cifar10",
@@ -84,7 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "strip": {"n": 20},
                      # a tenth of the reference's pretraining and iterations (~25 min a cell here)
                      "ct": {"pretrain_epochs": [10, 10, 4, 4, 4, 4],
-                            "iterations": [600, 600, 600, 600, 200, 200]}},
+                            "iterations": [600, 600, 600, 600, 200, 200]},
+                     # the preset's 20 epochs for the reference's 200: its schedule scaled by 1/10
+                     "vab": {"epochs": 20, "milestones": [5, 10, 15], "semi_start": 10,
+                             "alpha_switch": 15, "split_every": 1}},
         "caveats": {"dbd": "docs/findings/dbd-and-asd-at-quick.md",
                     "asd": "docs/findings/dbd-and-asd-at-quick.md"},
     },

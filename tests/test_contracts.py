@@ -108,7 +108,7 @@ def test_the_residual_only_defenses_refuse_vgg_and_the_rest_accept_it():
 def test_which_defenses_refuse_mobilenet_and_vit():
     """MobileNetV3 has conv stages but no residual blocks or stem BatchNorm; ViT has one
     convolution (its patch embedding) and no BatchNorm: what reads conv stages or BatchNorm
-    layers refuses it, nothing else."""
+    layers or named stages (VaB's attention) refuses it, nothing else."""
     refused: dict[str, set[str]] = {"mobilenet_v3_large": set(), "vit_b_16": set()}
     for model_name, names in refused.items():
         for name in builtin(DEFENSES, "defenses"):
@@ -117,6 +117,6 @@ def test_which_defenses_refuse_mobilenet_and_vit():
                 cls.check_model(cls.Params(), small_model(model_name))
             except ValueError:
                 names.add(name)
-    assert refused["mobilenet_v3_large"] == {"none", "dbalfa", "asd", "psbd"}
+    assert refused["mobilenet_v3_large"] == {"none", "dbalfa", "asd", "psbd", "vab"}
     assert refused["vit_b_16"] == {"none", "dbalfa", "asd", "pipd", "pipd_median", "pipd_q90",
-                                   "pipd_abl_seed", "psbd", "ibd_psc"}
+                                   "pipd_abl_seed", "psbd", "ibd_psc", "vab"}

@@ -148,7 +148,7 @@ def test_committed_work_counts_cover_every_cell_of_the_full_grid():
     committed = committed_work()
     specs = [CellSpec.from_config(c) for c in expand_grid("full", *own_methods(), [0], [])]
     missing = [f"{s.attack}/{s.defense}" for s in specs if dev_twin(s)[0] not in committed]
-    assert len(specs) == 234 and not missing, (
+    assert len(specs) == 345 and not missing, (
         f"{len(missing)} full-grid cell(s) without committed work counts, e.g. {missing[:5]}: run "
         "python run_benchmark.py --grid full --fast-dev-run --results R, then "
         "python -m benchmark.cost work --results R")
@@ -156,7 +156,7 @@ def test_committed_work_counts_cover_every_cell_of_the_full_grid():
 
 def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_path, capsys):
     """No development run in the results folder: the committed counts over the calibration's
-    img/s, for all 234 cells, and the output says where the img/s come from."""
+    img/s, for all 345 cells, and the output says where the img/s come from."""
     from benchmark.cli import dev_twin
     from benchmark.cost import committed_work, grid_units, units
     from benchmark.grid import expand_grid
@@ -167,8 +167,8 @@ def test_a_fresh_clone_estimates_the_full_grid_from_a_published_calibration(tmp_
     assert main(["--grid", "full", "--dry-run", "--results", str(tmp_path / "fresh"), "--calibration",
                  str(calibration), "--attacks", ",".join(attacks), "--defenses", ",".join(defenses)]) == 0
     out = capsys.readouterr().out
-    assert "~?" not in out and out.count("  todo  ") == 234
-    assert "work counts: 234 from the committed development runs" in out
+    assert "~?" not in out and out.count("  todo  ") == 345
+    assert "work counts: 345 from the committed development runs" in out
     assert "img/s from a published figure, not measured here" in out
     hours = float(out.split("estimated time to run on NVIDIA A100: ")[1]
                   .split("(")[1].split()[0])
@@ -222,8 +222,8 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     code, more = dev_grid(tmp_path, "--grid", "full", "--attacks", "badnets", "--defenses", ",".join(builtin))
     assert code == 0, failures(more)
     by_cell = {(r["config"]["attack"], r["config"]["defense"]): r for r in recs + more}
-    assert {a for a, d in by_cell if d == "no_defense"} == set(attacks) and len(attacks) == 13
-    assert {d for a, d in by_cell if a == "badnets"} == set(builtin) and len(builtin) == 18
+    assert {a for a, d in by_cell if d == "no_defense"} == set(attacks) and len(attacks) == 15
+    assert {d for a, d in by_cell if a == "badnets"} == set(builtin) and len(builtin) == 23
     plain = by_cell["badnets", "no_defense"]
     assert plain["config"]["model_params"]["width"] == 64 and plain["attack_info"]["n_train"] == 50_000
     assert [p["epoch"] for p in plain["curves"]["train"]] == [1, 200]
