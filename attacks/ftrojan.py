@@ -13,8 +13,8 @@ goes through an orthonormal 2-D DCT-II, ``magnitude`` (30) is added to the coeff
 
 Every step is linear, so the trigger is one fixed RGB pattern added to the image: it is
 computed once per image size and added in a batch. The pattern tiles whole windows; a border
-narrower than a window (an image side not a multiple of 32) gets none, as the reference's block
-loop gives such a border no block.
+narrower than a window (an image side not a multiple of 32) gets none, where the reference's
+block loop fails (its partial block is indexed past its end).
 
 Departures, each declared:
 - the reference quantises to uint8 between steps (the YCrCb image, a truncating cast after the
@@ -92,5 +92,5 @@ class FTrojan(Attack):
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         delta = frequency_pattern(h, w, self.params.window, self.params.positions,
-                                  self.params.magnitude).float()
+                                  self.params.magnitude).float().to(images.device)
         return (images.float() + delta).round().clamp(0, 255).to(torch.uint8)

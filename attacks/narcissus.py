@@ -17,8 +17,10 @@ The reference's target is class 2 ("bird"); the suite's attacks target class 0 o
 (``--set narcissus.target=2`` for the reference's).
 
 The reference's delta lives on images normalised to [-1, 1] (mean and std 0.5), bounded by 32/255
-there: the same bound as 16/255 on [0, 1] pixels, where the suite keeps it (stored as a float
-artifact; a poisoned image is rounded to uint8 once).
+there: the same bound as 16/255 on [0, 1] pixels, where the suite applies it (stored as a float
+artifact; a poisoned image is rounded to uint8 once). The optimiser's variable keeps the
+reference's units (twice a pixel's), so that RAdam's step, about ``generation_lr`` of its
+variable, moves the trigger as far as there.
 
 Departures, each declared:
 - out-of-distribution data: Tiny-ImageNet cannot be had offline, so the surrogate trains on the
@@ -30,6 +32,7 @@ Departures, each declared:
 - the reference warms up and generates towards the CIFAR label (2) on a model whose pretraining
   put the target images in class 200; here the target's own class is the one the surrogate
   learned for them;
+- a rate that rounds to no image poisons one (``smoke``'s 1,000 images);
 - ``quick`` runs 50 generation rounds (a round at quick is ~2,000 images; 1,000 would take hours
   on a CPU); ``full`` runs the reference's 1,000.
 """
@@ -86,6 +89,10 @@ class Narcissus(Attack):
         self.delta = art["delta"]
         self.generation = art["info"]
 
+    def poison_count(self, train: ImageSet) -> int:
+        """``rate`` of the training set, at least one image (0.05% of a small set rounds to 0)."""
+        return max(1, round(self.params.rate * len(train)))
+
     def warm_up(self, surrogate: nn.Module, target_images: torch.Tensor) -> nn.Module:
         """A copy of the surrogate fine-tuned on the target-class images (labelled the target)."""
         p, tr = self.params, self.ctx.trainer
@@ -106,9 +113,9 @@ class Narcissus(Attack):
         model.train()  # the reference never switches it to eval: BatchNorm reads each batch
         for q in model.parameters():
             q.requires_grad_(False)
-        bound = p.eps / 255
-        delta = torch.zeros((1, *train.images.shape[1:]), device=tr.device, requires_grad=True)
-        opt = torch.optim.RAdam([delta], lr=p.generation_lr)
+        bound = 2 * p.eps / 255  # in the reference's units: [-1, 1] images, twice a pixel's
+        u = torch.zeros((1, *train.images.shape[1:]), device=tr.device, requires_grad=True)
+        opt = torch.optim.RAdam([u], lr=p.generation_lr)
         y = torch.full((p.batch_size,), p.target, device=tr.device)
         g = self.generator(7)
         n = len(target_images)
@@ -120,16 +127,16 @@ class Narcissus(Attack):
             order = torch.randperm(n, generator=g)
             for s in range(0, tr.loops.rows(n), p.batch_size):
                 x = tr.augment(tr.to_device(target_images[order[s:s + p.batch_size]]), 4, g).float() / 255
-                poisoned = (x + delta.clamp(-bound, bound)).clamp(0, 1)
+                poisoned = (x + u.clamp(-bound, bound) / 2).clamp(0, 1)
                 loss = F.cross_entropy(model(tr.normalize(poisoned * 255)), y[:len(x)])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
             done += 1
-            if delta.grad is not None and float(delta.grad.abs().sum()) == 0:
+            if u.grad is not None and float(u.grad.abs().sum()) == 0:
                 break  # the reference's early stop: the bound saturates every pixel's gradient
-        out = delta.detach().clamp(-bound, bound)[0].cpu()
+        out = (u.detach().clamp(-bound, bound) / 2)[0].cpu()
         return {"delta": out, "info": {"rounds_run": done, "loss_first_batch": losses[0] if losses else None,
                                        "loss_last_batch": losses[-1] if losses else None,
                                        "mean_abs_delta_255": float(out.abs().mean() * 255)}}

@@ -10,7 +10,7 @@ for every batch of the poisoned training set (``batch_size`` 512, shuffled, no a
 2. a new MLP (hidden 128, two hidden layers, sigmoid output) learns for ``mlp_steps`` (100)
    steps, each two Adam steps (1e-4): MSE to 1 on the poisoned batch's features, to 0 on the
    clean batch's; the features are the backdoored model's (the layer the head reads), in train
-   mode and never trained;
+   mode and never trained (see the departures);
 3. the poisoned batch's MLP outputs give each sample an adjusted outlyingness (the
    medcouple-skewed boxplot, ``benchmark.robust``); those above ``ao_threshold`` (2) get one
    Adam step (1e-4, its own optimiser) of gradient *ascent* on their cross-entropy, unless at most
@@ -26,6 +26,9 @@ Departures, each declared:
   class: 1,000 on CIFAR-10 (the original takes 1,000 test images, BackdoorBench 2% of the clean
   training set); held-out training images where the cell has them, else ground-truth-clean
   training rows, left out of TPR/FPR;
+- the features are the pooled ones the head reads, as BackdoorBench's port takes them (its
+  PreAct-ResNet's children up to the head); the original notebook takes ResNet-18's children up
+  to the head without the pooling (8,192 values of layer 4);
 - the reference computes the features of both batches afresh at each of the 100 MLP steps;
   with no dropout in the model they are the same tensors every time, so here they are computed
   once per batch (BatchNorm in train mode reads the batch, as there).

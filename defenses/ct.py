@@ -37,7 +37,10 @@ Departures, each declared:
   flip);
 - the 2-D reduction is exact PCA (``benchmark.clustering.pca``) where the reference calls the
   randomised ``torch.pca_lowrank``;
-- the covariance is the unbiased estimate (numpy's ``cov``, as the reference).
+- the covariance is the unbiased estimate (numpy's ``cov``, as the reference), its Gaussian
+  allowed to be singular as the reference's scipy call allows it (``gaussian_logpdf``);
+- a confusion iteration's clean batch is the next of a shuffled pass over the clean set, as the
+  reference's loader gives it.
 """
 
 from __future__ import annotations
@@ -113,9 +116,24 @@ def distill(losses: torch.Tensor, labels: torch.Tensor, ratio: float, floor: int
     return keep.nonzero().flatten()
 
 
+def gaussian_logpdf(points: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Log-density of a Gaussian that may be singular, as scipy's ``multivariate_normal.logpdf``
+    with ``allow_singular=True`` (the reference's call): the pseudo-inverse and pseudo-determinant
+    over the eigenvalues above 1e6 x machine epsilon x the largest; -inf off its support (a
+    point with a component along a dropped eigenvector)."""
+    vals, vecs = torch.linalg.eigh(cov.double())
+    cut = 1e6 * torch.finfo(torch.float64).eps * vals.abs().max()
+    keep = vals > cut
+    d = points.double() - mean.double()
+    z = d @ vecs[:, keep]
+    out = -0.5 * (int(keep.sum()) * math.log(2 * math.pi) + vals[keep].log().sum()
+                  + (z ** 2 / vals[keep]).sum(1))
+    off = (d @ vecs[:, ~keep]).norm(dim=1) > cut.sqrt()
+    return out.masked_fill(off, -math.inf)
+
+
 def _gaussian_loglik(points: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
-    cov = torch.cov(fit.T) + 0.001
-    return torch.distributions.MultivariateNormal(fit.mean(0), covariance_matrix=cov).log_prob(points)
+    return gaussian_logpdf(points, fit.mean(0), torch.cov(fit.T) + 0.001)
 
 
 def likelihood_ratio(features: torch.Tensor, fitted: torch.Tensor) -> float:
@@ -127,7 +145,9 @@ def likelihood_ratio(features: torch.Tensor, fitted: torch.Tensor) -> float:
     x = features.double()
     single = _gaussian_loglik(x, x[~fitted])
     double = torch.where(fitted, _gaussian_loglik(x, x[fitted]), single)
-    return math.exp(float((double - single).mean()))
+    # inf where the rest's Gaussian is singular and a fitted sample lies off it; NaN (no flag)
+    # where both are (numpy's arithmetic in the reference)
+    return float(torch.exp((double - single).mean()))
 
 
 def flagged_classes(ratios: dict[int, float], likely: float, certain: float) -> list[int]:
@@ -153,13 +173,15 @@ class CT(TrustedSamples, Defense):
         kept = torch.arange(n)
         base: nn.Module | None = None
         sizes: list[int] = []
-        for k in range(len(p.ratios) + 1):
-            sizes.append(len(kept))
-            base = self.pretrain(ctx, base, kept, k)
-            confused = self.confuse(ctx, base, kept, guide, k)
-            if k < len(p.ratios):
-                losses = tr.per_sample_loss(confused, train.images, train.labels)
-                kept = distill(losses, train.labels, p.ratios[k], p.floors[k])
+        with torch.random.fork_rng(devices=[]):  # the models' initialisation, cache or not
+            torch.manual_seed(ctx.seed)
+            for k in range(len(p.ratios) + 1):
+                sizes.append(len(kept))
+                base = self.pretrain(ctx, base, kept, k)
+                confused = self.confuse(ctx, base, kept, guide, k)
+                if k < len(p.ratios):
+                    losses = tr.per_sample_loss(confused, train.images, train.labels)
+                    kept = distill(losses, train.labels, p.ratios[k], p.floors[k])
         feats = tr.embeddings(confused, train.images)
         fitted = tr.predict(confused, train.images) == train.labels
         ratios = {}
@@ -209,18 +231,24 @@ class CT(TrustedSamples, Defense):
         shifts = confusion_shifts(p.iterations[k], classes)
         clean_x, clean_guide = tr.to_device(ctx.trusted.images), tr.to_device(guide)
         g = torch.Generator().manual_seed(ctx.seed * 7 + k)
-        count = [0]
+        cycle = {"order": torch.empty(0, dtype=torch.long), "at": 0}
+
+        def clean_batch() -> torch.Tensor:  # a shuffled pass over the clean set, then another
+            if cycle["at"] + p.batch_size > len(cycle["order"]):
+                cycle["order"], cycle["at"] = torch.randperm(len(clean_x), generator=g), 0
+            cycle["at"] += p.batch_size
+            return tr.to_device(cycle["order"][cycle["at"] - p.batch_size:cycle["at"]])
 
         def step(forward, x, y, _idx, _g):  # noqa: ANN001, ANN202 - a confusion iteration
-            i = count[0]
-            count[0] += 1
-            pick = tr.to_device(torch.randint(len(clean_x), (p.batch_size,), generator=g))
+            i = tr.step_index  # the iteration a full run is at (a development run skips some)
+            pick = clean_batch()
             conf_y = (clean_guide[pick] + shifts[min(i, len(shifts) - 1)]) % classes
             if i % 2:
                 return F.cross_entropy(forward(tr.normalize(clean_x[pick])).float(), conf_y), None
             logits = forward(tr.normalize(torch.cat([clean_x[pick], x]))).float()
             conf = F.cross_entropy(logits[:p.batch_size], conf_y)
-            inspect = (F.cross_entropy(logits[p.batch_size:], y, reduction="none") * weight[y]).mean()
+            w = weight[y]  # the reference's class-weighted mean: sum(loss / freq) / sum(1 / freq)
+            inspect = (F.cross_entropy(logits[p.batch_size:], y, reduction="none") * w).sum() / w.sum()
             return ((lam - 1) * conf + inspect) / lam, None
 
         cfg = TrainConfig(epochs=1, batch_size=p.batch_size, lr=p.lrs[k], momentum=p.momentum,

@@ -27,7 +27,11 @@ Notes and departures:
   else ground-truth-clean training rows (left out of TPR/FPR), never test images;
 - the reference rebuilds the chosen p from the first qualifying p plus an index, which assumes
   the qualifying rates are contiguous; here the argmax is taken over the qualifying rates
-  themselves (the same p whenever they are contiguous).
+  themselves (the same p whenever they are contiguous);
+- the reference defines dropout for its ResNet's basic blocks only; here every residual block
+  gets it (bottleneck and pre-activation blocks too);
+- the reference inspects its backdoored model's epoch-95 checkpoint (of 100); the suite inspects
+  the shared backdoored model at the end of its training.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import torch
 from torch import nn
 
 from benchmark.models import residual_blocks
+from benchmark.registry import UsageError
 from benchmark.train import Trainer
 from benchmark.validate import at_least, within
 from defenses.base import (
@@ -60,6 +65,11 @@ class PsbdParams(DefenseParams):
     min_val_shift: float = field(default=0.8, metadata=within(0, 1))  # rates the choice considers
     quantile: float = field(default=0.25, metadata=within(0, 1))  # of validation PSU: the threshold
     per_class: int = field(default=250, metadata=at_least(1))  # trusted clean images per class
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.rates if not 0 < r < 1]
+        if bad or not self.rates:
+            raise UsageError(f"psbd.rates must be dropout rates strictly between 0 and 1, got {self.rates}")
 
 
 @contextmanager

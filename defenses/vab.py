@@ -8,8 +8,8 @@ As Zixuan-Zhu/VaB runs it on CIFAR-10 (``Train_cifar10.py``, ``attention_mix_cif
 - the victim (Adam 0.001, weight decay 5e-4, batch 128, no augmentation) trains one epoch on the
   whole set, then ``warmup`` - 1 (2) epochs on its suspects; its split: each sample's entropy
   over classes (mean of -p log p, NaN as 0), smoothed across calls (``r`` 0.75 of the new),
-  min-max normalised; credible above the threshold (0.6, then 0.2 from the last warm-up epoch
-  on), suspect otherwise;
+  min-max normalised; credible above the threshold, max(1 - 0.4 e, 0.2) in warm-up epoch e and
+  the last warm-up epoch's from then on (0.2 with the 3 warm-up epochs), suspect otherwise;
 - the beneficiary (SGD 0.1, momentum 0.9, weight decay 5e-4, steps x0.1 at epochs 50, 100, 150;
   ``epochs`` 200; batch 128) trains each epoch on the credible samples, two crop-and-flip views
   each, mixed by AttentionMix: the attention map is the sum over channels of the squared
@@ -33,8 +33,8 @@ Departures, each declared:
   suite takes the last epoch's (a defense never sees the test set);
 - the reference wraps the beneficiary with a new pooling and linear head on its feature maps;
   the suite's ResNet-18 is that network already;
-- the attention reads the last residual stage (``layer<k>``, the highest k): models without
-  named stages are refused;
+- the attention reads the last stage (``layer<k>``, the highest k): models without named stages,
+  or whose last stage maps a 32 px image to one position (VGG's ends in a max-pool), are refused;
 - the first epoch's warm-up and every victim epoch draw their own order (the reference's
   loaders shuffle too), and the labelled batches of a semi-supervised epoch cycle through one
   shuffled order.
@@ -61,7 +61,7 @@ class VaBParams(DefenseParams):
     victim_lr: float = 0.001
     warmup: int = field(default=3, metadata=at_least(1))
     r: float = field(default=0.75, metadata=within(0, 1))  # the new entropy's share in the smoothing
-    threshold: float = 0.2  # on the normalised entropy, from the last warm-up epoch on
+    threshold: float = 0.2  # the floor of the split's threshold on the normalised entropy
     attention_threshold: float = 0.1
     semi_start: int = 100  # epochs after this one add the suspects as unlabelled data
     split_every: int = 5  # beneficiary epochs between re-splits up to ``semi_start``
@@ -78,6 +78,24 @@ def last_stage(model: nn.Module) -> nn.Module:
         raise ValueError(f"VaB's AttentionMix reads the last stage layer<k>; {type(model).__name__} "
                          f"names no stages")
     return stages[-1]
+
+
+@torch.no_grad()
+def check_attention(model: nn.Module, size: int = 32) -> None:
+    """Refuse a model whose last stage maps a ``size`` px image to a single position (VGG's
+    layer5 ends in a max-pool): its attention would be flat and AttentionMix would mix nothing."""
+    caught: list[torch.Tensor] = []
+    handle = last_stage(model).register_forward_hook(lambda _m, _i, out: caught.append(out))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if caught[0].shape[-2:].numel() < 2:
+        raise ValueError(f"VaB's AttentionMix needs a last stage with a feature map; "
+                         f"{type(model).__name__}'s is 1x1 at {size} px")
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +139,7 @@ class VaB(Defense):
 
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
-        last_stage(model)
+        check_attention(model)
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: VaBParams = self.params
@@ -140,7 +158,8 @@ class VaB(Defense):
         for e in range(1, p.warmup):
             credible = self.split(ctx, victim, max(1 - 0.4 * e, p.threshold), state)
             self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state)
-        credible = self.split(ctx, victim, p.threshold, state)
+        threshold = max(1 - 0.4 * (p.warmup - 1), p.threshold)  # the last warm-up epoch's, kept
+        credible = self.split(ctx, victim, threshold, state)
         curve, splits = [], []
         for epoch in tr.loops.indices(p.epochs):
             epoch += 1  # the reference counts from 1
@@ -153,7 +172,7 @@ class VaB(Defense):
             point = {"epoch": epoch, "train_loss": loss, "credible": int(credible.sum())}
             if epoch % p.split_every == 0 or epoch > p.semi_start:
                 self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state)
-                credible = self.split(ctx, victim, p.threshold, state)
+                credible = self.split(ctx, victim, threshold, state)
                 ctx.note_split(~credible)
                 splits.append(epoch)
             if ctx.monitor is not None:

@@ -540,7 +540,7 @@ class Brightness(torch.nn.Module):
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_narcissus_trigger_goes_to_the_bound_along_the_targets_gradient(sign):
-    atk = make_attack("narcissus", warmup_epochs=0, rounds=30, generation_lr=0.05, batch_size=50)
+    atk = make_attack("narcissus", warmup_epochs=0, rounds=60, generation_lr=0.05, batch_size=50)
     train = make_set(200)
     art = atk.generate(Brightness(sign), train)
     delta = art["delta"] * 255

@@ -64,3 +64,19 @@ def test_a_small_confusion_training_run_distils_and_leaves_its_trusted_rows_out(
     assert set(res.info["class_ratios"]) == {"0", "1", "2", "3"}
     flagged = set(res.info["flagged_classes"])
     assert set(train.labels[res.isolated].tolist()) <= flagged
+
+
+def test_the_gaussian_log_density_is_scipys_and_allows_a_singular_covariance():
+    stats = pytest.importorskip("scipy.stats")
+    from defenses.ct import gaussian_logpdf
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    mean, cov = x.mean(0), torch.cov(x.T) + 0.001
+    expected = stats.multivariate_normal.logpdf(x.numpy(), mean.numpy(), cov.numpy(), allow_singular=True)
+    assert torch.allclose(gaussian_logpdf(x, mean, cov), torch.from_numpy(expected))
+    same = torch.ones(5, 2, dtype=torch.float64)  # identical features: cov + 0.001 is singular
+    flat = torch.cov(same.T) + 0.001
+    expected = stats.multivariate_normal.logpdf(x.numpy(), same.mean(0).numpy(), flat.numpy(),
+                                                 allow_singular=True)
+    assert torch.allclose(gaussian_logpdf(x, same.mean(0), flat), torch.from_numpy(expected))
