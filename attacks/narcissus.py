@@ -126,7 +126,8 @@ class Narcissus(Attack):
         for _ in tr.loops.indices(p.rounds):
             order = torch.randperm(n, generator=g)
             for s in range(0, tr.loops.rows(n), p.batch_size):
-                x = tr.augment(tr.to_device(target_images[order[s:s + p.batch_size]]), 4, g).float() / 255
+                rows = order[s:s + p.batch_size][:tr.loops.batch(p.batch_size)]
+                x = tr.augment(tr.to_device(target_images[rows]), 4, g).float() / 255
                 poisoned = (x + u.clamp(-bound, bound) / 2).clamp(0, 1)
                 loss = F.cross_entropy(model(tr.normalize(poisoned * 255)), y[:len(x)])
                 opt.zero_grad()

@@ -76,6 +76,11 @@ class Loops:
         """How many of ``n`` rows a pass over a set computes."""
         return n if self.dev is None else min(n, self.dev.eval_images)
 
+    def batch(self, n: int) -> int:
+        """How many images a training batch of ``n`` holds in a method's own loop: ``n``, or a
+        development run's ``batch_size`` (at least 2: BatchNorm trains on a batch)."""
+        return n if self.dev is None else min(n, max(2, self.dev.batch_size))
+
 
 REAL = Loops()  # a real run: every loop to its end
 

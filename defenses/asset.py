@@ -133,8 +133,8 @@ class Asset(TrustedSamples, Defense):
         for _ in tr.loops.indices(p.rounds):
             order = torch.randperm(n, generator=g)
             for b in tr.loops.indices(steps):
-                rows = order[b * p.batch_size:(b + 1) * p.batch_size]
-                pick = torch.randperm(len(clean), generator=g)[:p.batch_size]
+                rows = order[b * p.batch_size:(b + 1) * p.batch_size][:tr.loops.batch(p.batch_size)]
+                pick = torch.randperm(len(clean), generator=g)[:tr.loops.batch(p.batch_size)]
                 x = tr.normalize(tr.to_device(ctx.train.images[rows]))
                 y = tr.to_device(ctx.train.labels[rows])
                 x_clean = tr.normalize(tr.to_device(clean.images[pick]))

@@ -191,7 +191,7 @@ class VaB(Defense):
         order = rows[torch.randperm(len(rows), generator=g)]
         state["victim_images"] += len(rows)
         for s in range(0, tr.loops.rows(len(order)), p.batch_size):
-            idx = order[s:s + p.batch_size]
+            idx = order[s:s + p.batch_size][:tr.loops.batch(p.batch_size)]
             if len(idx) < 2:  # BatchNorm needs two
                 continue
             x = tr.normalize(tr.to_device(ctx.train.images[idx]))
@@ -228,7 +228,7 @@ class VaB(Defense):
             victim.eval()
         total, count = 0.0, 0
         for b in tr.loops.indices(steps):
-            idx = labelled[(b * p.batch_size) % len(labelled):][:p.batch_size]
+            idx = labelled[(b * p.batch_size) % len(labelled):][:tr.loops.batch(p.batch_size)]
             if len(idx) < 2:
                 continue
             raw = tr.to_device(train.images[idx])
@@ -240,7 +240,7 @@ class VaB(Defense):
                 with torch.no_grad():
                     belief_x = (victim(tr.normalize(raw)).float() / p.temperature).softmax(1)
                     y = (y - belief_x.repeat(2, 1)).clamp(0, 1)
-                u_idx = suspects[(b * u_batch) % len(suspects):][:u_batch]
+                u_idx = suspects[(b * u_batch) % len(suspects):][:tr.loops.batch(u_batch)]
                 u_raw = tr.to_device(train.images[u_idx])
                 u1, u2 = tr.normalize(tr.augment(u_raw, 4, g)), tr.normalize(tr.augment(u_raw, 4, g))
                 with torch.no_grad():
