@@ -17,7 +17,10 @@ from pathlib import Path
 # (module, names): the pieces a new method reuses instead of writing its own
 SHARED = (
     ("defenses.base", ("isolate_lowest_loss", "backdoored_features", "finetune_then_unlearn",
-                       "own_recipe")),
+                       "own_recipe", "trusted_excluded", "TrustedSamples", "BenignValidation")),
+    ("benchmark.models", ("embed", "classifier_head", "conv_feature_layers", "batchnorm_layers",
+                          "residual_blocks")),
+    ("benchmark.robust", ("medcouple", "adjusted_outlyingness")),
     ("benchmark.losses", ("lga_loss", "selective_loss", "ascent_loss", "sce_loss", "nt_xent")),
     ("benchmark.jenks", ("jenks_break_2class", "jenks_upper")),
     ("benchmark.clustering", ("class_rows", "pca", "top_directions", "fast_ica", "kmeans")),
