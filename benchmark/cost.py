@@ -235,8 +235,9 @@ def write_work(dev_records: Path, folder: Path = WORK) -> tuple[Path, int]:
 
 def phase_kind(entry: dict[str, Any]) -> str:
     """A work entry's phase without its round numbers (``refool selection 2/3``: ``refool
-    selection``), so a grid's work sums by kind of phase."""
-    return re.sub(r"\s*\(?\d+/\d+\)?", "", entry["phase"]).strip()
+    selection``; ``CT pretraining 4``: ``CT pretraining``), so a grid's work sums by kind of
+    phase."""
+    return re.sub(r"\s*\(?\d+/\d+\)?|\s+\d+$", "", entry["phase"]).strip()
 
 
 def grid_phases(works: list[list[dict[str, Any]]]) -> dict[str, float]:
