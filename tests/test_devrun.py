@@ -256,13 +256,16 @@ def test_covering_subset_of_the_full_grid_runs_on_the_cpu(tmp_path, capsys):
     committed = committed_work()
 
     def same(old: list[dict] | None, new: list[dict]) -> bool:
-        """The same phases, epochs and artifacts; sizes within 0.1% (a split's size follows the
-        model's floats: D-BR's D_p differed by 1 of 12,596 between thread counts)."""
+        """The same phases, epochs and artifacts; sizes within 0.1%, or the cell's whole work
+        within 0.5%: a split's size follows the model's floats, which differ between thread
+        counts (D-BR's D_p by 1 of 12,596; VaB's suspects and CT's last distilled sets by a
+        tenth, small phases of their cells)."""
         key = [(e["phase"], e.get("epochs"), e.get("artifact")) for e in new]
         size = [e.get("images_per_epoch", e.get("images")) for e in new]
         return old is not None and key == [(e["phase"], e.get("epochs"), e.get("artifact")) for e in old] \
-            and all(abs(a - b) <= 1e-3 * b for a, b in zip(
+            and (all(abs(a - b) <= 1e-3 * b for a, b in zip(
                 [e.get("images_per_epoch", e.get("images")) for e in old], size, strict=True))
+                 or abs(units(old) - units(new)) <= 5e-3 * units(new))
 
     stale = [f"{r['config']['attack']}/{r['config']['defense']}" for r in recs + more
              if not same(committed.get(r["id"]), ledger(r["fast_dev_run"]["work"]))]
