@@ -96,11 +96,11 @@ class Shift:
     ratio: float
 
 
-def prediction_shift(trainer: Trainer, model: nn.Module, images: torch.Tensor, p: float,
-                     passes: int, seed: int) -> Shift:
-    """PSU of every uint8 image at dropout rate ``p`` and the set's shift ratio (CPU)."""
+def prediction_shift(trainer: Trainer, model: nn.Module, images: torch.Tensor, probs: torch.Tensor,
+                     p: float, passes: int, seed: int) -> Shift:
+    """PSU of every uint8 image at dropout rate ``p`` and the set's shift ratio (CPU); ``probs``:
+    the images' softmax without dropout (the same at every rate: computed once by the caller)."""
     model = trainer.prepare_model(model)
-    probs = trainer.logits(model, images).softmax(1)
     predicted = probs.argmax(1, keepdim=True)
     generator = torch.Generator(device=trainer.device).manual_seed(seed)
     dropped, shifted = torch.zeros(len(images)), 0.0
@@ -141,9 +141,13 @@ class Psbd(TrustedSamples, Defense):
         model, _, reused = ctx.backdoored_model()
         val: dict[float, Shift] = {}
         train: dict[float, Shift] = {}
+        sets = {"val": ctx.trusted.images, "train": ctx.train.images}
+        plain = {k: ctx.trainer.logits(model, x).softmax(1) for k, x in sets.items()}
         for rate in p.rates:
-            val[rate] = prediction_shift(ctx.trainer, model, ctx.trusted.images, rate, p.passes, ctx.seed)
-            train[rate] = prediction_shift(ctx.trainer, model, ctx.train.images, rate, p.passes, ctx.seed)
+            val[rate] = prediction_shift(ctx.trainer, model, sets["val"], plain["val"], rate, p.passes,
+                                         ctx.seed)
+            train[rate] = prediction_shift(ctx.trainer, model, sets["train"], plain["train"], rate,
+                                           p.passes, ctx.seed)
         chosen = choose_rate({r: s.ratio for r, s in val.items()},
                              {r: s.ratio for r, s in train.items()}, p.min_val_shift)
         threshold = float(torch.quantile(val[chosen].psu, p.quantile))
