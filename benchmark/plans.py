@@ -23,7 +23,6 @@ class WorkCounts:
         self.used = {"here": 0, "committed": 0, "scaled": 0}
         # dev id -> (the CIFAR-10 twin's dev id, training-set ratio, dataset): see ``stand_in``
         self.stand_ins: dict[str, tuple[str, float, str]] = {}
-        self.ratios: dict[str, float] = {}
 
     def _own(self, dev_id: str) -> tuple[str, list[dict[str, Any]] | None]:
         rec = self.dev.read(dev_id) if self.dev is not None else None
@@ -57,7 +56,11 @@ class WorkCounts:
         ``ratio``: the datasets' training-set sizes. The recipe is the preset's on every dataset,
         so what changes is how many images an epoch holds."""
         self.stand_ins[dev_id] = (twin_id, ratio, dataset)
-        self.ratios[dataset] = ratio
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Each stood-in dataset's training-set ratio."""
+        return {dataset: ratio for _, ratio, dataset in self.stand_ins.values()}
 
 
 def print_plan(cells: list[tuple[str, ...]], results: Path, counts: WorkCounts,

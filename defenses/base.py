@@ -186,7 +186,7 @@ class BenignValidation:
 class TrustedSamples:
     """Mixed into a defense whose Params has ``per_class``: that many trusted clean samples of
     each class (``ctx.trusted``: held-out training images, else ground-truth-clean training rows,
-    which its result leaves out with ``trusted_excluded``), as IBD-PSC, PSBD and ASSET take
+    which its result leaves out with ``trusted_excluded``), as IBD-PSC, PSBD, ASSET and CT take
     their clean data."""
 
     @classmethod

@@ -25,7 +25,6 @@ import pandas as pd
 
 from benchmark.analyses import summaries
 from benchmark.reports import apidoc, records, robustness, tables
-from benchmark.reports.render import markdown as table_markdown
 
 ROOT = Path(__file__).parents[2]
 KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
@@ -37,7 +36,7 @@ KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "records": tables.inventory,
     "seed_quantile": tables.seed_quantiles,
     # the attacks built to beat isolation beside the paper's (benchmark.reports.robustness)
-    "robustness": lambda df: "\n".join(table_markdown(t) for t in robustness.robustness(df)),
+    "robustness": lambda df: robustness.markdown(robustness.robustness(df)),
 }
 # a block from the code has no folder: <!-- generated: defense_context --> (benchmark.reports.apidoc)
 BLOCK = re.compile(r"(<!-- generated: (\S+)(?: ([^\s=]+))?((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)",

@@ -104,9 +104,9 @@ def write_report(folders: list[Path], out: Path, grid: str | None = None, *,
     board = leaderboard.leaderboard(df)
     (out / "leaderboard.md").write_text(leaderboard.markdown(board))
     (out / "headline.md").write_text(tables.headline(df))
-    (out / "robustness.md").write_text("# Robustness\n\n" + "\n".join(render.markdown(t) for t in robust))
+    (out / "robustness.md").write_text("# Robustness\n\n" + robustness.markdown(robust))
     (out / "robustness.html").write_text(html.tables_page(
-        robust, "Robustness: the attacks built to beat isolation", [robustness.__doc__.split("\n\n")[1]]))
+        robust, "Robustness: the attacks built to beat isolation", [robustness.INTRO]))
     (out / "records.md").write_text("# Records\n\n" + tables.inventory(df))
     missing = missing_cells(df, grid)
     notes = [f"{len(df)} record(s) from {', '.join(map(str, folders))}; "

@@ -17,11 +17,15 @@ from typing import Any
 import pandas as pd
 
 from benchmark.reports.records import LEARNED_ASR
+from benchmark.reports.render import markdown as table_markdown
 from benchmark.reports.tables import Table, build
 
 PAPER_ATTACKS = ("badnets", "trojan", "blended", "dynamic", "wanet", "sig", "cl", "adaptive_patch",
                  "refool")
 PAPER_MEAN = "paper attacks (mean)"
+INTRO = ("Each method beside its mean over the paper's attacks under the attacks built to beat "
+         "isolation, at their reference rates; isolation TPR / FPR for what isolates, CA / ASR for "
+         "what trains a model. Bold: the best method of each column.")
 # column -> (attack, its settings against the preset: the reference code's, where they are not
 # the attack's defaults)
 ADAPTIVE: dict[str, tuple[str, dict[str, Any]]] = {
@@ -93,3 +97,8 @@ def robustness(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
     for t in tables:
         t.notes += notes
     return tables
+
+
+def markdown(tables: list[Table]) -> str:
+    """The view's tables as Markdown (the report's robustness.md, the findings page's block)."""
+    return "\n".join(table_markdown(t) for t in tables)
