@@ -206,6 +206,18 @@ class ArtifactCache:
                   f"set aside as {aside.name}, computing it again", file=sys.stderr, flush=True)
             return False, None
 
+    def checkpoint(self, kind: str, key: Any) -> PartialArtifact | None:
+        """Where the computation of ``kind``/``hash(key)`` keeps its progress (``Trainer.fit``'s
+        epochs) until the artifact is written; None without a cache folder."""
+        if self.root is None:
+            return None
+        return PartialArtifact(self, self.partial_path(self.path(kind, key)))
+
+    @staticmethod
+    def partial_path(path: Path) -> Path:
+        """``<hash>.pt.partial`` (its checksum ``<hash>.pt.sha256``) beside artifact ``path``."""
+        return path.with_name(path.name + ".partial")
+
     def get_or_create(self, kind: str, key: Any, compute: Callable[[], Any]) -> Any:
         """The artifact ``kind``/``hash(key)``: loaded if cached and sound, else computed and
         stored."""
@@ -240,6 +252,31 @@ class ArtifactCache:
                     [{k: v for k, v in e.items() if k != "reused"} for e in made]).encode())
             if self.owner:
                 atomic_write_bytes(path.with_suffix(".owner"), self.owner.encode())
+            partial = self.partial_path(path)  # its checkpoint, if its computation kept one
+            partial.unlink(missing_ok=True)
+            self._checksum_path(partial).unlink(missing_ok=True)
             with (path.parent / "index.jsonl").open("a") as index:
                 index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
             return value
+
+
+class PartialArtifact:
+    """An artifact's computation in progress (a ``Trainer.Checkpoint``): saved atomically with
+    its checksum, loaded as safely as an artifact (an unusable one is set aside and the
+    computation starts over), removed once the artifact is written. The artifact's lock is held
+    around it, so one process at a time writes it."""
+
+    def __init__(self, cache: ArtifactCache, path: Path) -> None:
+        self.cache, self.path = cache, path
+
+    def load(self) -> Any | None:
+        if not self.path.exists():
+            return None
+        ok, value = self.cache.load(self.path)
+        return value if ok else None
+
+    def save(self, state: Any) -> None:
+        import torch
+
+        atomic_write(self.path, lambda f: torch.save(state, f))
+        atomic_write_bytes(self.cache._checksum_path(self.path), file_sha256(self.path).encode())

@@ -140,12 +140,20 @@ class Phase:
     def __init__(self, name: str, epochs: int, steps: int, beat: float = 1.0) -> None:
         self.name, self.epochs, self.steps, self.beat = name, epochs, max(steps, 1), beat
         self.t0 = self._last = self._epoch_t0 = time.perf_counter()
+        self.skipped = 0  # steps a resumed phase took before this process (not timed here)
+
+    def resume(self, epochs_done: int) -> None:
+        """The phase goes on from a checkpoint after ``epochs_done`` epochs: say so (stderr),
+        and time the ETA on this process's steps only."""
+        self.skipped = epochs_done * self.steps
+        print(f"{self.name}: resumed from its checkpoint after epoch {epochs_done}/{self.epochs}",
+              file=sys.stderr, flush=True)
 
     def eta(self, epoch: int, step: int) -> float:
         """Seconds left after ``step`` steps of 1-based ``epoch``."""
         done = (epoch - 1) * self.steps + step
         left = self.epochs * self.steps - done
-        return (time.perf_counter() - self.t0) / max(done, 1) * left
+        return (time.perf_counter() - self.t0) / max(done - self.skipped, 1) * left
 
     def step(self, epoch: int, step: int) -> None:
         if time.perf_counter() - self._last >= self.beat:

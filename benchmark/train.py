@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,15 @@ StepFn = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.T
 EpochCallback = Callable[[int, nn.Module], "dict[str, float] | None"]
 # epoch_data(epoch) -> that epoch's (images, labels): a training set re-drawn every epoch
 EpochData = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class Checkpoint(Protocol):
+    """Where ``Trainer.fit`` keeps its state between epochs, so an interrupted training goes on
+    from its last saved epoch (``ArtifactCache.checkpoint`` keeps it beside the artifact)."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
 
 
 class Callback:
@@ -258,6 +268,9 @@ class Trainer:
         # batch, each pass over a set): the cost model's inputs, read by a development run
         self.work: list[dict[str, object]] = []
         self.step_index = 0  # the global optimisation step of the current fit (0-based)
+        # the least time between two checkpoints of a fit given one (each is a model and its
+        # optimiser state: ResNet-18's 90 MB)
+        self.checkpoint_every_s = 60.0
         self.eval_batch_size = eval_batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
@@ -366,8 +379,8 @@ class Trainer:
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             cfg: TrainConfig, *, indices: torch.Tensor | None = None,
             loss_fn: LossFn | None = None, step: StepFn | None = None,
-            callbacks: Sequence[Callback | None] = (), seed: int = 0, desc: str = "train"
-            ) -> list[dict[str, float]]:
+            callbacks: Sequence[Callback | None] = (), seed: int = 0, desc: str = "train",
+            checkpoint: Checkpoint | None = None) -> list[dict[str, float]]:
         """Train ``model`` in place on ``images[indices]``; return one metrics dict per epoch.
 
         ``loss_fn`` receives the logits, the targets and the row indices (into ``images``) of
@@ -376,6 +389,11 @@ class Trainer:
         schemes with another batch shape; the loop, optimiser, schedule, precision and curves
         stay this one. ``callbacks`` (``Callback``; None entries are skipped) hook into the
         epochs: each epoch's data, a pass of its own, each epoch's rows, metrics at its end.
+        With ``checkpoint``, the state after an epoch (model, optimiser, schedule, the batch
+        generator and torch's global RNG, the curve) is saved at most every
+        ``checkpoint_every_s`` seconds, and a fit that finds one goes on from it: the result is
+        the uninterrupted fit's, bit for bit, when the callbacks hold no state of their own
+        across epochs (they are functions of the epoch and the model, as fit_cached's are).
         """
         callbacks = [c for c in callbacks if c is not None]
         data_from, rows_from = _overrides(callbacks, "epoch_data"), _overrides(callbacks, "epoch_rows")
@@ -412,7 +430,22 @@ class Trainer:
         step = step or supervised
         curve = []
         phase = Phase(desc, cfg.epochs, steps_per_epoch)
+        start = 0  # the first epoch this call runs
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None and saved.get("precision") == precision:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["schedule"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            if self.cuda and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+            curve, start = list(saved["curve"]), saved["epochs_done"]
+            phase.resume(start)
+        last_save = time.monotonic()
         for epoch in self.loops.epochs(cfg.epochs, boundaries):
+            if epoch < start:
+                continue
             model.train()
             if cfg.freeze_bn:  # running statistics and batch normalisation as in evaluation
                 for m in model.modules():
@@ -468,6 +501,15 @@ class Trainer:
                 stats["callback_s"] = time.perf_counter() - t_cb
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
+            if (checkpoint is not None and epoch + 1 < cfg.epochs
+                    and time.monotonic() - last_save >= self.checkpoint_every_s):
+                checkpoint.save({
+                    "epochs_done": epoch + 1, "precision": precision, "curve": curve,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "schedule": sched.state_dict(), "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None})
+                last_save = time.monotonic()
         return curve
 
     def fit_cached(self, cache, kind: str, key: dict, make_model: Callable[[], nn.Module],
@@ -478,12 +520,14 @@ class Trainer:
         """A model trained from scratch once per ``key`` and kept in ``cache`` (an
         ``ArtifactCache``) as its state dict and curve: (prepared model, curve, whether it came
         from the cache). The initialisation is seeded here, so whichever cell asks first
-        trains the same model."""
+        trains the same model. An interrupted training goes on from its last checkpoint (kept
+        beside the artifact until the artifact is written)."""
         def train() -> dict:
             torch.manual_seed(seed)
             model = make_model()
             curve = self.fit(model, images, labels, cfg, loss_fn=loss_fn, step=step,
-                             callbacks=callbacks, seed=seed, desc=desc)
+                             callbacks=callbacks, seed=seed, desc=desc,
+                             checkpoint=cache.checkpoint(kind, key))
             return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "curve": curve,
                     "precision": self.training_precision(cfg)}
 

@@ -214,6 +214,66 @@ def test_a_model_reused_from_the_cache_brings_its_training_precision(monkeypatch
         assert reused == expect_reused and trainer.precisions_used == {"bf16"}
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_cached_training_goes_on_from_its_checkpoint_to_the_same_model(tmp_path, capsys):
+    """Killed after epoch 2 of 3, the training resumes after epoch 1 (its last checkpoint), runs
+    epochs 2 and 3 only, and ends with the uninterrupted training's weights, bit for bit: the
+    model, optimiser, schedule and batch generator all came back."""
+    from benchmark.cache import ArtifactCache
+
+    x, y = synthetic_images(4, 16, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, schedule="cosine")
+
+    def make() -> torch.nn.Module:
+        return build_model("resnet18", 10, width=8)
+
+    def trainer() -> Trainer:
+        t = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+        t.checkpoint_every_s = 0.0  # every epoch
+        return t
+
+    whole, whole_curve, _ = trainer().fit_cached(ArtifactCache(tmp_path / "a"), "models", {"k": 1},
+                                                 make, x, y, cfg, seed=0)
+
+    def interrupt(epoch: int, _model: torch.nn.Module) -> None:
+        if epoch == 2:
+            raise _Interrupt
+    cache = ArtifactCache(tmp_path / "b")
+    with pytest.raises(_Interrupt):
+        trainer().fit_cached(cache, "models", {"k": 1}, make, x, y, cfg, seed=0,
+                             callbacks=[LambdaCallback(on_epoch_end=interrupt)])
+    artifact = cache.path("models", {"k": 1})
+    assert not artifact.exists() and cache.partial_path(artifact).exists()
+    ran: list[int] = []
+    resumed, curve, reused = trainer().fit_cached(
+        cache, "models", {"k": 1}, make, x, y, cfg, seed=0,
+        callbacks=[LambdaCallback(on_epoch_end=lambda e, _m: ran.append(e))])
+    assert not reused and ran == [2, 3]
+    assert "resumed from its checkpoint after epoch 1/3" in capsys.readouterr().err
+    assert [p["epoch"] for p in curve] == [1, 2, 3]
+    assert [p["train_loss"] for p in curve] == [p["train_loss"] for p in whole_curve]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert artifact.exists() and not cache.partial_path(artifact).exists()
+
+
+def test_a_checkpoint_that_does_not_verify_is_set_aside_and_the_training_starts_over(tmp_path, capsys):
+    from benchmark.cache import ArtifactCache
+
+    cache = ArtifactCache(tmp_path)
+    point = cache.checkpoint("models", {"k": 1})
+    point.save({"epochs_done": 1})
+    assert point.load() == {"epochs_done": 1}
+    point.path.write_bytes(b"not a checkpoint")
+    assert point.load() is None and not point.path.exists()
+    assert "unusable" in capsys.readouterr().err
+    assert ArtifactCache(None).checkpoint("models", {"k": 1}) is None
+
+
 def test_bf16_without_native_support_falls_back_to_fp32_with_one_note(monkeypatch, capsys):
     import benchmark.train as train
 
