@@ -102,10 +102,10 @@ class ASD(Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: ASDParams = self.params
+        extra = self.trusted(ctx) if ctx.trusted_rows is None else None
         tr, k = ctx.trainer, ctx.num_classes
         n = len(ctx.train)
         # training data: the set itself plus appended trusted images (held-out mode)
-        extra = ctx.trusted if ctx.trusted_rows is None else None
         images = ctx.train.images if extra is None else torch.cat([ctx.train.images, extra.images])
         labels = ctx.train.labels if extra is None else torch.cat([ctx.train.labels, extra.labels])
         trusted = torch.zeros(len(labels), dtype=torch.bool)

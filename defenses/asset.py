@@ -101,10 +101,9 @@ class Asset(TrustedSamples, Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: AssetParams = self.params
-        if ctx.trusted is None:
-            raise ValueError("ASSET needs trusted clean images (ctx.trusted)")
+        clean = self.trusted(ctx)
         backdoored, _, reused = ctx.backdoored_model()
-        tr, clean = ctx.trainer, ctx.trusted
+        tr = ctx.trainer
         extractor = tr.prepare_model(copy.deepcopy(backdoored)).train()
         with torch.random.fork_rng(devices=[]):  # the fresh model's and the MLPs' initialisation
             torch.manual_seed(ctx.seed)

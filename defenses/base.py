@@ -138,6 +138,13 @@ class Defense:
     def __init__(self, params: DefenseParams) -> None:
         self.params = params
 
+    def trusted(self, ctx: DefenseContext) -> ImageSet:
+        """The context's trusted clean samples; one clear error where a harness gave none."""
+        if ctx.trusted is None:
+            raise ValueError(f"{self.name} needs trusted clean images (ctx.trusted): the harness "
+                             "gives them to a defense whose trusted_per_class is above 0")
+        return ctx.trusted
+
     @classmethod
     def validation_fraction(cls, params: DefenseParams) -> float:
         """A share of the clean test set the defense gets as a benign validation set

@@ -164,10 +164,9 @@ class CT(TrustedSamples, Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: CTParams = self.params
-        if ctx.trusted is None:
-            raise ValueError("Confusion Training needs trusted clean images (ctx.trusted)")
+        clean = self.trusted(ctx)
         backdoored, _, reused = ctx.backdoored_model()
-        tr, train, clean = ctx.trainer, ctx.train, ctx.trusted
+        tr, train = ctx.trainer, ctx.train
         n, classes = len(train), ctx.num_classes
         guide = tr.predict(backdoored, clean.images)  # what the confusion labels shift
         kept = torch.arange(n)

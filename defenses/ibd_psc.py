@@ -109,11 +109,9 @@ class IbdPsc(TrustedSamples, Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: IbdPscParams = self.params
-        if ctx.trusted is None:
-            raise ValueError("IBD-PSC needs trusted clean images (ctx.trusted)")
+        val = self.trusted(ctx)
         model, _, reused = ctx.backdoored_model()
         count = len(batchnorm_layers(model))
-        val = ctx.trusted
         errors: dict[int, float] = {}
 
         def error_at(k: int) -> float:

@@ -136,12 +136,11 @@ class Psbd(TrustedSamples, Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: PsbdParams = self.params
-        if ctx.trusted is None:
-            raise ValueError("PSBD needs trusted clean images (ctx.trusted)")
+        trusted = self.trusted(ctx)
         model, _, reused = ctx.backdoored_model()
         val: dict[float, Shift] = {}
         train: dict[float, Shift] = {}
-        sets = {"val": ctx.trusted.images, "train": ctx.train.images}
+        sets = {"val": trusted.images, "train": ctx.train.images}
         plain = {k: ctx.trainer.logits(model, x).softmax(1) for k, x in sets.items()}
         for rate in p.rates:
             val[rate] = prediction_shift(ctx.trainer, model, sets["val"], plain["val"], rate, p.passes,
@@ -153,7 +152,7 @@ class Psbd(TrustedSamples, Defense):
         threshold = float(torch.quantile(val[chosen].psu, p.quantile))
         psu = train[chosen].psu
         info = {"inspected_model": "reused from cache" if reused else "trained",
-                "dropout_rate": chosen, "threshold": threshold, "n_trusted": len(ctx.trusted),
+                "dropout_rate": chosen, "threshold": threshold, "n_trusted": len(trusted),
                 "trusted_source": ctx.trusted_source,
                 "val_shift_ratio": {str(r): s.ratio for r, s in val.items()},
                 "train_shift_ratio": {str(r): s.ratio for r, s in train.items()}}

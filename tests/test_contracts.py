@@ -48,6 +48,20 @@ def test_every_defense_declares_its_method(name):
     assert cls.needs_ground_truth(p) == issubclass(cls, GroundTruthAnalysis)
 
 
+@pytest.mark.parametrize("name", [n for n in builtin(DEFENSES, "defenses")
+                                  if DEFENSES.get(n).trusted_per_class(DEFENSES.get(n).Params()) > 0])
+def test_a_defense_that_takes_trusted_samples_refuses_a_context_without_them_before_training(name):
+    from defenses.base import DefenseContext
+
+    def no_model():
+        raise AssertionError("trained before checking its trusted samples")
+    ctx = DefenseContext(train=None, make_model=no_model, trainer=None, train_cfg=None, seed=0,
+                         cache=None, cache_key={})
+    cls = DEFENSES.get(name)
+    with pytest.raises(ValueError, match=f"^{name} needs trusted clean images"):
+        cls(cls.Params()).run(ctx)
+
+
 @pytest.mark.parametrize("name", builtin(ATTACKS, "attacks"))
 def test_every_attack_declares_its_method(name):
     cls = ATTACKS.get(name)
