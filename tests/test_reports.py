@@ -437,6 +437,32 @@ def test_a_defense_with_older_version_records_only_is_named_not_ranked(monkeypat
     assert any(n.endswith("(re-run them at the current version): dbr") for n in board.notes)
 
 
+def test_a_defense_being_re_run_at_a_new_version_is_ranked_where_it_covers_without_shrinking_the_set(
+        monkeypatch):
+    """D-BR has BadNets, Blended and SIG at version 1 and, after its bump, BadNets and Blended
+    (seeds 0-1, as PIPD; SIG has seed 0) at version 2: the shared set stays BadNets, Blended,
+    SIG; the headline ranks D-BR on BadNets and Blended beside PIPD; over every shared attack
+    it is named, not ranked."""
+    from defenses import DEFENSES
+
+    attacks = ("badnets", "blended", "sig")
+    recs = [record(a, "dbr", 0, ca=80, asr=50) for a in attacks]
+    monkeypatch.setattr(DEFENSES.get("dbr"), "version", DEFENSES.get("dbr").version + 1)
+    for s in (0, 1):
+        recs += [record(a, d, s, ca=80, asr=asr) for a in attacks[:2 if s else 3]
+                 for d, asr in (("no_defense", 100), ("pipd", 2))]
+        recs += [record(a, "dbr", s, ca=80, asr=4 + s) for a in ("badnets", "blended")]
+    board = leaderboard.leaderboard(frame(recs))
+    assert board.shared == {"cifar10": ["badnets", "blended", "sig"]}
+    assert board.seeded_on == {"cifar10": {"attacks": ["badnets", "blended"], "seeds": [0, 1]}}
+    assert list(board.seeded["defense"]) == ["no_defense", "pipd", "dbr"]
+    assert board.seeded.set_index("defense").at["dbr", "score"] == pytest.approx(80 - 4.5)
+    assert list(board.ranked["defense"]) == ["no_defense", "pipd"]
+    assert any("dbr is being re-run at its current version: it has sig at an older version only"
+               in n for n in board.notes)
+    assert not any("dbr (lacks" in n for n in board.notes)  # one note says it
+
+
 def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(monkeypatch):
     from defenses import DEFENSES
 

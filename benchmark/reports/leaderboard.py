@@ -9,7 +9,9 @@
   Each row shows its coverage (the attacks it has of all the dataset's attacks); the shared set
   is named. The shared set is what the defaults have in common: a variant (a registered one such
   as ``pipd_median``, or a row with its own ``--set``) does not shrink it; one that lacks an
-  attack of it is named in a note, not ranked. Beside the score: DER, BackdoorBench's defense
+  attack of it is named in a note, not ranked. So does a default being re-run at a new version
+  (it has some attacks at an older version only): it is ranked where it covers the set, and
+  named in a note. Beside the score: DER, BackdoorBench's defense
   effectiveness rating [max(0, ASR drop) - max(0, CA drop) + 1] / 2 against No Defense on the
   same attack and seed (1 = perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
 - Neighbouring ranks are within noise where the 95% interval of their score difference, paired
@@ -37,6 +39,7 @@ from benchmark.reports.records import LEARNED_ASR, not_learned
 # Student's t, two-sided 95%, by degrees of freedom (normal beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+STALE_MARK = r" \(v\d+\)"  # what records.row appends to an older method version's label
 RANKED_COLUMNS = ["dataset", "rank", "defense", "score", "score_sd", "ci_low", "ci_high", "DER", "F1",
                   "CA", "ASR", "coverage", "seeds", "seed_scores"]
 DETECTOR_COLUMNS = ["dataset", "detector", "TPR", "FPR", "AUROC", "F1", "attacks", "seeds"]
@@ -133,14 +136,15 @@ def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str]
     return rows, short
 
 
-def _seeded_set(by_label: dict[str, pd.DataFrame], shared: list[str], caveats: dict[str, str]
-                ) -> tuple[list[str], list[int]]:
+def _seeded_set(by_label: dict[str, pd.DataFrame], shared: list[str], caveats: dict[str, str],
+                rerunning: set[str] = frozenset()) -> tuple[list[str], list[int]]:
     """(attacks, seeds) of the headline ranking: the shared attacks on which every default
-    defense not marked † has at least two seeds in common, and the seeds common to all of them;
-    ([], []) where that is every shared attack at the seeds the full ranking has already, or
-    fewer than two seeds."""
-    judged = [g for g in by_label.values() if not g["defense_overrides"].iloc[0]
-              and not g["variant"].iloc[0] and g["defense"].iloc[0] not in caveats]
+    defense not marked † (nor ``rerunning``) has at least two seeds in common, and the seeds
+    common to all of them; ([], []) where that is every shared attack at the seeds the full
+    ranking has already, or fewer than two seeds."""
+    judged = [g for lab, g in by_label.items() if not g["defense_overrides"].iloc[0]
+              and not g["variant"].iloc[0] and g["defense"].iloc[0] not in caveats
+              and lab not in rerunning]
     if not judged:
         return [], []
     common = {a: set.intersection(*(set(g.loc[g["attack_label"] == a, "seed"]) for g in judged))
@@ -159,6 +163,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
     ok = _cells(df)
     ok["f1"] = [_f1(p, t) for p, t in zip(ok["precision"], ok["tpr"], strict=True)]
     caveats = marked_caveats(df)
+    rerun = _rerun_in_progress(df, ok)
     ranked_rows, detector_rows, shared_of, notes = [], [], {}, []
     seeded_rows: list[dict] = []
     seeded_on: dict[str, dict[str, list]] = {}
@@ -171,8 +176,9 @@ def leaderboard(df: pd.DataFrame) -> Board:
         contenders = trained[trained["defense"] != "no_defense"]
         by_label = contenders.groupby("defense_label")
         covers = {lab: set(g["attack_label"]) for lab, g in by_label}
-        defaults = [covers[lab] for lab, g in by_label
-                    if not g["defense_overrides"].iloc[0] and not g["variant"].iloc[0]]
+        rerunning = {lab for lab in covers if (dataset, lab) in rerun}
+        defaults = [covers[lab] for lab, g in by_label if not g["defense_overrides"].iloc[0]
+                    and not g["variant"].iloc[0] and lab not in rerunning]
         shared = sorted(set.intersection(*(defaults or list(covers.values())))) if covers else []
         shared_of[dataset] = shared
         groups = dict(tuple(by_label))
@@ -184,7 +190,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
                           base_cov)
             ranked_rows.append({**ref, "rank": "ref"})
         ranked_rows += rows
-        attacks, seeds = _seeded_set(groups, shared, caveats)
+        attacks, seeds = _seeded_set(groups, shared, caveats, rerunning)
         if attacks:
             top, _ = _ranking(dataset, groups, attacks, len(all_attacks), caveats, seeds)
             where = f"{dataset} on {', '.join(attacks)} at seeds {', '.join(map(str, seeds))}"
@@ -199,9 +205,14 @@ def leaderboard(df: pd.DataFrame) -> Board:
         else:
             where_all = dataset
         notes += _noise_notes(where_all, rows)
+        short = [x for x in short if x.split(" (lacks ")[0] not in rerunning]  # noted below
         if short:
             notes.append(f"{dataset}: not ranked, a variant without every attack of the shared "
                          f"set: {'; '.join(short)}")
+        for lab in sorted(rerunning):
+            notes.append(f"{dataset}: {lab} is being re-run at its current version: it has "
+                         f"{', '.join(rerun[(dataset, lab)])} at an older version only, so it "
+                         "does not shrink the shared set and is ranked only where it covers it")
         if covers and not shared:
             notes.append(f"{dataset}: no attack is shared by every ranked defense: no ranking")
         for lab, g in d[d["detector"].astype(bool)].groupby("defense_label"):
@@ -237,6 +248,24 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = _t95(n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half, n
+
+
+def _rerun_in_progress(df: pd.DataFrame, ok: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """(dataset, defense label) -> the attacks its records have at an older method version and
+    not yet at the current one: a re-run of a changed method under way. Such a row neither
+    shrinks the shared set nor decides the headline's seeds; it is ranked where it covers."""
+    older = df[(df["status"] == "ok") & ~df["current"].astype(bool) & (df["attack"] != "clean")
+               & ~df["attack_label"].str.contains(" ")]
+    learned = set(zip(ok["dataset"], ok["attack_label"], strict=True))
+    older = older.assign(defense_label=older["defense_label"].str.replace(
+        STALE_MARK, "", regex=True))
+    out: dict[tuple[str, str], list[str]] = {}
+    for (dataset, lab), g in older.groupby(["dataset", "defense_label"]):
+        now = set(ok.loc[(ok["dataset"] == dataset) & (ok["defense_label"] == lab), "attack_label"])
+        missing = sorted(a for a in set(g["attack_label"]) - now if (dataset, a) in learned)
+        if now and missing:
+            out[(dataset, lab)] = missing
+    return out
 
 
 def _older_versions_only(df: pd.DataFrame) -> list[str]:
@@ -289,7 +318,8 @@ def detector_cells(g: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every default defense has "
-         "(named per dataset; a variant lacking one is named below, not ranked), mean ± sd over "
+         "(named per dataset; a variant lacking one, or a defense being re-run at a new version, "
+         "is named below and ranked only where it has them), mean ± sd over "
          "seeds with a 95% interval; No Defense is the reference row, not ranked; "
          "only cells that train a final model are ranked; detectors are listed apart. Where some "
          "of those attacks have fewer seeds, the headline ranks on the attacks where every "
