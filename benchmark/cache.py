@@ -206,12 +206,13 @@ class ArtifactCache:
                   f"set aside as {aside.name}, computing it again", file=sys.stderr, flush=True)
             return False, None
 
-    def checkpoint(self, kind: str, key: Any) -> PartialArtifact | None:
+    def checkpoint(self, kind: str, key: Any, keep_final: bool = False) -> PartialArtifact | None:
         """Where the computation of ``kind``/``hash(key)`` keeps its progress (``Trainer.fit``'s
-        epochs) until the artifact is written; None without a cache folder."""
+        epochs) until the artifact is written (``keep_final``: a fit with no artifact of its
+        own keeps its last epoch too, until ``clear``); None without a cache folder."""
         if self.root is None:
             return None
-        return PartialArtifact(self, self.partial_path(self.path(kind, key)))
+        return PartialArtifact(self, self.partial_path(self.path(kind, key)), keep_final)
 
     @staticmethod
     def partial_path(path: Path) -> Path:
@@ -266,8 +267,8 @@ class PartialArtifact:
     computation starts over), removed once the artifact is written. The artifact's lock is held
     around it, so one process at a time writes it."""
 
-    def __init__(self, cache: ArtifactCache, path: Path) -> None:
-        self.cache, self.path = cache, path
+    def __init__(self, cache: ArtifactCache, path: Path, keep_final: bool = False) -> None:
+        self.cache, self.path, self.keep_final = cache, path, keep_final
 
     def load(self) -> Any | None:
         if not self.path.exists():
@@ -280,3 +281,7 @@ class PartialArtifact:
 
         atomic_write(self.path, lambda f: torch.save(state, f))
         atomic_write_bytes(self.cache._checksum_path(self.path), file_sha256(self.path).encode())
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.cache._checksum_path(self.path).unlink(missing_ok=True)

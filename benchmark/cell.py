@@ -381,6 +381,8 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
         give_trusted(ctx, dataset, poisoned, defense_cls.trusted_per_class(params), seed)
     seed_everything(seed)
     result = defense_cls(params).run(ctx)
+    for point in ctx.checkpoints:  # the defense's own fits are done: nothing to resume
+        point.clear()
     times["defense_s"] = time.perf_counter() - t
     times["defense_phases"] = phase_seconds(result.curves, times["defense_s"])
 

@@ -10,6 +10,12 @@ records made by source that has changed since at the same version: a warning, no
 The digest is over the syntax tree with docstrings left out, so comments, docstrings and
 formatting do not count as a change; shared helpers a method calls (the trainer, feature hooks)
 do not count either: a change there that alters results bumps the methods it affects.
+
+An edit that changes a method's code but not what it computes (a check moved before training,
+a checkpoint handed to a fit) is entered in ``neutral_edits.json`` beside this module: the
+method, the digest before and after, and why its results stand. A record made at the digest
+before still counts as current code; chains of such edits are followed. An edit that alters
+results bumps the version instead.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import ast
 import functools
 import hashlib
 import inspect
+import json
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 KINDS = ("attack", "defense")
@@ -69,12 +77,33 @@ def current_sources(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def changed(recorded: dict[str, str] | None, current: dict[str, str]) -> list[str]:
-    """The kinds ("attack", "defense") whose recorded digest differs from today's; a record
-    made before digests were stored, or a method without code here, is not judged."""
+@functools.cache
+def neutral_edits() -> dict[tuple[str, str], str]:
+    """(method, digest before) -> digest after, over the result-neutral edits declared in
+    ``neutral_edits.json`` (method: "defense pipd", "attack badnets")."""
+    entries = json.loads(Path(__file__).with_name("neutral_edits.json").read_text())
+    return {(e["method"], e["from"]): e["to"] for e in entries}
+
+
+def same_code(method: str, recorded: str, current: str) -> bool:
+    """Whether ``recorded`` is ``current`` or reaches it by result-neutral edits."""
+    edits, seen = neutral_edits(), set()
+    while recorded != current and recorded not in seen:
+        seen.add(recorded)
+        recorded = edits.get((method, recorded), recorded)
+    return recorded == current
+
+
+def changed(recorded: dict[str, str] | None, current: dict[str, str],
+            names: dict[str, str] | None = None) -> list[str]:
+    """The kinds ("attack", "defense") whose recorded digest differs from today's (``names``:
+    the methods' names, to follow their result-neutral edits); a record made before digests
+    were stored, or a method without code here, is not judged."""
     if not recorded:
         return []
-    return [k for k in KINDS if recorded.get(k) and current.get(k) and recorded[k] != current[k]]
+    names = names or {}
+    return [k for k in KINDS if recorded.get(k) and current.get(k)
+            and not same_code(f"{k} {names.get(k, '')}", recorded[k], current[k])]
 
 
 def stale(record: dict[str, Any], current: dict[str, str] | None = None
@@ -85,7 +114,8 @@ def stale(record: dict[str, Any], current: dict[str, str] | None = None
         return []
     config = record["config"]
     now = current_sources(config) if current is None else current
-    return [(record["id"], kind, config[kind]) for kind in changed(record["sources"], now)]
+    return [(record["id"], kind, config[kind])
+            for kind in changed(record["sources"], now, {k: config[k] for k in KINDS})]
 
 
 def changed_note(stale: Iterable[tuple[str, str, str]]) -> str | None:

@@ -51,7 +51,11 @@ EpochData = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
 
 class Checkpoint(Protocol):
     """Where ``Trainer.fit`` keeps its state between epochs, so an interrupted training goes on
-    from its last saved epoch (``ArtifactCache.checkpoint`` keeps it beside the artifact)."""
+    from its last saved epoch (``ArtifactCache.checkpoint`` keeps it beside the artifact). With
+    ``keep_final`` the finished fit is kept too, and a re-run skips it: its weights, RNG and
+    curve come back as the fit left them (``DefenseContext.checkpoint``)."""
+
+    keep_final: bool
 
     def load(self) -> dict | None: ...
 
@@ -255,6 +259,10 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
 class Trainer:
     """Trains and evaluates classifiers on uint8 image tensors; owns device and speed settings."""
 
+    # the least time between two checkpoints of a fit given one (each is a model and its
+    # optimiser state: ResNet-18's 90 MB)
+    checkpoint_every_s: float = 60.0
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *,
                  device: torch.device | str | None = None, channels_last: bool = True,
                  threads: int | None = None,
@@ -268,9 +276,6 @@ class Trainer:
         # batch, each pass over a set): the cost model's inputs, read by a development run
         self.work: list[dict[str, object]] = []
         self.step_index = 0  # the global optimisation step of the current fit (0-based)
-        # the least time between two checkpoints of a fit given one (each is a model and its
-        # optimiser state: ResNet-18's 90 MB)
-        self.checkpoint_every_s = 60.0
         self.eval_batch_size = eval_batch_size
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
@@ -501,8 +506,9 @@ class Trainer:
                 stats["callback_s"] = time.perf_counter() - t_cb
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
-            if (checkpoint is not None and epoch + 1 < cfg.epochs
-                    and time.monotonic() - last_save >= self.checkpoint_every_s):
+            last = epoch + 1 == cfg.epochs
+            if checkpoint is not None and ((last and checkpoint.keep_final) or (
+                    not last and time.monotonic() - last_save >= self.checkpoint_every_s)):
                 checkpoint.save({
                     "epochs_done": epoch + 1, "precision": precision, "curve": curve,
                     "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -19,7 +19,7 @@ from benchmark.cache import ArtifactCache
 from benchmark.data import ImageSet
 from benchmark.models import stage_output
 from benchmark.registry import Registry
-from benchmark.train import Callback, EpochData, LambdaCallback, LossFn, TrainConfig, Trainer
+from benchmark.train import Callback, Checkpoint, EpochData, LambdaCallback, LossFn, TrainConfig, Trainer
 
 DEFENSES: Registry[type[Defense]] = Registry(
     "defense", hint="a defense of your own is named with --plugin FILE, which registers it")
@@ -59,6 +59,7 @@ class DefenseContext:
     epoch_data: EpochData | None = None
     # keys of the shared artifacts a defense builds on ("shared", "images": benchmark.keys)
     keys: dict[str, dict] = field(default_factory=dict)
+    checkpoints: list[Checkpoint] = field(default_factory=list)  # handed out by checkpoint()
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +69,19 @@ class DefenseContext:
         """The cell's key for artifacts of ``kind`` (``benchmark.keys.ARTIFACTS``); a context
         built by hand (tests) without ``keys`` gets its own key marked with the kind."""
         return self.keys.get(kind, {**self.cache_key, "kind": kind})
+
+    def checkpoint(self, phase: str) -> Checkpoint | None:
+        """A checkpoint for the defense's own ``fit`` named ``phase`` (pass it as
+        ``fit(checkpoint=...)``): an interrupted cell's re-run goes on from its last epoch, and
+        skips it once finished. Only for a fit whose callbacks, loss and step hold no state of
+        their own across epochs (a discriminator trained beside it does: CBD's final fit takes
+        none). The harness clears them once the defense has returned."""
+        if self.cache is None:
+            return None
+        point = self.cache.checkpoint("fits", {**self.cache_key, "phase": phase}, keep_final=True)
+        if point is not None:
+            self.checkpoints.append(point)
+        return point
 
     def note_split(self, left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Show the harness this epoch's split (bool (N,), True: not trusted) and, if it ranked
@@ -248,11 +262,13 @@ def finetune_then_unlearn(ctx: DefenseContext, model: nn.Module, isolated: torch
     if finetune.epochs > 0 and len(rest):
         curves["finetune"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, finetune,
                                              indices=rest, callbacks=[ctx.monitor], seed=seed,
-                                             desc="train on the rest")
+                                             desc="train on the rest",
+                                             checkpoint=ctx.checkpoint("finetune"))
     if unlearn.epochs > 0 and len(iso):
         curves["unlearning"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, unlearn,
                                                indices=iso, loss_fn=ascent_loss(),
-                                               callbacks=[ctx.monitor], seed=seed + 1, desc="unlearning")
+                                               callbacks=[ctx.monitor], seed=seed + 1, desc="unlearning",
+                                               checkpoint=ctx.checkpoint("unlearning"))
     return curves
 
 

@@ -137,7 +137,8 @@ class DBR(Defense):
                                     label_smoothing=0.0)
         model = ctx.make_model()
         curves = {"sd": ctx.trainer.fit(model, ctx.train.images, ctx.train.labels, cfg,
-                                        seed=ctx.seed + 3, desc="D-BR distinguishment")}
+                                        seed=ctx.seed + 3, desc="D-BR distinguishment",
+                                        checkpoint=ctx.checkpoint("sd"))}
         if p.intra_epochs:
             head = classifier_head(model)
 
@@ -147,7 +148,8 @@ class DBR(Defense):
 
             curves["intra"] = ctx.trainer.fit(model, ctx.train.images, ctx.train.labels,
                                               cfg.replace(epochs=p.intra_epochs), step=intra,
-                                              seed=ctx.seed + 4, desc="D-BR L_intra")
+                                              seed=ctx.seed + 4, desc="D-BR L_intra",
+                                              checkpoint=ctx.checkpoint("intra"))
         return model, curves
 
     def distinguish(self, ctx: DefenseContext

@@ -148,7 +148,8 @@ class NONE(Defense):
                 curves[f"retrain_{r}"] = ctx.trainer.fit(
                     model, ctx.train.images, ctx.train.labels, retrain,
                     indices=(~dropped).nonzero().flatten(), callbacks=[ctx.monitor],
-                    seed=ctx.seed + r, desc=f"NONE retrain {r}")
+                    seed=ctx.seed + r, desc=f"NONE retrain {r}",
+                    checkpoint=ctx.checkpoint(f"retrain_{r}"))
         return DefenseResult(model=model, isolated=dropped, curves=curves, masks=masks,
                              info={"backdoored_model": "reused from cache" if reused else "trained",
                                    "reset_channels": resets, "n_isolated": int(dropped.sum())})

@@ -193,7 +193,8 @@ class PIPD(Defense):
                 curves["selective"] = ctx.trainer.fit(
                     model, ctx.train.images, ctx.train.labels, sel_cfg,
                     loss_fn=selective_loss(ctx.trainer.to_device(isolated), p.lam),
-                    callbacks=[ctx.monitor], seed=ctx.seed + 1, desc="pipd selective")
+                    callbacks=[ctx.monitor], seed=ctx.seed + 1, desc="pipd selective",
+                    checkpoint=ctx.checkpoint("selective"))
         return DefenseResult(
             model=model, isolated=isolated, scores=scores,
             curves={"pre_isolation": pre_curve, **curves}, masks=masks,

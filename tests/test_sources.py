@@ -3,9 +3,11 @@
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
+import benchmark.sources as sources_module
 from benchmark.sources import changed, module_digest, source_digest, stale
 
 CODE = '''"""A module."""
@@ -70,6 +72,35 @@ def test_only_recorded_and_current_digests_that_differ_are_named():
            "sources": {"attack": "a", "defense": "d"}}
     assert stale(rec, {"attack": "b", "defense": "d"}) == [("c1", "attack", "badnets")]
     assert stale({**rec, "status": "failed"}, {"attack": "b", "defense": "d"}) == []
+
+
+def test_a_declared_result_neutral_edit_keeps_the_records_before_it_current(monkeypatch):
+    """pipd edited a -> b (neutral), then b -> c (neutral): a record at a is current at c; one
+    at an undeclared digest, or of another method with digest a, is not."""
+    import benchmark.sources as sources
+
+    monkeypatch.setattr(sources, "neutral_edits", lambda: {("defense pipd", "a"): "b",
+                                                          ("defense pipd", "b"): "c"})
+    rec = {"id": "c1", "status": "ok", "config": {"attack": "badnets", "defense": "pipd"},
+           "sources": {"attack": "x", "defense": "a"}}
+    assert stale(rec, {"attack": "x", "defense": "c"}) == []
+    assert stale({**rec, "sources": {"attack": "x", "defense": "z"}}, {"attack": "x", "defense": "c"}) \
+        == [("c1", "defense", "pipd")]
+    other = {**rec, "config": {"attack": "badnets", "defense": "abl"}}
+    assert stale(other, {"attack": "x", "defense": "c"}) == [("c1", "defense", "abl")]
+
+
+def test_every_declared_neutral_edit_names_a_registered_method_and_says_why():
+    from attacks import ATTACKS
+    from benchmark.sources import neutral_edits
+    from defenses import DEFENSES
+
+    entries = json.loads((Path(sources_module.__file__).with_name("neutral_edits.json")).read_text())
+    assert len(neutral_edits()) == len(entries)  # one edit per (method, digest before)
+    for e in entries:
+        kind, name = e["method"].split(" ")
+        assert name in (ATTACKS if kind == "attack" else DEFENSES).names()
+        assert e["from"] != e["to"] and len(e["why"]) > 20
 
 
 @pytest.mark.slow

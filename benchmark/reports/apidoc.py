@@ -30,7 +30,7 @@ SHARED = (
     ("benchmark.validate", ("at_least", "within", "one_of")),
 )
 TRAINER = ("fit", "fit_cached", "per_sample_loss", "predict", "logits", "embeddings", "augment")
-CONTEXT_METHODS = ("backdoored_model", "lga_model", "trained_once", "note_split")
+CONTEXT_METHODS = ("backdoored_model", "lga_model", "trained_once", "checkpoint", "note_split")
 FIELD = re.compile(r"^\s+(\w+): ([^=#]+?)(?: = [^#]*?)?\s*(?:#\s*(.*))?$")
 
 

@@ -1,0 +1,61 @@
+"""An interrupted cell loses no finished training: its re-run goes on from the checkpoints of
+the cached models and of the defense's own fits, and writes the record the uninterrupted cell
+writes (tests/test_train.py checks a single fit bit for bit)."""
+
+import pytest
+
+from benchmark import cell
+from benchmark.config import parse_sets
+from benchmark.progress import Phase
+from benchmark.spec import CellSpec
+from benchmark.train import Trainer
+
+
+class _Killed(Exception):
+    pass
+
+
+TIMES = ("seconds", "img_per_s", "callback_s", "from_cache")  # how, not what, it computed
+
+
+def _comparable(record: dict) -> tuple:
+    curves = {k: [{m: v for m, v in p.items() if m not in TIMES} for p in c]
+              for k, c in record["curves"].items()}
+    return record["metrics"], record["isolation"], curves
+
+
+@pytest.mark.parametrize("defense, phase, resumed", [
+    ("pipd", "pipd selective", ["pipd selective: resumed from its checkpoint after epoch 1/2"]),
+    # ABL's fine-tuning had finished: the re-run skips it whole, then resumes the unlearning
+    ("abl", "unlearning", ["train on the rest: resumed from its checkpoint after epoch 2/2",
+                           "unlearning: resumed from its checkpoint after epoch 1/2"])])
+def test_a_cell_killed_inside_its_own_training_resumes_to_the_same_record(
+        defense, phase, resumed, tiny_cifar, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "checkpoint_every_s", 0.0)
+    spec = CellSpec.resolve("smoke", "badnets", defense, 0,
+                            parse_sets(["data.train_size=200", "data.test_size=50"]))
+
+    def runtime(name: str) -> cell.Runtime:
+        return cell.Runtime(results=tmp_path / name, data_root=tiny_cifar,
+                            cache_dir=tmp_path / name / "cache", download=False)
+
+    whole = cell.run_cell(spec, runtime("whole"))
+    real = Phase.epoch_done
+
+    def killed(self, epoch, metrics):  # noqa: ANN001, ANN202 - after this phase's last epoch
+        real(self, epoch, metrics)
+        if self.name == phase and epoch == self.epochs:
+            raise _Killed
+
+    monkeypatch.setattr(Phase, "epoch_done", killed)
+    with pytest.raises(_Killed):
+        cell.run_cell(spec, runtime("killed"))
+    fits = tmp_path / "killed" / "cache" / "fits"
+    assert len(list(fits.glob("*.partial"))) >= 1  # the finished epochs before the kill
+    monkeypatch.setattr(Phase, "epoch_done", real)
+    capsys.readouterr()
+    again = cell.run_cell(spec, runtime("killed"))
+    said = [line for line in capsys.readouterr().err.splitlines() if "resumed from" in line]
+    assert said == resumed
+    assert _comparable(again) == _comparable(whole)
+    assert not list(fits.glob("*.partial"))  # cleared once the defense returned
