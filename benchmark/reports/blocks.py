@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.analyses import summaries
-from benchmark.reports import apidoc, records, robustness, tables
+from benchmark.reports import apidoc, leaderboard, records, robustness, tables
 
 ROOT = Path(__file__).parents[2]
 KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
@@ -37,6 +37,8 @@ KINDS: dict[str, Callable[[pd.DataFrame], str]] = {
     "seed_quantile": tables.seed_quantiles,
     # the attacks built to beat isolation beside the paper's (benchmark.reports.robustness)
     "robustness": lambda df: robustness.markdown(robustness.robustness(df)),
+    # the report's leaderboard (its rankings, intervals and notes) without its page heading
+    "leaderboard": lambda df: leaderboard.markdown(leaderboard.leaderboard(df)).split("\n", 2)[2],
 }
 # a block from the code has no folder: <!-- generated: defense_context --> (benchmark.reports.apidoc)
 BLOCK = re.compile(r"(<!-- generated: (\S+)(?: ([^\s=]+))?((?: \w+=\S+)*) -->\n)(.*?)(<!-- /generated -->)",
