@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -316,7 +317,8 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
     re-splits (``<phase>_split_s``) or re-poisoned sets (``<phase>_data_s``), its curve
     evaluations (``curves_s``); ``other_s`` is the rest (isolation statistics, loss rankings
     outside a training loop). A phase taken from the cache shows as ``<phase>_cached_s``, what
-    it cost when it was computed, outside the sum."""
+    it cost when it was computed, and the epochs an interrupted run made before this one resumed
+    them as ``<phase>_resumed_s``, both outside the sum."""
     out: dict[str, float] = {}
     cached: dict[str, float] = {}
     for name, curve in curves.items():
@@ -326,6 +328,9 @@ def phase_seconds(curves: dict[str, list[dict]], defense_s: float) -> dict[str, 
         if all(p.get("from_cache") for p in rows):
             cached[f"{name}_cached_s"] = sum(p["seconds"] for p in rows)
             continue
+        if any(p.get("resumed") for p in rows):  # epochs an interrupted run of the cell made
+            cached[f"{name}_resumed_s"] = sum(p["seconds"] for p in rows if p.get("resumed"))
+            rows = [p for p in rows if not p.get("resumed")]
         out[f"{name}_s"] = sum(p["seconds"] for p in rows)
         for part in ("split", "data"):  # per-epoch re-splits, re-poisoned data
             if any(f"{part}_s" in p for p in rows):
@@ -380,9 +385,10 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     if defense_cls.trusted_per_class(params) > 0:
         give_trusted(ctx, dataset, poisoned, defense_cls.trusted_per_class(params), seed)
     seed_everything(seed)
+    ctx.checkpoint_scope = {"cell": spec.id, "code": current_sources(spec.to_config())}
     result = defense_cls(params).run(ctx)
-    for point in ctx.checkpoints:  # the defense's own fits are done: nothing to resume
-        point.clear()
+    if ctx.cache.root is not None:  # the defense's own fits are done: nothing to resume
+        shutil.rmtree(ctx.cache.root / "fits" / spec.id, ignore_errors=True)
     times["defense_s"] = time.perf_counter() - t
     times["defense_phases"] = phase_seconds(result.curves, times["defense_s"])
 

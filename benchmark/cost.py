@@ -280,6 +280,8 @@ def check(records_dir: Path, calibration: Path, cache_dir: Path) -> list[dict[st
             continue
         if any("reused" in str(v) for v in rec.get("defense_info", {}).values()):
             continue  # a shared model came from the cache: the record's time lacks it
+        if any(k.endswith("_resumed_s") for k in rec["timings"].get("defense_phases", {})):
+            continue  # an interrupted run made part of its training: the record's time lacks it
         with tempfile.TemporaryDirectory() as tmp:
             spec = CellSpec.from_config(rec["config"])
             dev = run_cell(spec.replace(fast_dev_run=DevRun()),

@@ -29,7 +29,7 @@ PERCENT = {"train_acc": "acc", "ca": "CA", "asr": "ASR", "tpr": "TPR", "fpr": "F
            "clean_acc": "clean acc", "poison_acc": "poison acc", "backdoor_acc": "backdoor acc",
            "mask_density": "mask density",
            "split_tpr": "split TPR", "split_fpr": "split FPR", "split_auroc": "split AUROC"}
-HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "data_s", "from_cache",
+HIDDEN = {"epoch", "lr", "seconds", "img_per_s", "split_s", "callback_s", "data_s", "from_cache", "resumed",
           "split_score_poisoned", "split_score_benign"}
 
 

@@ -436,8 +436,11 @@ class Trainer:
         curve = []
         phase = Phase(desc, cfg.epochs, steps_per_epoch)
         start = 0  # the first epoch this call runs
+        # what the checkpoint must have been made by: a checkpoint of another fit is ignored
+        made_by = {"desc": desc, "cfg": cfg.key(), "seed": seed, "rows": len(rows),
+                   "precision": precision}
         saved = checkpoint.load() if checkpoint is not None else None
-        if saved is not None and saved.get("precision") == precision:
+        if saved is not None and saved.get("made_by") == made_by:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["schedule"])
@@ -445,7 +448,8 @@ class Trainer:
             torch.set_rng_state(saved["torch_rng"])
             if self.cuda and saved.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
-            curve, start = list(saved["curve"]), saved["epochs_done"]
+            curve = [{**point, "resumed": True} for point in saved["curve"]]
+            start = saved["epochs_done"]
             phase.resume(start)
         last_save = time.monotonic()
         for epoch in self.loops.epochs(cfg.epochs, boundaries):
@@ -510,7 +514,7 @@ class Trainer:
             if checkpoint is not None and ((last and checkpoint.keep_final) or (
                     not last and time.monotonic() - last_save >= self.checkpoint_every_s)):
                 checkpoint.save({
-                    "epochs_done": epoch + 1, "precision": precision, "curve": curve,
+                    "epochs_done": epoch + 1, "made_by": made_by, "curve": curve,
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "schedule": sched.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),

@@ -59,7 +59,8 @@ class DefenseContext:
     epoch_data: EpochData | None = None
     # keys of the shared artifacts a defense builds on ("shared", "images": benchmark.keys)
     keys: dict[str, dict] = field(default_factory=dict)
-    checkpoints: list[Checkpoint] = field(default_factory=list)  # handed out by checkpoint()
+    # what the defense's own checkpoints are kept under: {"cell": id, "code": digests}
+    checkpoint_scope: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -75,13 +76,13 @@ class DefenseContext:
         ``fit(checkpoint=...)``): an interrupted cell's re-run goes on from its last epoch, and
         skips it once finished. Only for a fit whose callbacks, loss and step hold no state of
         their own across epochs (a discriminator trained beside it does: CBD's final fit takes
-        none). The harness clears them once the defense has returned."""
-        if self.cache is None:
+        none). Kept under the cell's id and its methods' code digests (``checkpoint_scope``,
+        set by the harness; None without one), so no other cell and no edited code resumes
+        them; the harness clears the cell's once the defense has returned."""
+        if self.cache is None or self.checkpoint_scope is None:
             return None
-        point = self.cache.checkpoint("fits", {**self.cache_key, "phase": phase}, keep_final=True)
-        if point is not None:
-            self.checkpoints.append(point)
-        return point
+        return self.cache.checkpoint(f"fits/{self.checkpoint_scope['cell']}",
+                                     {**self.checkpoint_scope, "phase": phase}, keep_final=True)
 
     def note_split(self, left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Show the harness this epoch's split (bool (N,), True: not trusted) and, if it ranked

@@ -463,6 +463,16 @@ def test_a_defense_being_re_run_at_a_new_version_is_ranked_where_it_covers_witho
     assert not any("dbr (lacks" in n for n in board.notes)  # one note says it
 
 
+def test_a_row_with_every_attack_but_never_at_one_seed_is_named_not_ranked():
+    recs = [record(a, d, 0, ca=80, asr=asr) for a in ("badnets", "blended")
+            for d, asr in (("no_defense", 100), ("pipd", 2))]
+    recs += [record("badnets", "pipd_median", 1, ca=80, asr=3),
+             record("blended", "pipd_median", 2, ca=80, asr=3)]
+    board = leaderboard.leaderboard(frame(recs))
+    assert list(board.ranked["defense"]) == ["no_defense", "pipd"]
+    assert any("pipd_median (no seed with every attack)" in n for n in board.notes)
+
+
 def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(monkeypatch):
     from defenses import DEFENSES
 

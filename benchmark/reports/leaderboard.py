@@ -129,7 +129,11 @@ def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str]
         cells = g[g["attack_label"].isin(attacks)]
         if seeds is not None:
             cells = cells[cells["seed"].isin(seeds)]
-        rows.append(_scored(dataset, lab + mark, cells, len(attacks), f"{len(covers)}/{n_all}"))
+        row = _scored(dataset, lab + mark, cells, len(attacks), f"{len(covers)}/{n_all}")
+        if row["seeds"] == 0:  # it has every attack, but never all of them at one seed
+            short.append(f"{lab} (no seed with every attack)")
+            continue
+        rows.append(row)
     rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
     for i, r in enumerate(rows, 1):
         r["rank"] = str(i)
