@@ -473,6 +473,23 @@ def test_a_row_with_every_attack_but_never_at_one_seed_is_named_not_ranked():
     assert any("pipd_median (no seed with every attack)" in n for n in board.notes)
 
 
+def test_the_headline_names_a_variant_with_fewer_of_its_seeds_instead_of_ranking_it():
+    """PIPD and ABL have BadNets and Blended at seeds 0-2 (SIG at 0): the headline is on seeds
+    0-2; pipd_q90 has Blended at seed 0 only, so it is named there, not ranked on one seed."""
+    recs = []
+    for s in (0, 1, 2):
+        recs += [record(a, d, s, ca=80, asr=asr) for a in ("badnets", "blended")
+                 for d, asr in (("no_defense", 100), ("pipd", 2), ("abl", 9))]
+        recs.append(record("badnets", "pipd_q90", s, ca=81, asr=1))
+    recs += [record("blended", "pipd_q90", 0, ca=81, asr=1)]
+    recs += [record("sig", d, 0, ca=80, asr=asr) for d, asr in (("no_defense", 90), ("pipd", 1),
+                                                                 ("abl", 3))]
+    board = leaderboard.leaderboard(frame(recs))
+    assert board.seeded_on["cifar10"] == {"attacks": ["badnets", "blended"], "seeds": [0, 1, 2]}
+    assert list(board.seeded["defense"]) == ["no_defense", "pipd", "abl"]
+    assert any("pipd_q90 (has every attack at seed(s) 0 of 0, 1, 2)" in n for n in board.notes)
+
+
 def test_the_versions_blocks_keep_an_older_defense_version_as_its_own_column(monkeypatch):
     from defenses import DEFENSES
 

@@ -20,8 +20,9 @@
 - Where some shared attacks have fewer seeds than others, a second ranking, the headline, runs
   on the shared attacks where every ranked defense not marked † has at least two seeds in
   common, over those common seeds (``Board.seeded``; e.g. BadNets and Blended at seeds 0-2 while
-  SIG and Trojan have seed 0): its ranks carry intervals. The ranking over every shared attack
-  follows it, with the seeds each row has.
+  SIG and Trojan have seed 0): its ranks carry intervals. A variant or a re-run with fewer of
+  those seeds is named, not ranked there. The ranking over every shared attack follows it,
+  with the seeds each row has.
 - A preset may mark a defense whose own training does not converge at its scale (``caveats``
   in ``benchmark.config.PRESETS``): its row carries a dagger and the note links the diagnosis.
 - Detectors have their own table: TPR, FPR, AUROC and F1 over the attacks they ran on.
@@ -133,6 +134,12 @@ def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str]
         if row["seeds"] == 0:  # it has every attack, but never all of them at one seed
             short.append(f"{lab} (no seed with every attack)")
             continue
+        if seeds is not None and not mark and row["seeds"] < len(seeds):
+            # the headline compares rows at the same seeds; a † row is ranked as it is
+            have = sorted(row["seed_scores"])
+            short.append(f"{lab} (has every attack at seed(s) {', '.join(map(str, have))} of "
+                         f"{', '.join(map(str, seeds))})")
+            continue
         rows.append(row)
     rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
     for i, r in enumerate(rows, 1):
@@ -196,7 +203,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
         ranked_rows += rows
         attacks, seeds = _seeded_set(groups, shared, caveats, rerunning)
         if attacks:
-            top, _ = _ranking(dataset, groups, attacks, len(all_attacks), caveats, seeds)
+            top, top_short = _ranking(dataset, groups, attacks, len(all_attacks), caveats, seeds)
             where = f"{dataset} on {', '.join(attacks)} at seeds {', '.join(map(str, seeds))}"
             ref_cells = base[base["attack_label"].isin(attacks) & base["seed"].isin(seeds)]
             if not ref_cells.empty:
@@ -205,6 +212,10 @@ def leaderboard(df: pd.DataFrame) -> Board:
             seeded_rows += top
             seeded_on[dataset] = {"attacks": attacks, "seeds": seeds}
             notes += _noise_notes(where + " (headline)", top)
+            fewer = [x for x in top_short if " (lacks " not in x]  # lacking rows: noted below
+            if fewer:
+                notes.append(f"{where} (headline): not ranked, without every attack at each of "
+                             f"these seeds: {'; '.join(fewer)}")
             where_all = f"{dataset} on every shared attack"
         else:
             where_all = dataset
