@@ -253,9 +253,7 @@ class ArtifactCache:
                     [{k: v for k, v in e.items() if k != "reused"} for e in made]).encode())
             if self.owner:
                 atomic_write_bytes(path.with_suffix(".owner"), self.owner.encode())
-            partial = self.partial_path(path)  # its checkpoint, if its computation kept one
-            partial.unlink(missing_ok=True)
-            self._checksum_path(partial).unlink(missing_ok=True)
+            PartialArtifact(self, self.partial_path(path)).clear()  # its computation's checkpoint
             with (path.parent / "index.jsonl").open("a") as index:
                 index.write(canonical_json({"hash": path.stem, "key": key}) + "\n")
             return value
@@ -264,8 +262,9 @@ class ArtifactCache:
 class PartialArtifact:
     """An artifact's computation in progress (a ``Trainer.Checkpoint``): saved atomically with
     its checksum, loaded as safely as an artifact (an unusable one is set aside and the
-    computation starts over), removed once the artifact is written. The artifact's lock is held
-    around it, so one process at a time writes it."""
+    computation starts over), removed once the artifact is written. One process at a time
+    writes it: an artifact's computation holds the artifact's lock, and a defense's own fits
+    are one cell's, which one process runs."""
 
     def __init__(self, cache: ArtifactCache, path: Path, keep_final: bool = False) -> None:
         self.cache, self.path, self.keep_final = cache, path, keep_final

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -387,8 +386,7 @@ def run_cell(spec: CellSpec, rt: Runtime) -> dict[str, Any]:
     seed_everything(seed)
     ctx.checkpoint_scope = {"cell": spec.id, "code": current_sources(spec.to_config())}
     result = defense_cls(params).run(ctx)
-    if ctx.cache.root is not None:  # the defense's own fits are done: nothing to resume
-        shutil.rmtree(ctx.cache.root / "fits" / spec.id, ignore_errors=True)
+    ctx.clear_checkpoints()  # the defense's own fits are done: nothing to resume
     times["defense_s"] = time.perf_counter() - t
     times["defense_phases"] = phase_seconds(result.curves, times["defense_s"])
 

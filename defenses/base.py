@@ -8,6 +8,7 @@ per-round isolations) which the metrics step judges against the ground truth.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -81,8 +82,17 @@ class DefenseContext:
         them; the harness clears the cell's once the defense has returned."""
         if self.cache is None or self.checkpoint_scope is None:
             return None
-        return self.cache.checkpoint(f"fits/{self.checkpoint_scope['cell']}",
-                                     {**self.checkpoint_scope, "phase": phase}, keep_final=True)
+        return self.cache.checkpoint(self._checkpoint_kind(), {**self.checkpoint_scope, "phase": phase},
+                                     keep_final=True)
+
+    def clear_checkpoints(self) -> None:
+        """Remove every checkpoint ``checkpoint`` handed out for this cell (the harness, once
+        the defense has returned), with those of phases this run no longer asked for."""
+        if self.cache is not None and self.cache.root is not None and self.checkpoint_scope is not None:
+            shutil.rmtree(self.cache.root / self._checkpoint_kind(), ignore_errors=True)
+
+    def _checkpoint_kind(self) -> str:
+        return f"fits/{self.checkpoint_scope['cell']}"
 
     def note_split(self, left_out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Show the harness this epoch's split (bool (N,), True: not trusted) and, if it ranked

@@ -118,13 +118,14 @@ def _scored(dataset: str, label: str, g: pd.DataFrame, n_attacks: int, coverage:
 
 def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str],
              n_all: int, caveats: dict[str, str], seeds: list[int] | None = None
-             ) -> tuple[list[dict], list[str]]:
-    """(rows ranked by score, labels lacking an attack) over ``attacks`` (and ``seeds``)."""
+             ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(rows ranked by score, (label, why not ranked) of the rest) over ``attacks`` (and
+    ``seeds``): lacking an attack, no seed with every attack, or fewer of ``seeds``."""
     rows, short = [], []
     for lab, g in by_label.items():
         covers = set(g["attack_label"])
         if not set(attacks) <= covers:
-            short.append(f"{lab} (lacks {', '.join(sorted(set(attacks) - covers))})")
+            short.append((lab, f"lacks {', '.join(sorted(set(attacks) - covers))}"))
             continue
         mark = " †" if g["defense"].iloc[0] in caveats else ""
         cells = g[g["attack_label"].isin(attacks)]
@@ -132,13 +133,13 @@ def _ranking(dataset: str, by_label: dict[str, pd.DataFrame], attacks: list[str]
             cells = cells[cells["seed"].isin(seeds)]
         row = _scored(dataset, lab + mark, cells, len(attacks), f"{len(covers)}/{n_all}")
         if row["seeds"] == 0:  # it has every attack, but never all of them at one seed
-            short.append(f"{lab} (no seed with every attack)")
+            short.append((lab, "no seed with every attack"))
             continue
         if seeds is not None and not mark and row["seeds"] < len(seeds):
             # the headline compares rows at the same seeds; a † row is ranked as it is
             have = sorted(row["seed_scores"])
-            short.append(f"{lab} (has every attack at seed(s) {', '.join(map(str, have))} of "
-                         f"{', '.join(map(str, seeds))})")
+            short.append((lab, f"has every attack at seed(s) {', '.join(map(str, have))} of "
+                                f"{', '.join(map(str, seeds))}"))
             continue
         rows.append(row)
     rows.sort(key=lambda r: -r["score"] if not math.isnan(r["score"]) else math.inf)
@@ -212,7 +213,8 @@ def leaderboard(df: pd.DataFrame) -> Board:
             seeded_rows += top
             seeded_on[dataset] = {"attacks": attacks, "seeds": seeds}
             notes += _noise_notes(where + " (headline)", top)
-            fewer = [x for x in top_short if " (lacks " not in x]  # lacking rows: noted below
+            fewer = [f"{lab} ({why})" for lab, why in top_short  # lacking rows: noted below
+                     if not why.startswith("lacks ")]
             if fewer:
                 notes.append(f"{where} (headline): not ranked, without every attack at each of "
                              f"these seeds: {'; '.join(fewer)}")
@@ -220,7 +222,7 @@ def leaderboard(df: pd.DataFrame) -> Board:
         else:
             where_all = dataset
         notes += _noise_notes(where_all, rows)
-        short = [x for x in short if x.split(" (lacks ")[0] not in rerunning]  # noted below
+        short = [f"{lab} ({why})" for lab, why in short if lab not in rerunning]  # noted below
         if short:
             notes.append(f"{dataset}: not ranked, a variant without every attack of the shared "
                          f"set: {'; '.join(short)}")
