@@ -256,15 +256,24 @@ def make_attack(spec: CellSpec, dataset: Dataset, rt: Runtime,
     return spec.attack_cls(copy.deepcopy(spec.attack_params), ctx)
 
 
-def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
-    """The checks that need the cell's data (target class in range, enough images to poison):
-    ``UsageError`` before any cell trains."""
-    make_attack(spec, dataset, rt).check(dataset.train)
-    model = _probe_model(spec.model, canonical_json(dict(spec.model_params)), dataset.num_classes)
+def refusal(spec: CellSpec, num_classes: int = 10) -> str | None:
+    """Why the cell's defense cannot run on its model (one line naming what it needs), or None.
+    Only the architecture is inspected, so the head's class count does not matter."""
+    model = _probe_model(spec.model, canonical_json(dict(spec.model_params)), num_classes)
     try:
         spec.defense_cls.check_model(spec.defense_params, model)
     except ValueError as exc:
-        raise UsageError(f"{spec.defense} cannot run on {spec.model}: {exc}") from None
+        return f"{spec.defense} cannot run on {spec.model}: {exc}"
+    return None
+
+
+def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
+    """The checks that need the cell's data (target class in range, enough images to poison),
+    and the model's refusal: ``UsageError`` before any cell trains."""
+    make_attack(spec, dataset, rt).check(dataset.train)
+    why = refusal(spec, dataset.num_classes)
+    if why:
+        raise UsageError(why)
 
 
 @functools.lru_cache(maxsize=4)

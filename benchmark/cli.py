@@ -198,6 +198,7 @@ def run_command(args: argparse.Namespace) -> int:
         from benchmark.devrun import mark
 
         cells = [mark(c) for c in cells]
+    cells = without_refused(cells)
     rt = Runtime(results=results_folder(args), data_root=Path(args.data_root or default_data_root()),
                  imagenet_root=args.imagenet_root,
                  cache_dir=Path(args.cache_dir or default_cache_dir()), device=args.device,
@@ -303,6 +304,31 @@ def results_folder(args: argparse.Namespace) -> Path:
     from benchmark.devrun import FOLDER
 
     return Path(args.results) / FOLDER if args.fast_dev_run else Path(args.results)
+
+
+def without_refused(cells: list[dict]) -> list[dict]:
+    """The grid less the cells whose defense refuses their model, each distinct refusal named in
+    one line on stderr: a grid over several models keeps the pairs that can run. A grid of
+    refused cells only is a usage error."""
+    from benchmark.cell import refusal
+    from benchmark.spec import CellSpec
+
+    kept, refused, seen = [], {}, {}
+    for c in cells:
+        spec = CellSpec.from_config(c)
+        pair = json.dumps([c["defense"], c.get("defense_params"), c["model"], c.get("model_params")],
+                          sort_keys=True, default=str)
+        why = seen[pair] if pair in seen else seen.setdefault(pair, refusal(spec))
+        if why is None:
+            kept.append(c)
+        else:
+            refused.setdefault(why, 0)
+            refused[why] += 1
+    if refused and not kept:
+        raise UsageError(next(iter(refused)))
+    for why, n in refused.items():
+        print(f"skipped {n} cell(s): {why}", file=sys.stderr, flush=True)
+    return kept
 
 
 def _check_data(rt, cells: list[dict]) -> None:

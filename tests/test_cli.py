@@ -358,6 +358,18 @@ def test_a_dry_run_reads_each_cells_status_fresh(tmp_path, capsys):
 
 
 
+def test_a_grid_over_several_models_skips_the_pairs_a_defense_refuses(tmp_path, capsys):
+    base = ["--grid", "smoke", "--attacks", "badnets", "--results", str(tmp_path / "res"), "--dry-run"]
+    assert main([*base, "--defenses", "no_defense,none", "--models", "resnet18,vgg19_bn,preact_resnet18"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 cell(s): 0 done, 4 to run" in out  # 6 pairs, NONE refuses VGG and PreAct
+    assert "vgg19_bn cifar10/badnets/no_defense" in out and "vgg19_bn cifar10/badnets/none" not in out
+    skipped = [x for x in err.splitlines() if x.startswith("skipped")]
+    assert len(skipped) == 2 and all(x.startswith("skipped 1 cell(s): none cannot run on ") for x in skipped)
+    assert main([*base, "--defenses", "none", "--models", "vgg19_bn"]) == 2  # nothing left to run
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: none cannot run on vgg19_bn: ")
+
+
 @pytest.mark.slow
 def test_every_defense_that_accepts_vgg_runs_on_it_and_the_rest_are_refused(tiny_cifar, tmp_path, capsys):
     from benchmark.catalog import catalog
