@@ -360,7 +360,8 @@ def test_a_dry_run_reads_each_cells_status_fresh(tmp_path, capsys):
 
 def test_a_grid_over_several_models_skips_the_pairs_a_defense_refuses(tmp_path, capsys):
     base = ["--grid", "smoke", "--attacks", "badnets", "--results", str(tmp_path / "res"), "--dry-run"]
-    assert main([*base, "--defenses", "no_defense,none", "--models", "resnet18,vgg19_bn,preact_resnet18"]) == 0
+    models = "resnet18,vgg19_bn,preact_resnet18"
+    assert main([*base, "--defenses", "no_defense,none", "--models", models]) == 0
     out, err = capsys.readouterr()
     assert "4 cell(s): 0 done, 4 to run" in out  # 6 pairs, NONE refuses VGG and PreAct
     assert "vgg19_bn cifar10/badnets/no_defense" in out and "vgg19_bn cifar10/badnets/none" not in out
