@@ -390,6 +390,26 @@ def test_fig5_draws_each_method_and_scheme_as_its_own_line_and_skips_isolation_o
                   "pipd (bf16) selective training": [90, 91]}
 
 
+def test_a_single_seed_row_between_two_seeded_rows_is_stepped_over():
+    """DBD (one seed) ranks between ABL and D-BR (three seeds each): ABL is tested against D-BR,
+    not against DBD, and DBD is the one row named untested."""
+    recs = []
+    for a in ("badnets", "blended"):
+        for s, (abl, dbr) in enumerate(((1, 40), (2, 45), (1, 50))):
+            recs += [record(a, "no_defense", s, ca=80, asr=100), record(a, "abl", s, ca=80, asr=abl),
+                     record(a, "dbr", s, ca=80, asr=dbr)]
+        recs.append(record(a, "dbd", 0, ca=80, asr=20))
+    recs += [record("sig", d, 0, ca=80, asr=asr) for d, asr in
+             (("no_defense", 90), ("abl", 2), ("dbr", 3), ("dbd", 40))]  # SIG at seed 0 only
+    board = leaderboard.leaderboard(frame(recs))
+    assert list(board.seeded["defense"]) == ["no_defense", "abl", "dbd †", "dbr"]
+    head = "cifar10 on badnets, blended at seeds 0, 1, 2 (headline)"
+    (held,) = [n for n in board.notes if n.startswith(head + ": held")]
+    assert "1 over 3 by 43.67" in held  # diffs 39, 43, 49
+    (single,) = [n for n in board.notes if n.startswith(head) and "single seed" in n]
+    assert single.startswith(head + ": rank 2 rests on a single seed")
+
+
 def test_the_headline_ranks_on_the_attacks_with_every_seed_and_tests_neighbours_paired_by_seed():
     """BadNets and Blended have seeds 0-2 for PIPD and ABL, SIG seed 0 only, DBD (†, a scale
     artefact at quick) seed 0 only: the headline ranks on BadNets and Blended at seeds 0-2 with
@@ -418,7 +438,7 @@ def test_the_headline_ranks_on_the_attacks_with_every_seed_and_tests_neighbours_
     held = [n for n in board.notes if n.startswith(head + ": held")]
     assert len(held) == 1 and "1 over 2 by 11.00 (8.52 to 13.48)" in held[0]  # diffs 10, 12, 11
     assert any(n.startswith(head + ": ranks 2 (abl) and 3 (cbd) are within noise") for n in board.notes)
-    assert any(n.startswith(head + ": ranks 3, 4 rest on a single seed") for n in board.notes)
+    assert any(n.startswith(head + ": rank 4 rests on a single seed") for n in board.notes)
     md = leaderboard.markdown(board)
     assert md.index("Headline: ranked on badnets, blended at seeds 0, 1, 2") < \
         md.index("Over every shared attack: badnets, blended, sig")

@@ -120,7 +120,35 @@ def spectre_k(folders: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dev_run_pairs(folders: list[Path]) -> str:
+    """Development runs over datasets x models: each pair's defenses, their status and seconds,
+    and where the images came from (a pair a defense refuses has no record: named as such)."""
+    from benchmark.cell import refusal
+    from benchmark.spec import CellSpec
+
+    recs = [r for f in folders for r in _records(f)]
+    defenses = sorted({r["config"]["defense"] for r in recs}, key=lambda d: (d != "no_defense", d))
+    cells = {(r["config"]["dataset"], r["config"]["model"], r["config"]["defense"]): r for r in recs}
+    pairs = sorted({k[:2] for k in cells})
+    lines = ["| dataset | model | " + " | ".join(defenses) + " | images |",
+             "|---|---|" + "---|" * (len(defenses) + 1)]
+    for dataset, model in pairs:
+        row = []
+        for d in defenses:
+            r = cells.get((dataset, model, d))
+            if r is not None:
+                row.append(f"{r['status']}, {r['timings'].get('total_s', 0):.0f} s")
+                continue
+            twin = next(x for k, x in cells.items() if k[:2] == (dataset, model))["config"]
+            why = refusal(CellSpec.from_config({**twin, "defense": d, "defense_params": {}}))
+            row.append("refused" if why else "not run")
+        source = next(x for k, x in cells.items() if k[:2] == (dataset, model))["data_source"].split(":")[0]
+        lines.append(f"| {dataset} | {model} | " + " | ".join(row) + f" | {source} |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[list[Path]], str]] = {
+    "dev_run_pairs": dev_run_pairs,
     "cross_cpu": cross_cpu, "detector_operating_points": detector_operating_points,
     "lga_ranks": lga_ranks, "spectre_classes": spectre_classes, "spectre_k": spectre_k,
 }

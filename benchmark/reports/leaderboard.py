@@ -16,7 +16,8 @@
   same attack and seed (1 = perfect, 0.5 = no change), and the isolation F1 where the defense isolates.
 - Neighbouring ranks are within noise where the 95% interval of their score difference, paired
   by seed (the same seed poisons the same samples and starts from the same weights), includes 0;
-  the notes say so. Ranks from one seed are not tested against noise.
+  the notes say so. Ranks from one seed are not tested against noise: a row with seeds is
+  compared with the next row below it that has seeds, stepping over single-seed rows.
 - Where some shared attacks have fewer seeds than others, a second ranking, the headline, runs
   on the shared attacks where every ranked defense not marked † has at least two seeds in
   common, over those common seeds (``Board.seeded``; e.g. BadNets and Blended at seeds 0-2 while
@@ -293,8 +294,12 @@ def _older_versions_only(df: pd.DataFrame) -> list[str]:
 
 
 def _noise_notes(where: str, rows: list[dict]) -> list[str]:
-    notes, single, held = [], [], []
-    for a, b in zip(rows, rows[1:], strict=False):
+    """Each row with seeds against the next row below it that has seeds (a single-seed row
+    between them, such as a scale artefact's, is stepped over and named as untested)."""
+    notes, held = [], []
+    seeded = [r for r in rows if len(r["seed_scores"]) >= 2]
+    single = [r["rank"] for r in rows if len(r["seed_scores"]) < 2]
+    for a, b in zip(seeded, seeded[1:], strict=False):
         mean, low, high, n = paired_difference(a["seed_scores"], b["seed_scores"])
         pair = f"{a['rank']} ({a['defense']}) and {b['rank']} ({b['defense']})"
         if n < 2:
@@ -309,8 +314,10 @@ def _noise_notes(where: str, rows: list[dict]) -> list[str]:
                      + "; ".join(held))
     if single:
         ranks = sorted(set(single), key=int)
-        notes.append(f"{where}: ranks {', '.join(ranks)} rest on a single seed (or none paired "
-                     "with a neighbour), so their order is not tested against noise")
+        which = (f"ranks {', '.join(ranks)} rest on a single seed (or none paired with another "
+                 "row), so their order is" if len(ranks) > 1 else f"rank {ranks[0]} rests on a "
+                 "single seed (or none paired with another row), so its place is")
+        notes.append(f"{where}: {which} not tested against noise")
     return notes
 
 
@@ -342,7 +349,7 @@ INTRO = ("Score: mean CA - mean ASR (percent points) over the attacks every defa
          "of those attacks have fewer seeds, the headline ranks on the attacks where every "
          "defense not marked † has the same seeds (at least two), and the ranking over every "
          "shared attack follows it. Neighbouring ranks are within noise where the 95% interval "
-         "of their difference, paired by seed, includes 0.")
+         "of their difference, paired by seed, includes 0 (single-seed rows stepped over).")
 
 
 def sections(board: Board, dataset: str) -> list[tuple[str, pd.DataFrame]]:
