@@ -105,7 +105,7 @@ def test_a_missing_dataset_is_one_clear_error(tmp_path, name):
 WRITERS = {"cifar100": write_cifar100, "gtsrb": write_gtsrb, "tiny_imagenet": write_tiny_imagenet}
 # every new dataset with its default model, and each new model on one of them (a covering set:
 # a cell of every pair is a minute each on 2 cores); ViT-B/16 with random weights, as CI cannot
-# download ImageNet's
+# download ImageNet's (every pair, outside CI: docs/results/fast-dev-run-pairs/)
 PAIRS = [(d, None) for d in WRITERS] + [("cifar100", "vgg19_bn"), ("gtsrb", "mobilenet_v3_large"),
                                         ("tiny_imagenet", "vit_b_16")]
 
