@@ -38,7 +38,6 @@ from benchmark.data import (
 from benchmark.facts import record_facts
 from benchmark.metrics import accuracy, attack_success_rate, auroc, best_threshold, isolation_rates
 from benchmark.models import build_model
-from benchmark.registry import UsageError
 from benchmark.sources import current_sources
 from benchmark.spec import CellSpec
 from benchmark.train import LambdaCallback, Trainer, cpu_native_bf16
@@ -256,10 +255,11 @@ def make_attack(spec: CellSpec, dataset: Dataset, rt: Runtime,
     return spec.attack_cls(copy.deepcopy(spec.attack_params), ctx)
 
 
-def refusal(spec: CellSpec, num_classes: int = 10) -> str | None:
+def refusal(spec: CellSpec) -> str | None:
     """Why the cell's defense cannot run on its model (one line naming what it needs), or None.
-    Only the architecture is inspected, so the head's class count does not matter."""
-    model = _probe_model(spec.model, canonical_json(dict(spec.model_params)), num_classes)
+    Only the architecture is inspected, so the probe's head has CIFAR-10's ten classes whatever
+    the dataset; the grid drops refused cells before any data is read (``cli.without_refused``)."""
+    model = _probe_model(spec.model, canonical_json(dict(spec.model_params)), 10)
     try:
         spec.defense_cls.check_model(spec.defense_params, model)
     except ValueError as exc:
@@ -268,12 +268,9 @@ def refusal(spec: CellSpec, num_classes: int = 10) -> str | None:
 
 
 def check_cell(spec: CellSpec, dataset: Dataset, rt: Runtime) -> None:
-    """The checks that need the cell's data (target class in range, enough images to poison),
-    and the model's refusal: ``UsageError`` before any cell trains."""
+    """The checks that need the cell's data (target class in range, enough images to poison):
+    ``UsageError`` before any cell trains."""
     make_attack(spec, dataset, rt).check(dataset.train)
-    why = refusal(spec, dataset.num_classes)
-    if why:
-        raise UsageError(why)
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -313,17 +314,16 @@ def without_refused(cells: list[dict]) -> list[dict]:
     from benchmark.cell import refusal
     from benchmark.spec import CellSpec
 
-    kept, refused, seen = [], {}, {}
+    kept, refused, seen = [], Counter(), {}
     for c in cells:
-        spec = CellSpec.from_config(c)
         pair = json.dumps([c["defense"], c.get("defense_params"), c["model"], c.get("model_params")],
                           sort_keys=True, default=str)
-        why = seen[pair] if pair in seen else seen.setdefault(pair, refusal(spec))
-        if why is None:
+        if pair not in seen:
+            seen[pair] = refusal(CellSpec.from_config(c))
+        if seen[pair] is None:
             kept.append(c)
         else:
-            refused.setdefault(why, 0)
-            refused[why] += 1
+            refused[seen[pair]] += 1
     if refused and not kept:
         raise UsageError(next(iter(refused)))
     for why, n in refused.items():

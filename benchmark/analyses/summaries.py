@@ -133,16 +133,16 @@ def dev_run_pairs(folders: list[Path]) -> str:
     lines = ["| dataset | model | " + " | ".join(defenses) + " | images |",
              "|---|---|" + "---|" * (len(defenses) + 1)]
     for dataset, model in pairs:
+        twin = next(x for k, x in cells.items() if k[:2] == (dataset, model))
         row = []
         for d in defenses:
             r = cells.get((dataset, model, d))
             if r is not None:
                 row.append(f"{r['status']}, {r['timings'].get('total_s', 0):.0f} s")
                 continue
-            twin = next(x for k, x in cells.items() if k[:2] == (dataset, model))["config"]
-            why = refusal(CellSpec.from_config({**twin, "defense": d, "defense_params": {}}))
+            why = refusal(CellSpec.from_config({**twin["config"], "defense": d, "defense_params": {}}))
             row.append("refused" if why else "not run")
-        source = next(x for k, x in cells.items() if k[:2] == (dataset, model))["data_source"].split(":")[0]
+        source = twin["data_source"].split(":")[0]
         lines.append(f"| {dataset} | {model} | " + " | ".join(row) + f" | {source} |")
     return "\n".join(lines) + "\n"
 
