@@ -67,7 +67,9 @@ class Callback:
     needs more than a loss (``loss_fn``) or a batch computation (``step``) overrides the hooks
     it needs, and ``fit`` keeps the loop, optimiser, schedule, precision and curves. Epochs are
     0-based except in ``on_epoch_end`` (1-based, as the curves). At most one callback of a fit
-    gives ``epoch_data`` and one ``epoch_rows``."""
+    gives ``epoch_data`` and one ``epoch_rows``. One that carries state from epoch to epoch
+    returns it from ``state_dict`` and takes it back in ``load_state_dict``, so a checkpointed
+    fit resumes it."""
 
     # 0-based epochs where the scheme changes behaviour: a development run runs them too
     boundaries: tuple[int, ...] = ()
@@ -88,6 +90,15 @@ class Callback:
     def on_epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float] | None:
         """Metrics to add to the epoch's curve point (CA/ASR: ``DefenseContext.monitor``)."""
         return None
+
+    def state_dict(self) -> dict | None:
+        """The state the callback carries from one epoch to the next (a model of its own, its
+        optimiser, its generator), saved with the fit's checkpoint; None: it carries none."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned, when a fit resumes from its checkpoint."""
+        raise NotImplementedError(f"{type(self).__name__} returns a state but cannot load it")
 
 
 class LambdaCallback(Callback):
@@ -397,8 +408,9 @@ class Trainer:
         With ``checkpoint``, the state after an epoch (model, optimiser, schedule, the batch
         generator and torch's global RNG, the curve) is saved at most every
         ``checkpoint_every_s`` seconds, and a fit that finds one goes on from it: the result is
-        the uninterrupted fit's, bit for bit, when the callbacks hold no state of their own
-        across epochs (they are functions of the epoch and the model, as fit_cached's are).
+        the uninterrupted fit's, bit for bit, when each callback either holds no state across
+        epochs (a function of the epoch and the model, as fit_cached's are) or saves it through
+        ``state_dict`` / ``load_state_dict`` (CBD's discriminator).
         """
         callbacks = [c for c in callbacks if c is not None]
         data_from, rows_from = _overrides(callbacks, "epoch_data"), _overrides(callbacks, "epoch_rows")
@@ -439,8 +451,12 @@ class Trainer:
         # what the checkpoint must have been made by: a checkpoint of another fit is ignored
         made_by = {"desc": desc, "cfg": cfg.key(), "seed": seed, "rows": len(rows),
                    "precision": precision}
+        stateful = [c for c in callbacks if c.state_dict() is not None]
         saved = checkpoint.load() if checkpoint is not None else None
-        if saved is not None and saved.get("made_by") == made_by:
+        if (saved is not None and saved.get("made_by") == made_by
+                and len(saved.get("callbacks", [])) == len(stateful)):
+            for c, state in zip(stateful, saved.get("callbacks", []), strict=True):
+                c.load_state_dict(state)
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["schedule"])
@@ -518,6 +534,7 @@ class Trainer:
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "schedule": sched.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
+                    "callbacks": [c.state_dict() for c in stateful],
                     "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None})
                 last_save = time.monotonic()
         return curve

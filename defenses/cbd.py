@@ -28,6 +28,7 @@ pass runs f_C in training mode, so it moves f_C's BatchNorm statistics; so does 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.models import classifier_head, embed
-from benchmark.train import LambdaCallback
+from benchmark.train import Callback, TrainConfig, Trainer
 from benchmark.validate import at_least
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -88,6 +89,45 @@ class Discriminator(nn.Module):
             w /= (u @ m.T @ v.T).sum().sqrt()
 
 
+class DiscriminatorPass(Callback):
+    """Before every epoch of f_C, a full pass over ``images`` that trains T alone to maximise
+    the MI estimate, f_C in training mode as the reference runs it; the reference steps its
+    StepLR before each epoch, so epoch e runs at lr x 0.1^((e + 1) // disc_step). T, its Adam
+    state and its batch generator are the callback's state, saved with f_C's checkpoint."""
+
+    def __init__(self, disc: Discriminator, bias: nn.Module, p: CBDParams, trainer: Trainer,
+                 cfg: TrainConfig, images: torch.Tensor,
+                 inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor], seed: int) -> None:
+        self.disc, self.bias, self.p = disc, bias, p
+        self.trainer, self.cfg, self.images, self.inputs = trainer, cfg, images, inputs
+        self.optimizer = torch.optim.Adam(disc.parameters(), lr=p.disc_lr)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.p.disc_lr * 0.1 ** ((epoch + 1) // self.p.disc_step)
+        rows = torch.arange(len(self.images))
+        for _, idx in self.trainer.numbered_batches(rows, self.cfg, self.generator, epoch):
+            xn = self.inputs(self.images[self.trainer.to_device(idx)], self.generator)
+            with torch.no_grad():
+                z = embed(model, xn).float()
+                r = embed(self.bias, xn).float()
+            loss = -self.disc.score(r, z, self.p.mi_scale)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.disc.normalise()
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+
 def weighted_ce(logits: torch.Tensor, bias_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """mean(w CE_C), w = CE_B / (CE_B + CE_C + 1e-8) rescaled to sum to the batch size."""
     ce = F.cross_entropy(logits, y, reduction="none")
@@ -123,31 +163,12 @@ class CBD(Defense):
             probe = tr.normalize(tr.to_device(ctx.train.images[:2]))
             dim_r, dim_z = embed(bias, probe).shape[1], embed(model.eval(), probe).shape[1]
         disc = Discriminator(dim_r, dim_z, p.dropout).to(tr.device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=p.disc_lr)
-        x_all, y_all = tr.to_device(ctx.train.images), tr.to_device(ctx.train.labels)
-        rows = torch.arange(len(y_all))
-        disc_gen = torch.Generator().manual_seed(ctx.seed + 7)
 
         def inputs(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             return tr.normalize(tr.augment(x, cfg.crop_padding, g, cfg.crop_mode, cfg.cutout))
 
-        def train_discriminator(epoch: int, f_c: nn.Module) -> None:
-            """A full pass that trains T alone to maximise the MI estimate (the reference steps
-            its StepLR before each epoch, so epoch e runs at 0.2 x 0.1^((e + 1) // step))."""
-            if not p.disentangle:
-                return
-            for group in disc_opt.param_groups:
-                group["lr"] = p.disc_lr * 0.1 ** ((epoch + 1) // p.disc_step)
-            for _, idx in tr.numbered_batches(rows, cfg, disc_gen, epoch):
-                xn = inputs(x_all[tr.to_device(idx)], disc_gen)
-                with torch.no_grad():
-                    z = embed(f_c, xn).float()  # f_C in training mode, as the reference
-                    r = embed(bias, xn).float()
-                loss = -disc.score(r, z, p.mi_scale)
-                disc_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                disc_opt.step()
-                disc.normalise()
+        disc_pass = DiscriminatorPass(disc, bias, p, tr, cfg, tr.to_device(ctx.train.images),
+                                      inputs, ctx.seed + 7) if p.disentangle else None
 
         def step(_forward, x, y, _idx, g):  # noqa: ANN001, ANN202 - a StepFn
             xn = inputs(x, g)
@@ -162,7 +183,7 @@ class CBD(Defense):
             return loss, logits
 
         curve = tr.fit(model, ctx.train.images, ctx.train.labels, cfg, step=step, seed=ctx.seed,
-                       callbacks=[LambdaCallback(on_epoch_start=train_discriminator), ctx.monitor],
-                       desc="CBD clean model")
+                       callbacks=[disc_pass, ctx.monitor],
+                       desc="CBD clean model", checkpoint=ctx.checkpoint("clean"))
         return DefenseResult(model=model, curves={"bias": bias_curve, "train": curve},
                              info={"disentangle": p.disentangle})
