@@ -42,12 +42,15 @@ Departures, each declared:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.progress import Phase
 from benchmark.validate import at_least, within
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -152,36 +155,71 @@ class VaB(Defense):
         g = torch.Generator().manual_seed(ctx.seed)
         state: dict = {"smoothed": None, "victim_images": 0}
         tr.note_work("VaB beneficiary", p.epochs, n, -(-n // p.batch_size), p.batch_size)
-
-        self.train_victim(ctx, victim, v_opt, torch.arange(n), g, state)  # warm-up epoch 0
-        credible = torch.ones(n, dtype=torch.bool)
-        for e in range(1, p.warmup):
-            credible = self.split(ctx, victim, max(1 - 0.4 * e, p.threshold), state)
-            self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state)
+        phase = Phase("VaB beneficiary", p.epochs, -(-n // p.batch_size))
+        models = {"victim": victim, "beneficiary": beneficiary, "victim_opt": v_opt, "opt": b_opt}
+        checkpoint = ctx.checkpoint("vab")
+        saved = checkpoint.load() if checkpoint is not None else None
         threshold = max(1 - 0.4 * (p.warmup - 1), p.threshold)  # the last warm-up epoch's, kept
-        credible = self.split(ctx, victim, threshold, state)
-        curve, splits = [], []
+        if saved is None:
+            credible = self.warm_up(ctx, victim, v_opt, g, state, threshold)
+            curve, splits, done = [], [], 0
+        else:  # an interrupted run's beneficiary epochs, with everything they carry forward
+            for name, obj in models.items():
+                obj.load_state_dict(saved[name])
+            g.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            state.update(saved["state"])
+            credible, splits, done = saved["credible"], saved["splits"], saved["epochs_done"]
+            curve = [{**point, "resumed": True} for point in saved["curve"]]
+            phase.resume(done)
+        last_save = time.monotonic()
         for epoch in tr.loops.indices(p.epochs):
+            if epoch < done:
+                continue
             epoch += 1  # the reference counts from 1
+            t0 = time.perf_counter()
             for group in b_opt.param_groups:
                 group["lr"] = p.lr * 0.1 ** sum(epoch - 1 >= m for m in p.milestones)
             lam = p.alpha1 if epoch <= p.alpha_switch else p.alpha2
             semi = epoch > p.semi_start and (~credible).any()
             loss = self.beneficiary_epoch(ctx, beneficiary, victim if semi else None, b_opt, credible,
-                                          lam, g)
+                                          lam, g, lambda b, e=epoch: phase.step(e, b))
             point = {"epoch": epoch, "train_loss": loss, "credible": int(credible.sum())}
             if epoch % p.split_every == 0 or epoch > p.semi_start:
                 self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state)
                 credible = self.split(ctx, victim, threshold, state)
                 ctx.note_split(~credible)
                 splits.append(epoch)
+            point["seconds"] = time.perf_counter() - t0
             if ctx.monitor is not None:
+                t_cb = time.perf_counter()
                 point.update(ctx.monitor.on_epoch_end(epoch, beneficiary) or {})
+                point["callback_s"] = time.perf_counter() - t_cb
             curve.append(point)
+            phase.epoch_done(epoch, point)
+            if checkpoint is not None and (epoch == p.epochs or
+                                           time.monotonic() - last_save >= tr.checkpoint_every_s):
+                checkpoint.save({"epochs_done": epoch, "curve": curve, "credible": credible,
+                                 "splits": splits, "state": state, "generator": g.get_state(),
+                                 "torch_rng": torch.get_rng_state(),
+                                 **{name: obj.state_dict() for name, obj in models.items()}})
+                last_save = time.monotonic()
         tr.note_work("VaB victim", 1, state["victim_images"], -(-state["victim_images"] // p.batch_size),
                      p.batch_size)
         return DefenseResult(model=beneficiary, isolated=~credible, curves={"beneficiary": curve},
                              info={"splits_at": splits, "suspects": int((~credible).sum())})
+
+    def warm_up(self, ctx: DefenseContext, victim: nn.Module, opt: torch.optim.Optimizer,
+                g: torch.Generator, state: dict, threshold: float) -> torch.Tensor:
+        """The victim's warm-up: an epoch on every sample, then ``warmup`` - 1 epochs on its
+        suspects at a falling threshold; returns the first credible samples, split at
+        ``threshold``."""
+        p, n = self.params, len(ctx.train)
+        self.train_victim(ctx, victim, opt, torch.arange(n), g, state)
+        for e in range(1, p.warmup):
+            credible = self.split(ctx, victim, max(1 - 0.4 * e, p.threshold), state)
+            self.train_victim(ctx, victim, opt, (~credible).nonzero().flatten(), g, state)
+        return self.split(ctx, victim, threshold, state)
 
     def train_victim(self, ctx: DefenseContext, victim: nn.Module, opt: torch.optim.Optimizer,
                      rows: torch.Tensor, g: torch.Generator, state: dict) -> None:
@@ -212,9 +250,10 @@ class VaB(Defense):
 
     def beneficiary_epoch(self, ctx: DefenseContext, model: nn.Module, victim: nn.Module | None,
                           opt: torch.optim.Optimizer, credible: torch.Tensor, lam: float,
-                          g: torch.Generator) -> float:
+                          g: torch.Generator, on_step: Callable[[int], None] = lambda _b: None
+                          ) -> float:
         """One pass over the credible samples with AttentionMix; with ``victim``, each step also
-        takes a share of the suspects as unlabelled data."""
+        takes a share of the suspects as unlabelled data. ``on_step`` hears each step (1-based)."""
         p, tr, train = self.params, ctx.trainer, ctx.train
         classes = ctx.num_classes
         labelled = credible.nonzero().flatten()
@@ -231,6 +270,7 @@ class VaB(Defense):
             idx = labelled[(b * p.batch_size) % len(labelled):][:tr.loops.batch(p.batch_size)]
             if len(idx) < 2:
                 continue
+            on_step(b + 1)
             raw = tr.to_device(train.images[idx])
             views = torch.cat([tr.augment(raw, 4, g), tr.augment(raw, 4, g)])
             x = tr.normalize(views)

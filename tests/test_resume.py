@@ -30,7 +30,9 @@ def _comparable(record: dict) -> tuple:
     ("abl", "unlearning", ["train on the rest: resumed from its checkpoint after epoch 2/2",
                            "unlearning: resumed from its checkpoint after epoch 1/2"]),
     # the discriminator T, its optimiser and generator resume with f_C (a callback's state)
-    ("cbd", "CBD clean model", ["CBD clean model: resumed from its checkpoint after epoch 1/2"])])
+    ("cbd", "CBD clean model", ["CBD clean model: resumed from its checkpoint after epoch 1/2"]),
+    # VaB's own loop: both models, both optimisers, the split and its smoothed scores resume
+    ("vab", "VaB beneficiary", ["VaB beneficiary: resumed from its checkpoint after epoch 1/2"])])
 def test_a_cell_killed_inside_its_own_training_resumes_to_the_same_record(
         defense, phase, resumed, tiny_cifar, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Trainer, "checkpoint_every_s", 0.0)
