@@ -172,12 +172,13 @@ class CT(TrustedSamples, Defense):
         kept = torch.arange(n)
         base: nn.Module | None = None
         sizes: list[int] = []
+        curves: dict[str, list[dict]] = {}  # each round's fits, for their timings
         with torch.random.fork_rng(devices=[]):  # the models' initialisation, cache or not
             torch.manual_seed(ctx.seed)
             for k in range(len(p.ratios) + 1):
                 sizes.append(len(kept))
-                base = self.pretrain(ctx, base, kept, k)
-                confused = self.confuse(ctx, base, kept, guide, k)
+                base, curves[f"pretraining_{k}"] = self.pretrain(ctx, base, kept, k)
+                confused, curves[f"confusion_{k}"] = self.confuse(ctx, base, kept, guide, k)
                 if k < len(p.ratios):
                     losses = tr.per_sample_loss(confused, train.images, train.labels)
                     kept = distill(losses, train.labels, p.ratios[k], p.floors[k])
@@ -195,11 +196,12 @@ class CT(TrustedSamples, Defense):
                                 "class_ratios": {str(c): r for c, r in ratios.items()},
                                 "n_trusted": len(clean), "trusted_source": ctx.trusted_source}
         return DefenseResult(model=backdoored, isolated=isolated, scores=None, info=info,
-                             excluded=trusted_excluded(ctx))
+                             excluded=trusted_excluded(ctx), curves=curves)
 
-    def pretrain(self, ctx: DefenseContext, start: nn.Module | None, kept: torch.Tensor, k: int) -> nn.Module:
-        """Round k's pretrained model: from round k-1's (a fresh one at round 0), on D_k (and,
-        in the last round, the clean set labelled one class on)."""
+    def pretrain(self, ctx: DefenseContext, start: nn.Module | None, kept: torch.Tensor, k: int
+                 ) -> tuple[nn.Module, list[dict]]:
+        """Round k's pretrained model and its curve: from round k-1's model (a fresh one at round
+        0), on D_k (and, in the last round, the clean set labelled one class on)."""
         p, train = self.params, ctx.train
         model = ctx.make_model()
         if start is not None:
@@ -211,12 +213,14 @@ class CT(TrustedSamples, Defense):
         cfg = TrainConfig(epochs=p.pretrain_epochs[k], batch_size=p.batch_size, lr=p.pretrain_lr,
                           momentum=0.9, nesterov=False, weight_decay=p.weight_decay, schedule="constant",
                           augment=False, precision=ctx.train_cfg.precision)
-        ctx.trainer.fit(model, images, labels, cfg, seed=ctx.seed + k, desc=f"CT pretraining {k}")
-        return model
+        curve = ctx.trainer.fit(model, images, labels, cfg, seed=ctx.seed + k, desc=f"CT pretraining {k}",
+                                checkpoint=ctx.checkpoint(f"pretraining {k}"))
+        return model, curve
 
     def confuse(self, ctx: DefenseContext, base: nn.Module, kept: torch.Tensor, guide: torch.Tensor,
-                k: int) -> nn.Module:
-        """Round k's confused model: ``iterations`` of the mixed objective from ``base``."""
+                k: int) -> tuple[nn.Module, list[dict]]:
+        """Round k's confused model and its curve: ``iterations`` of the mixed objective from
+        ``base``."""
         p, tr, train = self.params, ctx.trainer, ctx.train
         model = ctx.make_model()
         model.load_state_dict(base.state_dict())
@@ -253,6 +257,8 @@ class CT(TrustedSamples, Defense):
         cfg = TrainConfig(epochs=1, batch_size=p.batch_size, lr=p.lrs[k], momentum=p.momentum,
                           nesterov=False, weight_decay=p.weight_decay, schedule="constant", augment=False,
                           steps_per_epoch=p.iterations[k], precision=ctx.train_cfg.precision)
-        tr.fit(model, train.images[kept], train.labels[kept], cfg, step=step, seed=ctx.seed + 100 + k,
-               desc=f"CT confusion {k}")
-        return model
+        # one epoch: its checkpoint is the finished round (the clean-batch cycle lives in it)
+        curve = tr.fit(model, train.images[kept], train.labels[kept], cfg, step=step,
+                       seed=ctx.seed + 100 + k, desc=f"CT confusion {k}",
+                       checkpoint=ctx.checkpoint(f"confusion {k}"))
+        return model, curve
