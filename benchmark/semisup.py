@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.train import CROP_MODES, Trainer
+from benchmark.train import CROP_MODES, Callback, Trainer
 from benchmark.validate import one_of
 
 
@@ -73,10 +73,12 @@ def mixmatch_loss(logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: tor
     return lx + weight * lu
 
 
-class MixMatch:
+class MixMatch(Callback):
     """A trainer ``StepFn``: ``trainer.fit(model, images, labels, cfg, indices=labelled,
-    step=mixmatch)`` with ``cfg.steps_per_epoch`` the iterations per epoch; the unlabelled rows
-    are set with ``set_unlabelled`` (again whenever a scheme re-splits)."""
+    step=mixmatch, callbacks=[mixmatch, ...])`` with ``cfg.steps_per_epoch`` the iterations per
+    epoch; the unlabelled rows are set with ``set_unlabelled`` (again whenever a scheme
+    re-splits). As a callback it hooks no epoch; it carries its ramp's step count and its
+    unlabelled queue across epochs, saved with the fit's checkpoint."""
 
     def __init__(self, trainer: Trainer, images: torch.Tensor, num_classes: int,
                  params: MixMatchParams, steps_per_epoch: int, epoch_offset: float = 0.0,
@@ -89,6 +91,12 @@ class MixMatch:
 
     def set_unlabelled(self, rows: torch.Tensor) -> None:
         self.unlabelled, self._queue = rows.cpu(), torch.zeros(0, dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        return {"done": self.done, "unlabelled": self.unlabelled, "queue": self._queue}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done, self.unlabelled, self._queue = state["done"], state["unlabelled"], state["queue"]
 
     def weight(self) -> float:
         progress = (self.offset + self.done / self.steps_per_epoch) / max(self.p.rampup, 1e-8)

@@ -62,6 +62,44 @@ class Checkpoint(Protocol):
     def save(self, state: dict) -> None: ...
 
 
+class LoopCheckpoint:
+    """``Trainer.fit``'s checkpointing for a training loop of a method's own (VaB's beneficiary,
+    D-BR's unlearning): after each epoch, at most every ``every_s`` seconds and always after the
+    last, the ``carried`` objects (modules, optimisers: anything with ``state_dict``), the
+    loop's generator, torch's RNG, the curve and the loop's extras are saved; ``resume`` brings
+    them back. With no checkpoint (a cell run without a cache) both do nothing."""
+
+    def __init__(self, checkpoint: Checkpoint | None, every_s: float, phase: Phase,
+                 generator: torch.Generator, **carried: nn.Module | torch.optim.Optimizer) -> None:
+        self.checkpoint, self.every_s, self.phase = checkpoint, every_s, phase
+        self.generator, self.carried = generator, carried
+        self._last_save = time.monotonic()
+
+    def resume(self) -> dict | None:
+        """Restore what the last save carried and return its extras with ``epochs_done`` and
+        ``curve`` (its points marked ``resumed``), or None where nothing was saved."""
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        if saved is None:
+            return None
+        for name, obj in self.carried.items():
+            obj.load_state_dict(saved["carried"][name])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.phase.resume(saved["epochs_done"])
+        return {**saved["extras"], "epochs_done": saved["epochs_done"],
+                "curve": [{**point, "resumed": True} for point in saved["curve"]]}
+
+    def epoch_done(self, epochs_done: int, last: bool, curve: list[dict], **extras: object) -> None:
+        """After an epoch: save, if ``every_s`` has passed since the last save or it was the last."""
+        if self.checkpoint is None or not (last or time.monotonic() - self._last_save >= self.every_s):
+            return
+        self.checkpoint.save({"epochs_done": epochs_done, "curve": curve, "extras": extras,
+                              "carried": {k: v.state_dict() for k, v in self.carried.items()},
+                              "generator": self.generator.get_state(),
+                              "torch_rng": torch.get_rng_state()})
+        self._last_save = time.monotonic()
+
+
 class Callback:
     """Hooks into ``Trainer.fit``'s epochs, as Lightning's callbacks: a training scheme that
     needs more than a loss (``loss_fn``) or a batch computation (``step``) overrides the hooks
@@ -102,17 +140,32 @@ class Callback:
 
 
 class LambdaCallback(Callback):
-    """A ``Callback`` from functions (Lightning's ``LambdaCallback``)."""
+    """A ``Callback`` from functions (Lightning's ``LambdaCallback``). ``state``, a dict of what
+    the functions carry across epochs, is saved with the fit's checkpoint; when the fit resumes,
+    a saved tensor is copied into the tensor the dict holds (the functions may hold it too) and
+    any other value replaces the dict's."""
 
     def __init__(self, *, epoch_data: EpochData | None = None,
                  on_epoch_start: Callable[[int, nn.Module], None] | None = None,
                  epoch_rows: Callable[[int, nn.Module], torch.Tensor] | None = None,
-                 on_epoch_end: EpochCallback | None = None, boundaries: tuple[int, ...] = ()) -> None:
-        self.boundaries = boundaries
+                 on_epoch_end: EpochCallback | None = None, boundaries: tuple[int, ...] = (),
+                 state: dict | None = None) -> None:
+        self.boundaries, self.state = boundaries, state
         for name, fn in (("epoch_data", epoch_data), ("on_epoch_start", on_epoch_start),
                          ("epoch_rows", epoch_rows), ("on_epoch_end", on_epoch_end)):
             if fn is not None:
                 setattr(self, name, fn)
+
+    def state_dict(self) -> dict | None:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            held = self.state.get(key)
+            if isinstance(held, torch.Tensor) and isinstance(value, torch.Tensor):
+                held.copy_(value)
+            else:
+                self.state[key] = value
 
 
 def _overrides(callbacks: Sequence[Callback], hook: str) -> list[Callback]:

@@ -131,7 +131,8 @@ class ASD(Defense):
 
         pool = trusted.clone()
         scores = torch.zeros(len(labels))  # what the last split ranked (higher: less trusted)
-        stages = []
+        # each epoch's stage and pool size, and the last split: what a resumed fit carries on
+        log = {"stages": [], "pool": pool, "scores": scores}
         mix = MixMatch(tr, images, k, p.mixmatch(rampup=p.epochs), steps_per_epoch=p.iterations,
                        crop_mode=p.crop_mode)
 
@@ -144,7 +145,7 @@ class ASD(Defense):
                 pool[:] = label_lowest(scores, p.epsilon)
             else:
                 pool[:] = meta_split(model, epoch)
-            stages.append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
+            log["stages"].append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
                            "pool": int(pool.sum())})
             mix.set_unlabelled((~pool).nonzero().flatten())
             ctx.note_split(~pool[:n], scores[:n])
@@ -155,10 +156,10 @@ class ASD(Defense):
         cfg = ctx.train_cfg.replace(epochs=p.epochs, optimizer="adam", lr=p.lr, weight_decay=0.0,
                                     schedule="constant", warmup=0.0, batch_size=p.batch,
                                     steps_per_epoch=p.iterations)
-        stage_split = LambdaCallback(epoch_rows=resplit, boundaries=(e1 - 1, e1, e2 - 1, e2))
-        curve = tr.fit(model, images, labels, cfg, step=mix, callbacks=[stage_split, ctx.monitor],
-                       seed=ctx.seed, desc="ASD MixMatch")
-        for point, stage in zip(curve, stages, strict=True):
+        stage_split = LambdaCallback(epoch_rows=resplit, boundaries=(e1 - 1, e1, e2 - 1, e2), state=log)
+        curve = tr.fit(model, images, labels, cfg, step=mix, callbacks=[stage_split, mix, ctx.monitor],
+                       seed=ctx.seed, desc="ASD MixMatch", checkpoint=ctx.checkpoint("mixmatch"))
+        for point, stage in zip(curve, log["stages"], strict=True):
             point.update(stage=stage["stage"], pool=stage["pool"])
         return DefenseResult(
             model=tr.prepare_model(model), isolated=~pool[:n], scores=scores[:n].clone(),

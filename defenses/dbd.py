@@ -144,18 +144,19 @@ class DBD(Defense):
                                          weight_decay=0.0, schedule="constant", warmup=0.0)
         model.train()
         head_curve = tr.fit(head, ctx.train.images, ctx.train.labels, head_cfg, step=head_step,
-                            seed=ctx.seed, desc="DBD linear head")
+                            seed=ctx.seed, desc="DBD linear head", checkpoint=ctx.checkpoint("head"))
         # 3. MixMatch on the re-split data every epoch
-        labelled = torch.zeros(len(ctx.train), dtype=torch.bool)
-        split_losses = torch.zeros(len(ctx.train))  # the SCE the last split was drawn from
+        # the last split and the SCE it was drawn from: what the defense returns
+        split = {"labelled": torch.zeros(len(ctx.train), dtype=torch.bool),
+                 "losses": torch.zeros(len(ctx.train))}
         mix = MixMatch(tr, ctx.train.images, ctx.num_classes, p.mixmatch(rampup=p.semi_epochs),
                        steps_per_epoch=p.semi_iterations, epoch_offset=p.ramp_offset(),
                        crop_mode=p.crop_mode)
 
         def resplit(_epoch: int, m: nn.Module) -> torch.Tensor:
-            split_losses[:] = sce_of(ctx, m, p.sce_alpha, p.sce_beta)
-            labelled[:] = label_lowest(split_losses, p.epsilon)
-            ctx.note_split(~labelled, split_losses)
+            split["losses"] = losses = sce_of(ctx, m, p.sce_alpha, p.sce_beta)
+            split["labelled"] = labelled = label_lowest(losses, p.epsilon)
+            ctx.note_split(~labelled, losses)
             mix.set_unlabelled((~labelled).nonzero().flatten())
             return labelled.nonzero().flatten()
 
@@ -163,10 +164,10 @@ class DBD(Defense):
                                          weight_decay=0.0, schedule="constant", warmup=0.0,
                                          batch_size=p.semi_batch, steps_per_epoch=p.semi_iterations)
         semi_curve = tr.fit(model, ctx.train.images, ctx.train.labels, semi_cfg, step=mix,
-                            callbacks=[LambdaCallback(epoch_rows=resplit), ctx.monitor],
-                            seed=ctx.seed + 1, desc="DBD MixMatch")
+                            callbacks=[LambdaCallback(epoch_rows=resplit, state=split), mix, ctx.monitor],
+                            seed=ctx.seed + 1, desc="DBD MixMatch", checkpoint=ctx.checkpoint("mixmatch"))
         return DefenseResult(
-            model=model, isolated=~labelled, scores=split_losses,
+            model=model, isolated=~split["labelled"], scores=split["losses"],
             curves={"simclr": simclr_curve, "head": head_curve, "mixmatch": semi_curve},
             info={"self_supervised_model": "reused from cache" if reused else "trained",
-                  "n_isolated": int((~labelled).sum())})
+                  "n_isolated": int((~split["labelled"]).sum())})

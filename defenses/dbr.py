@@ -51,6 +51,7 @@ fifth.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -61,7 +62,7 @@ from benchmark import devrun
 from benchmark.augment import rotate_translate
 from benchmark.models import classifier_head, embed
 from benchmark.progress import Phase
-from benchmark.train import Trainer
+from benchmark.train import LoopCheckpoint, Trainer
 from benchmark.validate import at_least, within
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -187,8 +188,14 @@ class DBR(Defense):
         phase = Phase("D-BR unlearn and relearn", p.epochs, steps)
         gen = torch.Generator().manual_seed(ctx.seed + 6)
         precision = tr.training_precision(cfg)
-        curve = []
+        loop = LoopCheckpoint(ctx.checkpoint("unlearn and relearn"), tr.checkpoint_every_s, phase, gen,
+                              model=model, optimizer=opt)
+        saved = loop.resume()  # an interrupted run's epochs
+        curve, start = (saved["curve"], saved["epochs_done"]) if saved is not None else ([], 0)
         for epoch in tr.loops.epochs(p.epochs):
+            if epoch < start:
+                continue
+            t0 = time.perf_counter()
             model.train()
             done, sums = 0, {-1.0: 0.0, 1.0: 0.0}
             for sign, rows in parts:
@@ -203,7 +210,7 @@ class DBR(Defense):
                     loss.backward()
                     opt.step()
                     sums[sign] += float(loss.detach()) * len(idx)
-            stats = {"epoch": epoch + 1, "lr": p.lr,
+            stats = {"epoch": epoch + 1, "lr": p.lr, "seconds": time.perf_counter() - t0,
                      "ascent_loss": -sums[-1.0] / max(1, len(parts[0][1])),
                      "relearn_loss": sums[1.0] / max(1, len(parts[1][1])),
                      "d_p_eval_loss": eval_loss(tr, model, ctx.train.images, ctx.train.labels,
@@ -212,4 +219,5 @@ class DBR(Defense):
                 stats.update(ctx.monitor.on_epoch_end(epoch + 1, model) or {})
             curve.append(stats)
             phase.epoch_done(epoch + 1, stats)
+            loop.epoch_done(epoch + 1, epoch + 1 == p.epochs, curve)
         return curve

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.progress import Phase
+from benchmark.train import LoopCheckpoint
 from benchmark.validate import at_least, within
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
@@ -156,23 +157,17 @@ class VaB(Defense):
         state: dict = {"smoothed": None, "victim_images": 0}
         tr.note_work("VaB beneficiary", p.epochs, n, -(-n // p.batch_size), p.batch_size)
         phase = Phase("VaB beneficiary", p.epochs, -(-n // p.batch_size))
-        models = {"victim": victim, "beneficiary": beneficiary, "victim_opt": v_opt, "opt": b_opt}
-        checkpoint = ctx.checkpoint("vab")
-        saved = checkpoint.load() if checkpoint is not None else None
+        loop = LoopCheckpoint(ctx.checkpoint("vab"), tr.checkpoint_every_s, phase, g, victim=victim,
+                              beneficiary=beneficiary, victim_opt=v_opt, opt=b_opt)
+        saved = loop.resume()  # an interrupted run's epochs, with everything they carry forward
         threshold = max(1 - 0.4 * (p.warmup - 1), p.threshold)  # the last warm-up epoch's, kept
         if saved is None:
             credible = self.warm_up(ctx, victim, v_opt, g, state, threshold)
             curve, splits, done = [], [], 0
-        else:  # an interrupted run's beneficiary epochs, with everything they carry forward
-            for name, obj in models.items():
-                obj.load_state_dict(saved[name])
-            g.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
+        else:
             state.update(saved["state"])
-            credible, splits, done = saved["credible"], saved["splits"], saved["epochs_done"]
-            curve = [{**point, "resumed": True} for point in saved["curve"]]
-            phase.resume(done)
-        last_save = time.monotonic()
+            credible, splits = saved["credible"], saved["splits"]
+            curve, done = saved["curve"], saved["epochs_done"]
         for epoch in tr.loops.indices(p.epochs):
             if epoch < done:
                 continue
@@ -197,13 +192,7 @@ class VaB(Defense):
                 point["callback_s"] = time.perf_counter() - t_cb
             curve.append(point)
             phase.epoch_done(epoch, point)
-            if checkpoint is not None and (epoch == p.epochs or
-                                           time.monotonic() - last_save >= tr.checkpoint_every_s):
-                checkpoint.save({"epochs_done": epoch, "curve": curve, "credible": credible,
-                                 "splits": splits, "state": state, "generator": g.get_state(),
-                                 "torch_rng": torch.get_rng_state(),
-                                 **{name: obj.state_dict() for name, obj in models.items()}})
-                last_save = time.monotonic()
+            loop.epoch_done(epoch, epoch == p.epochs, curve, credible=credible, splits=splits, state=state)
         tr.note_work("VaB victim", 1, state["victim_images"], -(-state["victim_images"] // p.batch_size),
                      p.batch_size)
         return DefenseResult(model=beneficiary, isolated=~credible, curves={"beneficiary": curve},

@@ -17,7 +17,7 @@ class _Killed(Exception):
     pass
 
 
-TIMES = ("seconds", "img_per_s", "callback_s", "from_cache", "resumed")  # how, not what
+TIMES = ("seconds", "img_per_s", "callback_s", "split_s", "data_s", "from_cache", "resumed")  # how, not what
 
 
 def _comparable(record: dict) -> str:
@@ -36,6 +36,15 @@ def _comparable(record: dict) -> str:
     ("cbd", "CBD clean model", ["CBD clean model: resumed from its checkpoint after epoch 1/2"]),
     # VaB's own loop: both models, both optimisers, the split and its smoothed scores resume
     ("vab", "VaB beneficiary", ["VaB beneficiary: resumed from its checkpoint after epoch 1/2"]),
+    # MixMatch's ramp and queue and the last split resume with the model (callbacks' state)
+    ("dbd", "DBD MixMatch", ["DBD linear head: resumed from its checkpoint after epoch 1/1",
+                             "DBD MixMatch: resumed from its checkpoint after epoch 1/2"]),
+    ("asd", "ASD MixMatch", ["ASD MixMatch: resumed from its checkpoint after epoch 3/4"]),
+    # D-BR's own unlearning loop, after its two finished fits
+    ("dbr", "D-BR unlearn and relearn", [
+        "D-BR distinguishment: resumed from its checkpoint after epoch 1/1",
+        "D-BR L_intra: resumed from its checkpoint after epoch 1/1",
+        "D-BR unlearn and relearn: resumed from its checkpoint after epoch 1/2"]),
     # CT's finished rounds are skipped whole; the round killed in its pretraining starts over
     ("ct", "CT pretraining 2", [f"CT {fit} {k}: resumed from its checkpoint after epoch 1/1"
                                 for k in (0, 1) for fit in ("pretraining", "confusion")])])
@@ -76,3 +85,37 @@ def test_a_cell_killed_inside_its_own_training_resumes_to_the_same_record(
     assert not fits.exists() or not any(fits.iterdir())  # cleared once the defense returned
     phases = again["timings"]["defense_phases"]
     assert any(k.endswith("_resumed_s") for k in phases)  # the killed run's epochs, apart
+
+
+@pytest.mark.parametrize("defense, phase, epochs", [("dbd", "DBD MixMatch", 2), ("asd", "ASD MixMatch", 4)])
+def test_a_cell_killed_after_its_last_checkpoint_returns_the_split_its_fit_ended_with(
+        defense, phase, epochs, tiny_cifar, tmp_path, monkeypatch, capsys):
+    """Killed once the fit's final state was saved, before the defense returned: the re-run
+    skips the whole fit, so the split it returns is the one the callbacks' state carried."""
+    from benchmark.cache import PartialArtifact
+
+    monkeypatch.setattr(Trainer, "checkpoint_every_s", 0.0)
+    spec = CellSpec.resolve("smoke", "badnets", defense, 0,
+                            parse_sets(["data.train_size=200", "data.test_size=50"]))
+
+    def runtime(name: str) -> cell.Runtime:
+        return cell.Runtime(results=tmp_path / name, data_root=tiny_cifar,
+                            cache_dir=tmp_path / name / "cache", download=False)
+
+    whole = cell.run_cell(spec, runtime("whole"))
+    real = PartialArtifact.save
+
+    def saved_then_killed(self, state):  # noqa: ANN001, ANN202
+        real(self, state)
+        if state.get("made_by", {}).get("desc") == phase and state["epochs_done"] == epochs:
+            raise _Killed
+
+    monkeypatch.setattr(PartialArtifact, "save", saved_then_killed)
+    with pytest.raises(_Killed):
+        cell.run_cell(spec, runtime("killed"))
+    monkeypatch.setattr(PartialArtifact, "save", real)
+    capsys.readouterr()
+    again = cell.run_cell(spec, runtime("killed"))
+    assert f"{phase}: resumed from its checkpoint after epoch {epochs}/{epochs}" in capsys.readouterr().err
+    assert again["isolation"]["isolated"]["n_isolated"] > 0
+    assert _comparable(again) == _comparable(whole)
