@@ -173,6 +173,14 @@ class Resized(nn.Sequential):
         from torchvision.transforms import Resize
 
         super().__init__(Resize((size, size), antialias=False), model)
+        self.size = size
+
+
+def architecture(model: nn.Module) -> str:
+    """The model's class as a message names it: a ``Resized`` wrapper by the model inside."""
+    if isinstance(model, Resized):
+        return f"{type(model[1]).__name__} (inputs resized to {model.size} px)"
+    return type(model).__name__
 
 
 @MODELS.register("vit_b_16")
@@ -199,7 +207,7 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     if head is None:
         head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no linear head")
+        raise ValueError(f"{architecture(model)} has no linear head")
     return head
 
 
@@ -223,7 +231,7 @@ def last_residual_block(model: nn.Module, stage: int = 3) -> nn.Module:
     block or a post-activation one with ``bn2``; ``ValueError`` naming what is missing."""
     block = getattr(model, f"layer{stage}", [None])[-1]
     if not (isinstance(block, PreActBlock) or hasattr(block, "bn2")):
-        raise ValueError(f"{type(model).__name__} has no residual block ending stage layer{stage}")
+        raise ValueError(f"{architecture(model)} has no residual block ending stage layer{stage}")
     return block
 
 
@@ -313,14 +321,14 @@ def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -
     if not any(hasattr(model, f"layer{s}") for s in stages):
         found = conv_stages(model)
         if len(found) < max(stages):
-            raise ValueError(f"{type(model).__name__} has {len(found)} convolution stage(s) (output "
+            raise ValueError(f"{architecture(model)} has {len(found)} convolution stage(s) (output "
                              f"resolutions); the feature layers of stages {list(stages)} need {max(stages)}")
         return {name: m for s in stages for name, m in found[s - 1].items()}
     layers: dict[str, nn.Module] = {}
     for s in stages:
         stage = getattr(model, f"layer{s}", None)
         if stage is None:
-            raise ValueError(f"{type(model).__name__} has no stage layer{s} to read features from")
+            raise ValueError(f"{architecture(model)} has no stage layer{s} to read features from")
         for b, block in enumerate(stage):
             if isinstance(block, nn.Conv2d):  # a plain stage (VGG): its convolutions
                 layers[f"layer{s}.{b}"] = block
@@ -333,7 +341,7 @@ def conv_feature_layers(model: nn.Module, stages: tuple[int, ...] = (2, 3, 4)) -
                 if mod is not None and len(mod) > 0:
                     layers[f"layer{s}.{b}.{short}"] = mod
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no layer{stages} stages to read features from")
+        raise ValueError(f"{architecture(model)} has no layer{stages} stages to read features from")
     return layers
 
 

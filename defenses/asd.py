@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from benchmark.losses import sce_per_sample
+from benchmark.models import architecture
 from benchmark.registry import UsageError
 from benchmark.semisup import MixMatch, SemiSupervisedOptions
 from benchmark.train import LambdaCallback
@@ -98,7 +99,7 @@ class ASD(Defense):
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
         if not any(name.split(".")[0] in params.meta_layers for name, _ in model.named_parameters()):
             raise ValueError(f"its virtual update trains the layers {params.meta_layers} (asd.meta_layers), "
-                             f"which {type(model).__name__} does not have")
+                             f"which {architecture(model)} does not have")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: ASDParams = self.params

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import devrun
+from benchmark.models import architecture
 from benchmark.validate import one_of
 from defenses.base import (
     BenignValidation,
@@ -55,7 +56,7 @@ def feature_layers(model: nn.Module) -> list[nn.Module]:
     head = getattr(model, "linear", None) or getattr(model, "fc", None)
     blocks = [b for s in range(1, 5) for b in getattr(model, f"layer{s}", [])]
     if head is None or not blocks or not hasattr(model, "bn1"):
-        raise ValueError(f"DBALFA reads ResNet-style stem/blocks/head, not {type(model).__name__}")
+        raise ValueError(f"DBALFA reads ResNet-style stem/blocks/head, not {architecture(model)}")
     return [model.bn1, *blocks, head]
 
 

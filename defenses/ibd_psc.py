@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchmark.models import batchnorm_layers
+from benchmark.models import architecture, batchnorm_layers
 from benchmark.train import Trainer
 from benchmark.validate import at_least, within
 from defenses.base import (
@@ -105,7 +105,7 @@ class IbdPsc(TrustedSamples, Defense):
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
         if len(batchnorm_layers(model)) < 2:
             raise ValueError(f"IBD-PSC scales BatchNorm2d layers and needs at least two; "
-                             f"{type(model).__name__} has {len(batchnorm_layers(model))}")
+                             f"{architecture(model)} has {len(batchnorm_layers(model))}")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: IbdPscParams = self.params

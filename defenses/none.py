@@ -31,7 +31,7 @@ from torch import nn
 
 from benchmark.isolation import channel_discrepancy, layer_features, top_channels
 from benchmark.jenks import jenks_upper
-from benchmark.models import PreActBlock, conv_feature_layers
+from benchmark.models import PreActBlock, architecture, conv_feature_layers
 from defenses.base import Defense, DefenseContext, DefenseParams, DefenseResult, register_defense
 
 
@@ -112,12 +112,12 @@ class NONE(Defense):
         conv_feature_layers(model, tuple(params.stages))
         if not _blocks(model):
             raise ValueError(f"its channel reset edits BasicBlock ResNets (stages layer1-layer4); "
-                             f"{type(model).__name__} has none")
+                             f"{architecture(model)} has none")
         for _, block in _blocks(model):  # what reset_channels edits
             if not (hasattr(block, "bn2") and isinstance(getattr(block, "conv2", None), nn.Conv2d)
                     and not hasattr(block, "conv3") and not isinstance(block, PreActBlock)):
                 raise ValueError(f"its channel reset edits BasicBlock ResNets (conv1/bn1, conv2/bn2, "
-                                 f"shortcut); {type(model).__name__}'s stages hold {type(block).__name__}")
+                                 f"shortcut); {architecture(model)}'s stages hold {type(block).__name__}")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:
         p: NONEParams = self.params

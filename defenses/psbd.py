@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchmark.models import residual_blocks
+from benchmark.models import architecture, residual_blocks
 from benchmark.registry import UsageError
 from benchmark.train import Trainer
 from benchmark.validate import at_least, within
@@ -131,7 +131,7 @@ class Psbd(TrustedSamples, Defense):
     @classmethod
     def check_model(cls, params: DefenseParams, model: nn.Module) -> None:
         if not residual_blocks(model):
-            raise ValueError(f"PSBD drops out residual blocks' outputs; {type(model).__name__} "
+            raise ValueError(f"PSBD drops out residual blocks' outputs; {architecture(model)} "
                              f"has no residual blocks (ResNet basic or bottleneck blocks)")
 
     def run(self, ctx: DefenseContext) -> DefenseResult:

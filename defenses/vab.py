@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.models import architecture
 from benchmark.progress import Phase
 from benchmark.train import LoopCheckpoint
 from benchmark.validate import at_least, within
@@ -79,7 +80,7 @@ def last_stage(model: nn.Module) -> nn.Module:
     """The model's last named stage ``layer<k>`` (the highest k)."""
     stages = [m for k in range(1, 10) if (m := getattr(model, f"layer{k}", None)) is not None]
     if not stages:
-        raise ValueError(f"VaB's AttentionMix reads the last stage layer<k>; {type(model).__name__} "
+        raise ValueError(f"VaB's AttentionMix reads the last stage layer<k>; {architecture(model)} "
                          f"names no stages")
     return stages[-1]
 
@@ -99,7 +100,7 @@ def check_attention(model: nn.Module, size: int = 32) -> None:
         model.train(was_training)
     if caught[0].shape[-2:].numel() < 2:
         raise ValueError(f"VaB's AttentionMix needs a last stage with a feature map; "
-                         f"{type(model).__name__}'s is 1x1 at {size} px")
+                         f"{architecture(model)}'s is 1x1 at {size} px")
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
