@@ -64,39 +64,48 @@ class Checkpoint(Protocol):
 
 class LoopCheckpoint:
     """``Trainer.fit``'s checkpointing for a training loop of a method's own (VaB's beneficiary,
-    D-BR's unlearning): after each epoch, at most every ``every_s`` seconds and always after the
-    last, the ``carried`` objects (modules, optimisers: anything with ``state_dict``), the
-    loop's generator, torch's RNG, the curve and the loop's extras are saved; ``resume`` brings
-    them back. With no checkpoint (a cell run without a cache) both do nothing."""
+    D-BR's unlearning): after each epoch, at most every ``trainer.checkpoint_every_s`` seconds
+    and always after the last, the ``carried`` objects (modules, optimisers: anything with
+    ``state_dict``), the loop's generator, torch's CPU and CUDA RNG, the curve and the loop's
+    extras are saved; ``resume`` brings them back where the save was ``made_by`` the same loop
+    (its recipe, its precision), else starts over. With no checkpoint (a cell run without a
+    cache) both do nothing."""
 
-    def __init__(self, checkpoint: Checkpoint | None, every_s: float, phase: Phase,
-                 generator: torch.Generator, **carried: nn.Module | torch.optim.Optimizer) -> None:
-        self.checkpoint, self.every_s, self.phase = checkpoint, every_s, phase
-        self.generator, self.carried = generator, carried
+    def __init__(self, checkpoint: Checkpoint | None, trainer: Trainer, phase: Phase,
+                 generator: torch.Generator, made_by: dict,
+                 **carried: nn.Module | torch.optim.Optimizer) -> None:
+        self.checkpoint, self.trainer, self.phase = checkpoint, trainer, phase
+        self.generator, self.made_by, self.carried = generator, made_by, carried
         self._last_save = time.monotonic()
 
     def resume(self) -> dict | None:
         """Restore what the last save carried and return its extras with ``epochs_done`` and
-        ``curve`` (its points marked ``resumed``), or None where nothing was saved."""
+        ``curve`` (its points marked ``resumed``), or None where nothing usable was saved."""
         saved = self.checkpoint.load() if self.checkpoint is not None else None
-        if saved is None:
+        if saved is None or saved.get("made_by") != self.made_by:
             return None
         for name, obj in self.carried.items():
             obj.load_state_dict(saved["carried"][name])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
+        if self.trainer.cuda and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.trainer.device)
         self.phase.resume(saved["epochs_done"])
         return {**saved["extras"], "epochs_done": saved["epochs_done"],
                 "curve": [{**point, "resumed": True} for point in saved["curve"]]}
 
     def epoch_done(self, epochs_done: int, last: bool, curve: list[dict], **extras: object) -> None:
-        """After an epoch: save, if ``every_s`` has passed since the last save or it was the last."""
-        if self.checkpoint is None or not (last or time.monotonic() - self._last_save >= self.every_s):
+        """After an epoch: save, if the interval has passed since the last save or it was the last."""
+        every_s = self.trainer.checkpoint_every_s
+        if self.checkpoint is None or not (last or time.monotonic() - self._last_save >= every_s):
             return
-        self.checkpoint.save({"epochs_done": epochs_done, "curve": curve, "extras": extras,
+        tr = self.trainer
+        self.checkpoint.save({"epochs_done": epochs_done, "made_by": self.made_by, "curve": curve,
+                              "extras": extras,
                               "carried": {k: v.state_dict() for k, v in self.carried.items()},
                               "generator": self.generator.get_state(),
-                              "torch_rng": torch.get_rng_state()})
+                              "torch_rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state(tr.device) if tr.cuda else None})
         self._last_save = time.monotonic()
 
 

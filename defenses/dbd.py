@@ -143,7 +143,9 @@ class DBD(Defense):
         head_cfg = ctx.train_cfg.replace(epochs=p.head_epochs, optimizer="adam", lr=p.head_lr,
                                          weight_decay=0.0, schedule="constant", warmup=0.0)
         model.train()
+        # the frozen backbone runs in train mode, so its BatchNorm statistics move with the head
         head_curve = tr.fit(head, ctx.train.images, ctx.train.labels, head_cfg, step=head_step,
+                            callbacks=[LambdaCallback(state=dict(model.named_buffers()))],
                             seed=ctx.seed, desc="DBD linear head", checkpoint=ctx.checkpoint("head"))
         # 3. MixMatch on the re-split data every epoch
         # the last split and the SCE it was drawn from: what the defense returns

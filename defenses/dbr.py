@@ -188,7 +188,8 @@ class DBR(Defense):
         phase = Phase("D-BR unlearn and relearn", p.epochs, steps)
         gen = torch.Generator().manual_seed(ctx.seed + 6)
         precision = tr.training_precision(cfg)
-        loop = LoopCheckpoint(ctx.checkpoint("unlearn and relearn"), tr.checkpoint_every_s, phase, gen,
+        loop = LoopCheckpoint(ctx.checkpoint("unlearn and relearn"), tr, phase, gen,
+                              {"cfg": cfg.key(), "precision": precision, "rows": [len(r) for _, r in parts]},
                               model=model, optimizer=opt)
         saved = loop.resume()  # an interrupted run's epochs
         curve, start = (saved["curve"], saved["epochs_done"]) if saved is not None else ([], 0)

@@ -158,8 +158,8 @@ class VaB(Defense):
         state: dict = {"smoothed": None, "victim_images": 0}
         tr.note_work("VaB beneficiary", p.epochs, n, -(-n // p.batch_size), p.batch_size)
         phase = Phase("VaB beneficiary", p.epochs, -(-n // p.batch_size))
-        loop = LoopCheckpoint(ctx.checkpoint("vab"), tr.checkpoint_every_s, phase, g, victim=victim,
-                              beneficiary=beneficiary, victim_opt=v_opt, opt=b_opt)
+        loop = LoopCheckpoint(ctx.checkpoint("vab"), tr, phase, g, {"params": repr(p), "n": n},
+                              victim=victim, beneficiary=beneficiary, victim_opt=v_opt, opt=b_opt)
         saved = loop.resume()  # an interrupted run's epochs, with everything they carry forward
         threshold = max(1 - 0.4 * (p.warmup - 1), p.threshold)  # the last warm-up epoch's, kept
         if saved is None:
@@ -169,6 +169,8 @@ class VaB(Defense):
             state.update(saved["state"])
             credible, splits = saved["credible"], saved["splits"]
             curve, done = saved["curve"], saved["epochs_done"]
+            if splits:  # the harness's view of the last split, as the interrupted run left it
+                ctx.note_split(~credible)
         for epoch in tr.loops.indices(p.epochs):
             if epoch < done:
                 continue
