@@ -77,9 +77,10 @@ class DefenseContext:
         ``fit(checkpoint=...)``): an interrupted cell's re-run goes on from its last epoch, and
         skips it once finished. Only for a fit whose loss and step hold no state of their own
         across epochs, and whose callbacks hold none or save it through ``Callback.state_dict``
-        (CBD's discriminator). Kept under the cell's id and its methods' code digests (``checkpoint_scope``,
-        set by the harness; None without one), so no other cell and no edited code resumes
-        them; the harness clears the cell's once the defense has returned."""
+        (CBD's discriminator); a loop of the defense's own passes it to ``LoopCheckpoint``.
+        Kept under the cell's id and its methods' code digests (``checkpoint_scope``, set by
+        the harness; None without one), so no other cell and no edited code resumes them; the
+        harness clears the cell's once the defense has returned."""
         if self.cache is None or self.checkpoint_scope is None:
             return None
         return self.cache.checkpoint(self._checkpoint_kind(), {**self.checkpoint_scope, "phase": phase},

@@ -26,7 +26,7 @@ SHARED = (
     ("benchmark.clustering", ("class_rows", "pca", "top_directions", "fast_ica", "kmeans")),
     ("benchmark.augment", ("cutout", "resized_crop_flip", "StrongAugment")),
     ("benchmark.semisup", ("MixMatch",)),
-    ("benchmark.train", ("Callback", "LambdaCallback")),
+    ("benchmark.train", ("Callback", "LambdaCallback", "LoopCheckpoint")),
     ("benchmark.validate", ("at_least", "within", "one_of")),
 )
 TRAINER = ("fit", "fit_cached", "per_sample_loss", "predict", "logits", "embeddings", "augment")
