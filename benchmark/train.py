@@ -86,10 +86,7 @@ class LoopCheckpoint:
             return None
         for name, obj in self.carried.items():
             obj.load_state_dict(saved["carried"][name])
-        self.generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if self.trainer.cuda and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], self.trainer.device)
+        self.trainer.set_rng_state(self.generator, saved)
         self.phase.resume(saved["epochs_done"])
         return {**saved["extras"], "epochs_done": saved["epochs_done"],
                 "curve": [{**point, "resumed": True} for point in saved["curve"]]}
@@ -99,13 +96,10 @@ class LoopCheckpoint:
         every_s = self.trainer.checkpoint_every_s
         if self.checkpoint is None or not (last or time.monotonic() - self._last_save >= every_s):
             return
-        tr = self.trainer
         self.checkpoint.save({"epochs_done": epochs_done, "made_by": self.made_by, "curve": curve,
                               "extras": extras,
                               "carried": {k: v.state_dict() for k, v in self.carried.items()},
-                              "generator": self.generator.get_state(),
-                              "torch_rng": torch.get_rng_state(),
-                              "cuda_rng": torch.cuda.get_rng_state(tr.device) if tr.cuda else None})
+                              **self.trainer.rng_state(self.generator)})
         self._last_save = time.monotonic()
 
 
@@ -361,6 +355,18 @@ class Trainer:
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    def rng_state(self, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+        """The random state a checkpoint keeps: the loop's generator, torch's CPU RNG and, on a
+        GPU, its CUDA RNG (``set_rng_state`` restores it)."""
+        return {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None}
+
+    def set_rng_state(self, generator: torch.Generator, saved: dict) -> None:
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if self.cuda and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
         if self.channels_last and not self.cuda and onednn_crash_prone(model):
@@ -513,7 +519,7 @@ class Trainer:
         # what the checkpoint must have been made by: a checkpoint of another fit is ignored
         made_by = {"desc": desc, "cfg": cfg.key(), "seed": seed, "rows": len(rows),
                    "precision": precision}
-        stateful = [c for c in callbacks if c.state_dict() is not None]
+        stateful = [c for c in callbacks if c.state_dict() is not None] if checkpoint is not None else []
         saved = checkpoint.load() if checkpoint is not None else None
         if (saved is not None and saved.get("made_by") == made_by
                 and len(saved.get("callbacks", [])) == len(stateful)):
@@ -522,10 +528,7 @@ class Trainer:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["schedule"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            if self.cuda and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+            self.set_rng_state(gen, saved)
             curve = [{**point, "resumed": True} for point in saved["curve"]]
             start = saved["epochs_done"]
             phase.resume(start)
@@ -594,10 +597,8 @@ class Trainer:
                 checkpoint.save({
                     "epochs_done": epoch + 1, "made_by": made_by, "curve": curve,
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "schedule": sched.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "callbacks": [c.state_dict() for c in stateful],
-                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.cuda else None})
+                    "schedule": sched.state_dict(), "callbacks": [c.state_dict() for c in stateful],
+                    **self.rng_state(gen)})
                 last_save = time.monotonic()
         return curve
 

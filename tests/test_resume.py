@@ -3,6 +3,7 @@ the cached models and of the defense's own fits, and writes the record the unint
 writes (tests/test_train.py checks a single fit bit for bit)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,11 @@ class _Killed(Exception):
 
 
 TIMES = ("seconds", "img_per_s", "callback_s", "split_s", "data_s", "from_cache", "resumed")  # how, not what
+
+
+def _runtime(folder: Path, data_root: Path) -> cell.Runtime:
+    """One run's results folder, with its own artifact cache inside."""
+    return cell.Runtime(results=folder, data_root=data_root, cache_dir=folder / "cache", download=False)
 
 
 def _comparable(record: dict) -> str:
@@ -58,11 +64,7 @@ def test_a_cell_killed_inside_its_own_training_resumes_to_the_same_record(
                            "vab.semi_start=3", "vab.split_every=2"])
     spec = CellSpec.resolve("smoke", "badnets", defense, 0, sets)
 
-    def runtime(name: str) -> cell.Runtime:
-        return cell.Runtime(results=tmp_path / name, data_root=tiny_cifar,
-                            cache_dir=tmp_path / name / "cache", download=False)
-
-    whole = cell.run_cell(spec, runtime("whole"))
+    whole = cell.run_cell(spec, _runtime(tmp_path / "whole", tiny_cifar))
     if defense == "vab":
         assert whole["defense_info"]["splits_at"] == [2] and "split_tpr" in whole["curves"]["beneficiary"][2]
     real = Phase.epoch_done
@@ -74,17 +76,17 @@ def test_a_cell_killed_inside_its_own_training_resumes_to_the_same_record(
 
     monkeypatch.setattr(Phase, "epoch_done", killed)
     with pytest.raises(_Killed):
-        cell.run_cell(spec, runtime("killed"))
+        cell.run_cell(spec, _runtime(tmp_path / "killed", tiny_cifar))
     fits = tmp_path / "killed" / "cache" / "fits"
     assert len(list(fits.glob("*/*.partial"))) >= 1  # the finished epochs before the kill
     monkeypatch.setattr(Phase, "epoch_done", real)
     if defense == "pipd":  # another cell (its variant) on the same cache resumes nothing of it
         capsys.readouterr()
         cell.run_cell(CellSpec.resolve("smoke", "badnets", "pipd_median", 0, sets),
-                      runtime("killed"))
+                      _runtime(tmp_path / "killed", tiny_cifar))
         assert "resumed" not in capsys.readouterr().err
     capsys.readouterr()
-    again = cell.run_cell(spec, runtime("killed"))
+    again = cell.run_cell(spec, _runtime(tmp_path / "killed", tiny_cifar))
     said = [line for line in capsys.readouterr().err.splitlines() if "resumed from" in line]
     assert said == resumed
     assert _comparable(again) == _comparable(whole)
@@ -108,11 +110,7 @@ def test_a_cell_killed_after_a_fits_last_checkpoint_resumes_to_the_same_record(
     spec = CellSpec.resolve("smoke", "badnets", defense, 0,
                             parse_sets(["data.train_size=200", "data.test_size=50"]))
 
-    def runtime(name: str) -> cell.Runtime:
-        return cell.Runtime(results=tmp_path / name, data_root=tiny_cifar,
-                            cache_dir=tmp_path / name / "cache", download=False)
-
-    whole = cell.run_cell(spec, runtime("whole"))
+    whole = cell.run_cell(spec, _runtime(tmp_path / "whole", tiny_cifar))
     real = PartialArtifact.save
 
     def saved_then_killed(self, state):  # noqa: ANN001, ANN202
@@ -122,10 +120,10 @@ def test_a_cell_killed_after_a_fits_last_checkpoint_resumes_to_the_same_record(
 
     monkeypatch.setattr(PartialArtifact, "save", saved_then_killed)
     with pytest.raises(_Killed):
-        cell.run_cell(spec, runtime("killed"))
+        cell.run_cell(spec, _runtime(tmp_path / "killed", tiny_cifar))
     monkeypatch.setattr(PartialArtifact, "save", real)
     capsys.readouterr()
-    again = cell.run_cell(spec, runtime("killed"))
+    again = cell.run_cell(spec, _runtime(tmp_path / "killed", tiny_cifar))
     assert f"{phase}: resumed from its checkpoint after epoch {epochs}/{epochs}" in capsys.readouterr().err
     assert again["isolation"]["isolated"]["n_isolated"] > 0
     assert _comparable(again) == _comparable(whole)
