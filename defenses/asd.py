@@ -147,7 +147,7 @@ class ASD(Defense):
             else:
                 pool[:] = meta_split(model, epoch)
             log["stages"].append({"epoch": epoch + 1, "stage": 1 if epoch < e1 else 2 if epoch < e2 else 3,
-                           "pool": int(pool.sum())})
+                                  "pool": int(pool.sum())})
             mix.set_unlabelled((~pool).nonzero().flatten())
             ctx.note_split(~pool[:n], scores[:n])
             return pool.nonzero().flatten()
