@@ -103,6 +103,32 @@ def test_every_declared_neutral_edit_names_a_registered_method_and_says_why():
         assert e["from"] != e["to"] and len(e["why"]) > 20
 
 
+def test_every_committed_record_at_its_method_version_was_made_by_todays_code():
+    """A method edited without a version bump and without a declared neutral edit leaves its
+    committed records (docs/results/) claiming code that no longer exists: this names them."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results"
+    registries = {"attack": ATTACKS, "defense": DEFENSES}
+    found, made_elsewhere = 0, []
+    for path in sorted(root.rglob("*.json")):
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or rec.get("status") != "ok" or not rec.get("sources"):
+            continue
+        config = rec["config"]
+        if any(config[k] not in registries[k].names()
+               or config.get(f"{k}_version", 1) != registries[k].get(config[k]).version
+               for k in registries):  # an older version's record is history, not a claim
+            continue
+        found += 1
+        made_elsewhere += [f"{path.relative_to(root)}: {kind} {name}" for _, kind, name in stale(rec)]
+    assert found >= 100  # records made since digests were stored
+    assert not made_elsewhere, (f"{len(made_elsewhere)} record(s) made by code that has changed "
+                                f"at the same version (declare the edit in neutral_edits.json, or "
+                                f"bump the version and re-run): {made_elsewhere[:5]}")
+
+
 @pytest.mark.slow
 def test_dry_run_grid_and_report_name_a_record_made_by_changed_source(tiny_cifar, tmp_path, capsys):
     from benchmark.cli import main
