@@ -106,21 +106,17 @@ def test_every_declared_neutral_edit_names_a_registered_method_and_says_why():
 def test_every_committed_record_at_its_method_version_was_made_by_todays_code():
     """A method edited without a version bump and without a declared neutral edit leaves its
     committed records (docs/results/) claiming code that no longer exists: this names them."""
-    from attacks import ATTACKS
-    from defenses import DEFENSES
+    from benchmark.reports.records import _stale_version
 
     root = Path(__file__).resolve().parents[1] / "docs" / "results"
-    registries = {"attack": ATTACKS, "defense": DEFENSES}
     found, made_elsewhere = 0, []
     for path in sorted(root.rglob("*.json")):
         rec = json.loads(path.read_text())
         if not isinstance(rec, dict) or rec.get("status") != "ok" or not rec.get("sources"):
             continue
         config = rec["config"]
-        if any(config[k] not in registries[k].names()
-               or config.get(f"{k}_version", 1) != registries[k].get(config[k]).version
-               for k in registries):  # an older version's record is history, not a claim
-            continue
+        if any(_stale_version(k, config[k], config) for k in ("attack", "defense")):
+            continue  # an older version's record is history, not a claim
         found += 1
         made_elsewhere += [f"{path.relative_to(root)}: {kind} {name}" for _, kind, name in stale(rec)]
     assert found >= 100  # records made since digests were stored
