@@ -64,6 +64,16 @@ def source_digest(cls: type, base: type) -> str:
     return h.hexdigest()[:12]
 
 
+def registered_version(kind: str, name: str) -> int | None:
+    """The version of the method registered here as ``name`` (None: not registered, such as a
+    plugin not loaded)."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    registry = ATTACKS if kind == "attack" else DEFENSES
+    return registry.get(name).version if name in registry else None
+
+
 def current_sources(config: dict[str, Any]) -> dict[str, str]:
     """{"attack": digest, "defense": digest} of the methods a cell config names, as the code is
     now; a method not registered here (a plugin not loaded) is left out: no code to compare."""
@@ -109,11 +119,15 @@ def changed(recorded: dict[str, str] | None, current: dict[str, str],
 def stale(record: dict[str, Any], current: dict[str, str] | None = None
           ) -> list[tuple[str, str, str]]:
     """(cell id, kind, method name) for each method of an ok ``record`` whose source has changed
-    since it was made (``current``: today's digests, computed when not given)."""
+    since it was made at the method's registered version (``current``: today's digests, computed
+    when not given). A method made at another version is not judged: its record is history, and
+    the reports already keep it apart as "(vN)"."""
     if record.get("status") != "ok" or not record.get("sources"):
         return []
     config = record["config"]
     now = current_sources(config) if current is None else current
+    now = {k: d for k, d in now.items()
+           if registered_version(k, config[k]) in (None, config.get(f"{k}_version", 1))}
     return [(record["id"], kind, config[kind])
             for kind in changed(record["sources"], now, {k: config[k] for k in KINDS})]
 

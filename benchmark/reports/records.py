@@ -57,14 +57,10 @@ def _num(x: Any) -> float:
 def _stale_version(kind: str, name: str, config: dict[str, Any]) -> str:
     """" (vN)" when a record was made by another version of the method than the registered one
     (its row must not merge with the current version's); "" otherwise."""
-    from attacks import ATTACKS
-    from defenses import DEFENSES
+    from benchmark.sources import registered_version
 
-    registry = ATTACKS if kind == "attack" else DEFENSES
     made = config.get(f"{kind}_version", 1)
-    if name in registry and made != registry.get(name).version:
-        return f" (v{made})"
-    return ""
+    return f" (v{made})" if registered_version(kind, name) not in (None, made) else ""
 
 
 def cpu_kind(hardware: dict[str, Any]) -> str:
