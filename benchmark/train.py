@@ -77,6 +77,7 @@ class LoopCheckpoint:
         self.checkpoint, self.trainer, self.phase = checkpoint, trainer, phase
         self.generator, self.made_by, self.carried = generator, made_by, carried
         self._last_save = time.monotonic()
+        self._work_from = len(trainer.work)  # the ledger entries of the loop's epochs start here
 
     def resume(self) -> dict | None:
         """Restore what the last save carried and return its extras with ``epochs_done`` and
@@ -87,6 +88,7 @@ class LoopCheckpoint:
         for name, obj in self.carried.items():
             obj.load_state_dict(saved["carried"][name])
         self.trainer.set_rng_state(self.generator, saved)
+        self.trainer.work.extend(saved.get("work", []))  # the finished epochs' passes
         self.phase.resume(saved["epochs_done"])
         return {**saved["extras"], "epochs_done": saved["epochs_done"],
                 "curve": [{**point, "resumed": True} for point in saved["curve"]]}
@@ -97,7 +99,7 @@ class LoopCheckpoint:
         if self.checkpoint is None or not (last or time.monotonic() - self._last_save >= every_s):
             return
         self.checkpoint.save({"epochs_done": epochs_done, "made_by": self.made_by, "curve": curve,
-                              "extras": extras,
+                              "extras": extras, "work": self.trainer.work[self._work_from:],
                               "carried": {k: v.state_dict() for k, v in self.carried.items()},
                               **self.trainer.rng_state(self.generator)})
         self._last_save = time.monotonic()
@@ -502,6 +504,7 @@ class Trainer:
         dev = self.loops.dev
         self.note_work(desc, cfg.epochs, len(rows) if cfg.steps_per_epoch is None
                        else steps_per_epoch * cfg.batch_size, steps_per_epoch, cfg.batch_size)
+        work_from = len(self.work)  # the ledger entries of the epochs' own passes start here
         gen = torch.Generator().manual_seed(seed)
         loss_fn = loss_fn or (lambda logits, y, _idx: F.cross_entropy(
             logits, y, label_smoothing=cfg.label_smoothing))
@@ -530,6 +533,7 @@ class Trainer:
             sched.load_state_dict(saved["schedule"])
             self.set_rng_state(gen, saved)
             curve = [{**point, "resumed": True} for point in saved["curve"]]
+            self.work.extend(saved.get("work", []))  # the finished epochs' passes (evaluations)
             start = saved["epochs_done"]
             phase.resume(start)
         last_save = time.monotonic()
@@ -596,7 +600,7 @@ class Trainer:
                     not last and time.monotonic() - last_save >= self.checkpoint_every_s)):
                 checkpoint.save({
                     "epochs_done": epoch + 1, "made_by": made_by, "curve": curve,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "work": self.work[work_from:], "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "schedule": sched.state_dict(), "callbacks": [c.state_dict() for c in stateful],
                     **self.rng_state(gen)})
                 last_save = time.monotonic()

@@ -261,6 +261,39 @@ def test_an_interrupted_cached_training_goes_on_from_its_checkpoint_to_the_same_
     assert artifact.exists() and not cache.partial_path(artifact).exists()
 
 
+def test_a_resumed_training_keeps_the_work_of_the_epochs_it_skips(tmp_path):
+    """The work ledger (what a development run's cost estimate reads) of a fit killed after
+    epoch 2 and resumed is the uninterrupted fit's: the evaluations of the finished epochs come
+    back from the checkpoint, as the epochs themselves do."""
+    from benchmark.cache import ArtifactCache
+
+    x, y = synthetic_images(4, 16, seed=3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05)
+
+    def run(cache: ArtifactCache, kill_at: int | None = None) -> list[dict]:
+        t = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+        t.checkpoint_every_s = 0.0
+
+        def evaluate(epoch: int, model: torch.nn.Module) -> None:  # an eval pass each epoch
+            t.logits(model, x[:epoch])
+            if epoch == kill_at:
+                raise _Interrupt
+
+        try:
+            t.fit_cached(cache, "models", {"k": 1}, lambda: build_model("resnet18", 10, width=8),
+                         x, y, cfg, seed=0, callbacks=[LambdaCallback(on_epoch_end=evaluate)])
+        except _Interrupt:
+            pass
+        return t.work
+
+    whole = run(ArtifactCache(tmp_path / "a"))
+    assert [e["images"] for e in whole if e["phase"] == "eval"] == [1, 2, 3]
+    cache = ArtifactCache(tmp_path / "b")
+    run(cache, kill_at=2)  # its last checkpoint is after epoch 1
+    assert run(cache) == whole
+
+
 def test_a_checkpoint_that_does_not_verify_is_set_aside_and_the_training_starts_over(tmp_path, capsys):
     from benchmark.cache import ArtifactCache
 
