@@ -1,18 +1,20 @@
 """Adaptive-Blend (Qi et al., ICLR 2023), dirty label with cover samples, built to beat isolation.
 
-The original (backdoor-toolbox ``poison_tool_box/adaptive_blend.py``, CIFAR-10 settings of its
-``config.py``): a full-image blend trigger cut into ``pieces`` (16: a 4x4 grid), of which a
-random half (``mask_rate``) is masked out afresh for every poisoned image, blended at
-``alpha`` 0.15; cover samples (``cover_rate`` of the set, drawn from the rest, any class) carry
-the same kind of partial trigger with their true labels, which is what keeps the poisoned
-samples close to the benign ones in the features and the loss. Test images get the whole
-trigger at ``test_alpha`` 0.2. Poison and cover rates are the reference's 0.003 (150 images of
-CIFAR-10's 50,000); the paper's 5% is ``--set adaptive_blend.rate=0.05``.
+The original (backdoor-toolbox ``poison_tool_box/adaptive_blend.py``; the CIFAR-10 settings of
+its README and ``create_poisoned_set.py``): a full-image blend trigger cut into ``pieces`` (16:
+a 4x4 grid), of which a random half (``mask_rate``) is masked out afresh for every poisoned
+image, blended at ``alpha`` 0.15; cover samples (``cover_rate`` of the set, drawn from the rest,
+any class) carry the same kind of partial trigger with their true labels, which is what keeps
+the poisoned samples close to the benign ones in the features and the loss. Test images get the
+whole trigger at ``test_alpha`` 0.2. Poison and cover rates are the reference's 0.003 (150
+images of CIFAR-10's 50,000); the paper's 5% is ``--set adaptive_blend.rate=0.05``.
 
 Departures: the original blends a third-party image (Hello Kitty); the suite generates the
-pattern by code from ``pattern_seed``, as Blended does (smooth colour noise at the 32x32 grain).
-The original draws poisoned rows from every class (a target-class row keeps its label); the
-suite draws them from the non-target classes, as every dirty-label attack here.
+pattern by code from ``pattern_seed``, as Blended does: uniform colour noise drawn on a 32x32
+grid, so per-pixel (high-frequency) noise on CIFAR-10 where the reference's cartoon is smooth,
+bilinearly upsampled on larger images. The original draws poisoned rows from every class (a
+target-class row keeps its label); the suite draws them from the non-target classes, as every
+dirty-label attack here.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ loss ends high (the "offset" between the two).
 
 As the reference runs it (ruoxi-jia-group/ASSET ``ASSET_demo.ipynb`` and ``new_poi_util.py``,
 c050590; BackdoorBench's port ``detection_pretrain/asset.py``, f02e353), one round:
-for every batch of the poisoned training set (``batch_size`` 512, shuffled, no augmentation):
+for every batch of the poisoned training set (``batch_size`` 512, the notebook's; BackdoorBench's
+config runs 256; shuffled, no augmentation):
 1. a random batch of the clean base set (1,000 images): one Adam step (1e-4) on a fresh model,
    minimising the mean over the batch of the variance of its logits across classes;
 2. a new MLP (hidden 128, two hidden layers, sigmoid output) learns for ``mlp_steps`` (100)
@@ -14,7 +15,7 @@ for every batch of the poisoned training set (``batch_size`` 512, shuffled, no a
 3. the poisoned batch's MLP outputs give each sample an adjusted outlyingness (the
    medcouple-skewed boxplot, ``benchmark.robust``); those above ``ao_threshold`` (2) get one
    Adam step (1e-4, its own optimiser) of gradient *ascent* on their cross-entropy, unless at most
-   one is selected.
+   one is selected (BackdoorBench's guard; the notebook has none).
 Then every training sample's cross-entropy under the fresh model (eval mode) is its score; a
 one-component Gaussian fitted to the scores at or below the median gives mu and sigma, and a
 sample is flagged when its score is at least sigma sqrt(-2 ln(eps) sigma sqrt(2 pi)) + mu,
@@ -28,7 +29,11 @@ Departures, each declared:
   training rows, left out of TPR/FPR;
 - the features are the pooled ones the head reads, as BackdoorBench's port takes them (its
   PreAct-ResNet's children up to the head); the original notebook takes ResNet-18's children up
-  to the head without the pooling (8,192 values of layer 4);
+  to the head without the pooling (8,192 values of layer 4, and without the stem's ReLU, which
+  its ResNet applies in ``forward``);
+- the scores are taken in eval mode, as BackdoorBench's port takes them; the notebook scores the
+  poisoned set with the fresh model still in train mode (its BatchNorm statistics moving with
+  each batch) before switching to eval mode;
 - the reference computes the features of both batches afresh at each of the 100 MLP steps;
   with no dropout in the model they are the same tensors every time, so here they are computed
   once per batch (BatchNorm in train mode reads the batch, as there).
