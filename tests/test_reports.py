@@ -651,3 +651,32 @@ def test_robustness_sets_each_adaptive_attack_beside_the_mean_over_the_papers_at
     empty = robustness.robustness(frame([]))
     assert [t.name for t in empty] == ["robustness_isolation", "robustness_defense"]
     assert all(t.empty and t.title for t in empty)
+
+
+def test_robustness_adds_the_lowest_rate_no_defense_learns_beside_an_attack_it_does_not():
+    """Narcissus not learned at its reference rate (ASR 10): of a No Defense rate sweep, 0.002
+    is not learned (40), 0.005 and 0.01 are (90, 99); 0.005 becomes a column beside Narcissus's,
+    where PIPD's cell at that rate shows. An attack learned at its reference rate (TaCT) gets
+    none, whatever its sweep."""
+    from benchmark.reports import robustness
+
+    recs = [record("narcissus", "no_defense", ca=80, asr=10),
+            record("narcissus", "no_defense", sets=["narcissus.rate=0.002"], ca=80, asr=40),
+            record("narcissus", "no_defense", sets=["narcissus.rate=0.005"], ca=80, asr=90),
+            record("narcissus", "no_defense", sets=["narcissus.rate=0.01"], ca=80, asr=99),
+            record("narcissus", "pipd", ca=80, asr=5, tpr=30, fpr=1),
+            record("narcissus", "pipd", sets=["narcissus.rate=0.005"], ca=80, asr=4, tpr=70, fpr=2),
+            record("tact", "no_defense", ca=81, asr=90),
+            record("tact", "no_defense", sets=["tact.rate=0.01"], ca=81, asr=95),
+            record("tact", "pipd", ca=80, asr=50, tpr=20, fpr=1)]
+    iso, defended = robustness.robustness(frame(recs))
+    assert list(iso.mean.columns) == ["tact TPR", "narcissus TPR", "narcissus at 0.005 (lowest learned) TPR",
+                                      "tact FPR", "narcissus FPR", "narcissus at 0.005 (lowest learned) FPR"]
+    assert iso.mean.loc[("cifar10", "pipd"), "narcissus at 0.005 (lowest learned) TPR"] == pytest.approx(70)
+    assert defended.mean.loc[("cifar10", "no_defense"), "narcissus at 0.005 (lowest learned) ASR"] \
+        == pytest.approx(90)
+    assert any("not learned" in n and "narcissus on cifar10 (No Defense ASR 10.00)" in n for n in iso.notes)
+    assert any(n.startswith("lowest learned") and n.endswith("narcissus at 0.005 (lowest learned)")
+               for n in iso.notes)
+    unswept = robustness.robustness(frame(recs[:1] + recs[4:5]))[0]
+    assert "narcissus TPR" in unswept.mean.columns and len(unswept.mean.columns) == 2
