@@ -52,7 +52,7 @@ def lowest_learned(ok: pd.DataFrame) -> Columns:
     """A column for each adaptive attack that No Defense does not learn at its reference settings
     on some dataset (mean ASR over seeds below ``LEARNED_ASR``): the lowest poison rate at which
     No Defense's records there learn it, among the records whose one attack setting is the
-    rate. None where no such record learns it."""
+    rate; no column where none of them learns it."""
     base = ok[ok["defense_label"] == "no_defense"]
     extra: Columns = {}
     for attack, settings in ADAPTIVE.values():
