@@ -224,8 +224,8 @@ def give_trusted(ctx, dataset: Dataset, poisoned, per_class: int, seed: int) -> 
         rows.append(cand[torch.randperm(len(cand), generator=g)[:per_class]])
     ctx.trusted_rows = torch.cat(rows)
     ctx.trusted = ctx.train.subset(ctx.trusted_rows)
-    ctx.trusted_source = (f"{len(ctx.trusted_rows)} ground-truth-clean training samples (the "
-                          f"reference's choice; left out of TPR/FPR)")
+    ctx.trusted_source = (f"{len(ctx.trusted_rows)} ground-truth-clean training samples (rows of the "
+                          f"training set; left out of TPR/FPR)")
 
 
 def save_model(model: torch.nn.Module, spec: CellSpec, num_classes: int, path: Path) -> Path:

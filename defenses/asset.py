@@ -26,7 +26,8 @@ Departures, each declared:
 - the clean base set is the defense context's trusted clean samples, ``per_class`` (100) of each
   class: 1,000 on CIFAR-10 (the original takes 1,000 test images, BackdoorBench 2% of the clean
   training set); held-out training images where the cell has them, else ground-truth-clean
-  training rows, left out of TPR/FPR;
+  training rows, which then, as the original's test images, are not part of the poisoned set
+  its batches and its threshold read (``inspected_rows``), and are left out of TPR/FPR;
 - the features are the pooled ones the head reads, as BackdoorBench's port takes them (its
   PreAct-ResNet's children up to the head); the original notebook takes ResNet-18's children up
   to the head without the pooling (8,192 values of layer 4, and without the stem's ReLU, which
@@ -58,6 +59,7 @@ from defenses.base import (
     DefenseParams,
     DefenseResult,
     TrustedSamples,
+    inspected_rows,
     register_defense,
     trusted_excluded,
 )
@@ -114,7 +116,7 @@ class Asset(TrustedSamples, Defense):
             torch.manual_seed(ctx.seed)
             model, selected = self.offset_training(ctx, extractor, p)
         losses = tr.per_sample_loss(model, ctx.train.images, ctx.train.labels)
-        threshold = tail_threshold(losses, p.eps)
+        threshold = tail_threshold(losses[inspected_rows(ctx)], p.eps)
         info = {"inspected_model": "reused from cache" if reused else "trained", "threshold": threshold,
                 "n_trusted": len(clean), "trusted_source": ctx.trusted_source,
                 "batches": len(selected), "mean_selected_per_batch": sum(selected) / max(1, len(selected))}
@@ -130,12 +132,13 @@ class Asset(TrustedSamples, Defense):
         minimise = torch.optim.Adam(model.parameters(), lr=p.lr)
         ascend = torch.optim.Adam(model.parameters(), lr=p.lr)
         g = torch.Generator().manual_seed(ctx.seed)
-        n, clean = len(ctx.train), ctx.trusted
+        inspected, clean = inspected_rows(ctx), ctx.trusted
+        n = len(inspected)
         steps = -(-n // p.batch_size)
         tr.note_work("ASSET offset", p.rounds, n, steps, p.batch_size)
         selected: list[int] = []
         for _ in tr.loops.indices(p.rounds):
-            order = torch.randperm(n, generator=g)
+            order = inspected[torch.randperm(n, generator=g)]
             for b in tr.loops.indices(steps):
                 rows = order[b * p.batch_size:(b + 1) * p.batch_size][:tr.loops.batch(p.batch_size)]
                 pick = torch.randperm(len(clean), generator=g)[:tr.loops.batch(p.batch_size)]

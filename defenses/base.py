@@ -310,6 +310,16 @@ def trusted_excluded(ctx: DefenseContext) -> torch.Tensor | None:
     return mask
 
 
+def inspected_rows(ctx: DefenseContext) -> torch.Tensor:
+    """The training rows a detector inspects: every row, less those it was given as trusted
+    clean samples (``ctx.trusted_rows``). A reference's clean set lies outside the set it
+    inspects (test images), so a training row taken as trusted is not also a suspect, nor
+    trained on as one."""
+    rows = torch.arange(len(ctx.train))
+    excluded = trusted_excluded(ctx)
+    return rows if excluded is None else rows[~excluded]
+
+
 def register_defense(cls: type[Defense]) -> type[Defense]:
     """Class decorator: ``@register_defense class MyDefense(Defense): name = "my_defense"``."""
     DEFENSES.register(cls.name, cls)

@@ -30,8 +30,9 @@ As Unispac/Fight-Poison-With-Poison runs it on CIFAR-10 (``ct_cleanser.py``,
 Departures, each declared:
 - the clean set is the defense context's trusted clean samples, ``per_class`` (200) of each
   class: 2,000 on CIFAR-10, the reference's budget, which it draws from the test set; here
-  held-out training images where the cell has them, else ground-truth-clean training rows
-  (left out of TPR/FPR);
+  held-out training images where the cell has them, else ground-truth-clean training rows,
+  which then, as the reference's test images, are neither inspected nor trained on as part of
+  the poisoned set (``inspected_rows``) and are left out of TPR/FPR;
 - the backdoored model whose predictions label the confusion batches is the suite's shared one
   (the preset's recipe; the reference's: 100 epochs, SGD 0.1, steps at 50 and 75, crop and
   flip);
@@ -62,6 +63,7 @@ from defenses.base import (
     DefenseParams,
     DefenseResult,
     TrustedSamples,
+    inspected_rows,
     register_defense,
     trusted_excluded,
 )
@@ -169,7 +171,9 @@ class CT(TrustedSamples, Defense):
         tr, train = ctx.trainer, ctx.train
         n, classes = len(train), ctx.num_classes
         guide = tr.predict(backdoored, clean.images)  # what the confusion labels shift
-        kept = torch.arange(n)
+        inspected = inspected_rows(ctx)  # D_0; trusted training rows are the clean set only
+        images, labels = train.images[inspected], train.labels[inspected]
+        kept = inspected
         base: nn.Module | None = None
         sizes: list[int] = []
         curves: dict[str, list[dict]] = {}  # each round's fits, for their timings
@@ -180,17 +184,18 @@ class CT(TrustedSamples, Defense):
                 base, curves[f"pretraining_{k}"] = self.pretrain(ctx, base, kept, k)
                 confused, curves[f"confusion_{k}"] = self.confuse(ctx, base, kept, guide, k)
                 if k < len(p.ratios):
-                    losses = tr.per_sample_loss(confused, train.images, train.labels)
-                    kept = distill(losses, train.labels, p.ratios[k], p.floors[k])
-        feats = tr.embeddings(confused, train.images)
-        fitted = tr.predict(confused, train.images) == train.labels
+                    losses = tr.per_sample_loss(confused, images, labels)
+                    kept = inspected[distill(losses, labels, p.ratios[k], p.floors[k])]
+        feats = tr.embeddings(confused, images)
+        fitted = tr.predict(confused, images) == labels
         ratios = {}
         for c in range(classes):
-            rows = (train.labels == c).nonzero().flatten()
+            rows = (labels == c).nonzero().flatten()
             if len(rows) >= 3:
                 ratios[c] = likelihood_ratio(pca(feats[rows], 2), fitted[rows])
         flagged = flagged_classes(ratios, p.likely, p.certain)
-        isolated = fitted & torch.isin(train.labels, torch.tensor(flagged, dtype=torch.long))
+        isolated = torch.zeros(n, dtype=torch.bool)
+        isolated[inspected] = fitted & torch.isin(labels, torch.tensor(flagged, dtype=torch.long))
         info: dict[str, Any] = {"inspected_model": "reused from cache" if reused else "trained",
                                 "distilled_sizes": sizes, "flagged_classes": flagged,
                                 "class_ratios": {str(c): r for c, r in ratios.items()},

@@ -10,6 +10,7 @@ from benchmark.data import ImageSet
 from benchmark.robust import adjusted_outlyingness, medcouple
 from benchmark.train import TrainConfig, Trainer
 from defenses import DEFENSES, DefenseContext
+from defenses.asset import tail_threshold
 
 
 def test_medcouple_by_hand_on_symmetric_data_with_ties_and_on_an_exponential_sample():
@@ -31,7 +32,6 @@ def test_adjusted_outlyingness_flags_a_planted_far_group_only():
 
 def test_tail_threshold_is_the_references_formula_over_scikit_learns_gaussian():
     mixture = pytest.importorskip("sklearn.mixture")
-    from defenses.asset import tail_threshold
 
     g = torch.Generator().manual_seed(2)
     scores = torch.cat([torch.rand(900, generator=g), 5 + torch.rand(100, generator=g)]).double()
@@ -77,12 +77,14 @@ def test_asset_runs_on_a_context_and_leaves_its_trusted_rows_out():
                          train_cfg=TrainConfig(), seed=0, cache=None, cache_key={"test": 1})
     backdoored = build_model("resnet18", 4, width=4).eval()
     ctx.backdoored_model = lambda: (backdoored, [], True)
-    ctx.trusted_rows = torch.arange(8)
+    ctx.trusted_rows = torch.arange(32)
     ctx.trusted = train.subset(ctx.trusted_rows)
     cls = DEFENSES.get("asset")
     res = cls(cls.Params(batch_size=32, mlp_steps=5)).run(ctx)
     assert res.model is backdoored and res.scores.shape == (96,)
-    assert torch.equal(res.excluded, torch.arange(96) < 8)
-    assert res.info["batches"] == 3 and res.info["n_trusted"] == 8
+    assert torch.equal(res.excluded, torch.arange(96) < 32)
+    # the poisoned set its batches and its threshold read is the 64 rows not given as trusted
+    assert res.info["batches"] == 2 and res.info["n_trusted"] == 32
+    assert res.info["threshold"] == pytest.approx(tail_threshold(res.scores[32:], cls.Params().eps))
     assert torch.equal(res.isolated, res.scores >= res.info["threshold"])
     assert isinstance(backdoored.layer1[0].bn1, nn.BatchNorm2d) and not backdoored.training

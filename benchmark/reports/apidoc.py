@@ -17,7 +17,8 @@ from pathlib import Path
 # (module, names): the pieces a new method reuses instead of writing its own
 SHARED = (
     ("defenses.base", ("isolate_lowest_loss", "backdoored_features", "finetune_then_unlearn",
-                       "own_recipe", "trusted_excluded", "TrustedSamples", "BenignValidation")),
+                       "own_recipe", "trusted_excluded", "inspected_rows", "TrustedSamples",
+                       "BenignValidation")),
     ("benchmark.models", ("embed", "classifier_head", "conv_feature_layers", "batchnorm_layers",
                           "residual_blocks")),
     ("benchmark.robust", ("medcouple", "adjusted_outlyingness")),
