@@ -35,6 +35,10 @@ Departures, each declared:
   the suite's ResNet-18 is that network already;
 - the attention reads the last stage (``layer<k>``, the highest k): models without named stages,
   or whose last stage maps a 32 px image to one position (VGG's ends in a max-pool), are refused;
+- the victim is the cell's model, as the beneficiary; the reference's victim is always a
+  full-width ResNet-18, whatever the beneficiary (the two agree at the default model);
+- both models' training steps run in the cell's ``train.precision`` (bf16 autocast on CUDA
+  under ``auto``), as every defense's; the reference trains fp32;
 - the first epoch's warm-up and every victim epoch draw their own order (the reference's
   loaders shuffle too), and the labelled batches of a semi-supervised epoch cycle through one
   shuffled order.
@@ -156,14 +160,16 @@ class VaB(Defense):
         b_opt = torch.optim.SGD(beneficiary.parameters(), lr=p.lr, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(ctx.seed)
         state: dict = {"smoothed": None, "victim_images": 0}
+        precision = tr.training_precision(ctx.train_cfg)  # both models' training steps
         tr.note_work("VaB beneficiary", p.epochs, n, -(-n // p.batch_size), p.batch_size)
         phase = Phase("VaB beneficiary", p.epochs, -(-n // p.batch_size))
-        loop = LoopCheckpoint(ctx.checkpoint("vab"), tr, phase, g, {"params": repr(p), "n": n},
+        loop = LoopCheckpoint(ctx.checkpoint("vab"), tr, phase, g,
+                              {"params": repr(p), "n": n, "precision": precision},
                               victim=victim, beneficiary=beneficiary, victim_opt=v_opt, opt=b_opt)
         saved = loop.resume()  # an interrupted run's epochs, with everything they carry forward
         threshold = max(1 - 0.4 * (p.warmup - 1), p.threshold)  # the last warm-up epoch's, kept
         if saved is None:
-            credible = self.warm_up(ctx, victim, v_opt, g, state, threshold)
+            credible = self.warm_up(ctx, victim, v_opt, g, state, threshold, precision)
             curve, splits, done = [], [], 0
         else:
             state.update(saved["state"])
@@ -181,10 +187,11 @@ class VaB(Defense):
             lam = p.alpha1 if epoch <= p.alpha_switch else p.alpha2
             semi = epoch > p.semi_start and (~credible).any()
             loss = self.beneficiary_epoch(ctx, beneficiary, victim if semi else None, b_opt, credible,
-                                          lam, g, lambda b, e=epoch: phase.step(e, b))
+                                          lam, g, precision, lambda b, e=epoch: phase.step(e, b))
             point = {"epoch": epoch, "train_loss": loss, "credible": int(credible.sum())}
             if epoch % p.split_every == 0 or epoch > p.semi_start:
-                self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state)
+                self.train_victim(ctx, victim, v_opt, (~credible).nonzero().flatten(), g, state,
+                                  precision)
                 credible = self.split(ctx, victim, threshold, state)
                 ctx.note_split(~credible)
                 splits.append(epoch)
@@ -202,20 +209,21 @@ class VaB(Defense):
                              info={"splits_at": splits, "suspects": int((~credible).sum())})
 
     def warm_up(self, ctx: DefenseContext, victim: nn.Module, opt: torch.optim.Optimizer,
-                g: torch.Generator, state: dict, threshold: float) -> torch.Tensor:
+                g: torch.Generator, state: dict, threshold: float, precision: str) -> torch.Tensor:
         """The victim's warm-up: an epoch on every sample, then ``warmup`` - 1 epochs on its
         suspects at a falling threshold; returns the first credible samples, split at
         ``threshold``."""
         p, n = self.params, len(ctx.train)
-        self.train_victim(ctx, victim, opt, torch.arange(n), g, state)
+        self.train_victim(ctx, victim, opt, torch.arange(n), g, state, precision)
         for e in range(1, p.warmup):
             credible = self.split(ctx, victim, max(1 - 0.4 * e, p.threshold), state)
-            self.train_victim(ctx, victim, opt, (~credible).nonzero().flatten(), g, state)
+            self.train_victim(ctx, victim, opt, (~credible).nonzero().flatten(), g, state, precision)
         return self.split(ctx, victim, threshold, state)
 
     def train_victim(self, ctx: DefenseContext, victim: nn.Module, opt: torch.optim.Optimizer,
-                     rows: torch.Tensor, g: torch.Generator, state: dict) -> None:
-        """One epoch of plain cross-entropy on ``rows`` (no augmentation)."""
+                     rows: torch.Tensor, g: torch.Generator, state: dict, precision: str) -> None:
+        """One epoch of plain cross-entropy on ``rows`` (no augmentation), its steps in
+        ``precision``."""
         p, tr = self.params, ctx.trainer
         victim.train()
         order = rows[torch.randperm(len(rows), generator=g)]
@@ -225,7 +233,8 @@ class VaB(Defense):
             if len(idx) < 2:  # BatchNorm needs two
                 continue
             x = tr.normalize(tr.to_device(ctx.train.images[idx]))
-            loss = F.cross_entropy(victim(x).float(), tr.to_device(ctx.train.labels[idx]))
+            with tr.autocast(precision):
+                loss = F.cross_entropy(victim(x).float(), tr.to_device(ctx.train.labels[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -242,10 +251,11 @@ class VaB(Defense):
 
     def beneficiary_epoch(self, ctx: DefenseContext, model: nn.Module, victim: nn.Module | None,
                           opt: torch.optim.Optimizer, credible: torch.Tensor, lam: float,
-                          g: torch.Generator, on_step: Callable[[int], None] = lambda _b: None
-                          ) -> float:
-        """One pass over the credible samples with AttentionMix; with ``victim``, each step also
-        takes a share of the suspects as unlabelled data. ``on_step`` hears each step (1-based)."""
+                          g: torch.Generator, precision: str,
+                          on_step: Callable[[int], None] = lambda _b: None) -> float:
+        """One pass over the credible samples with AttentionMix, its steps in ``precision``; with
+        ``victim``, each step also takes a share of the suspects as unlabelled data. ``on_step``
+        hears each step (1-based)."""
         p, tr, train = self.params, ctx.trainer, ctx.train
         classes = ctx.num_classes
         labelled = credible.nonzero().flatten()
@@ -267,28 +277,29 @@ class VaB(Defense):
             views = torch.cat([tr.augment(raw, 4, g), tr.augment(raw, 4, g)])
             x = tr.normalize(views)
             y = F.one_hot(tr.to_device(train.labels[idx]), classes).float().repeat(2, 1)
-            loss_u = None
-            if victim is not None:
-                with torch.no_grad():
-                    belief_x = (victim(tr.normalize(raw)).float() / p.temperature).softmax(1)
-                    y = (y - belief_x.repeat(2, 1)).clamp(0, 1)
-                u_idx = suspects[(b * u_batch) % len(suspects):][:tr.loops.batch(u_batch)]
-                u_raw = tr.to_device(train.images[u_idx])
-                u1, u2 = tr.normalize(tr.augment(u_raw, 4, g)), tr.normalize(tr.augment(u_raw, 4, g))
-                with torch.no_grad():
-                    mean = (model(u1).float().softmax(1) + model(u2).float().softmax(1)) / 2
-                    hard = (mean == mean.max(1, keepdim=True).values).float()
-                    hard = hard / hard.sum(1, keepdim=True)
-                    belief = (victim(tr.normalize(u_raw)).float() / p.temperature).softmax(1)
-                    target_u = (hard - belief).clamp(0, 1).repeat(2, 1)
-                loss_u = soft_cross_entropy(torch.cat([model(u1), model(u2)]), target_u)
-            att = torch.cat([attention_maps(model, x[:len(idx)]), attention_maps(model, x[len(idx):])])
-            perm = torch.randperm(len(x), generator=g).to(x.device)
-            mixed, targets = attention_mix(x, att, y, p.attention_threshold, perm)
-            k = len(idx)
-            loss = soft_cross_entropy(torch.cat([model(mixed[:k]), model(mixed[k:])]), targets)
-            if loss_u is not None:
-                loss = loss + lam * loss_u
+            with tr.autocast(precision):  # the forward passes; the step outside
+                loss_u = None
+                if victim is not None:
+                    with torch.no_grad():
+                        belief_x = (victim(tr.normalize(raw)).float() / p.temperature).softmax(1)
+                        y = (y - belief_x.repeat(2, 1)).clamp(0, 1)
+                    u_idx = suspects[(b * u_batch) % len(suspects):][:tr.loops.batch(u_batch)]
+                    u_raw = tr.to_device(train.images[u_idx])
+                    u1, u2 = tr.normalize(tr.augment(u_raw, 4, g)), tr.normalize(tr.augment(u_raw, 4, g))
+                    with torch.no_grad():
+                        mean = (model(u1).float().softmax(1) + model(u2).float().softmax(1)) / 2
+                        hard = (mean == mean.max(1, keepdim=True).values).float()
+                        hard = hard / hard.sum(1, keepdim=True)
+                        belief = (victim(tr.normalize(u_raw)).float() / p.temperature).softmax(1)
+                        target_u = (hard - belief).clamp(0, 1).repeat(2, 1)
+                    loss_u = soft_cross_entropy(torch.cat([model(u1), model(u2)]), target_u)
+                att = torch.cat([attention_maps(model, x[:len(idx)]), attention_maps(model, x[len(idx):])])
+                perm = torch.randperm(len(x), generator=g).to(x.device)
+                mixed, targets = attention_mix(x, att, y, p.attention_threshold, perm)
+                k = len(idx)
+                loss = soft_cross_entropy(torch.cat([model(mixed[:k]), model(mixed[k:])]), targets)
+                if loss_u is not None:
+                    loss = loss + lam * loss_u
             opt.zero_grad()
             loss.backward()
             opt.step()
