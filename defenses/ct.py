@@ -41,7 +41,10 @@ Departures, each declared:
 - the covariance is the unbiased estimate (numpy's ``cov``, as the reference), its Gaussian
   allowed to be singular as the reference's scipy call allows it (``gaussian_logpdf``);
 - a confusion iteration's clean batch is the next of a shuffled pass over the clean set, as the
-  reference's loader gives it.
+  reference's loader gives it; its D_k batch comes from the trainer's loop, which draws one at
+  every iteration and leaves an odd iteration's unused, so an iteration inspects a random half
+  of each pass where the reference's loader advances on even iterations only (the same number
+  of samples per pass).
 """
 
 from __future__ import annotations
@@ -153,7 +156,10 @@ def likelihood_ratio(features: torch.Tensor, fitted: torch.Tensor) -> float:
 
 
 def flagged_classes(ratios: dict[int, float], likely: float, certain: float) -> list[int]:
-    top = max(ratios.values(), default=1.0)
+    """Classes whose ratio is the largest and above ``likely``, or above ``certain``. A NaN ratio
+    makes the largest NaN, so only ``certain`` flags (numpy's max in the reference)."""
+    values = list(ratios.values())
+    top = math.nan if any(math.isnan(r) for r in values) else max(values, default=1.0)
     return [c for c, r in ratios.items() if (r == top and r > likely) or r > certain]
 
 

@@ -1,6 +1,8 @@
 """Confusion Training (issue 44): its label shifts, distillation, likelihood ratio and class
 rule on cases worked out by hand, and a small run through the defense."""
 
+import math
+
 import pytest
 import torch
 
@@ -37,6 +39,9 @@ def test_the_likelihood_ratio_and_the_class_rule():
     assert flagged_classes({0: 1.6, 1: 1.2}, 1.5, 2.0) == [0]
     assert flagged_classes({0: 1.4, 1: 1.2}, 1.5, 2.0) == []
     assert flagged_classes({0: 3.0, 1: 2.5}, 1.5, 2.0) == [0, 1]
+    # a NaN ratio (both groups' Gaussians singular) makes the largest NaN, whatever the order
+    assert flagged_classes({0: 1.8, 1: math.nan}, 1.5, 2.0) == []
+    assert flagged_classes({0: math.nan, 1: 2.5}, 1.5, 2.0) == [1]
     with pytest.raises(UsageError, match="lambdas needs 6"):
         CTParams(lambdas=[20.0])
 
