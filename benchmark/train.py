@@ -88,7 +88,7 @@ class LoopCheckpoint:
         for name, obj in self.carried.items():
             obj.load_state_dict(saved["carried"][name])
         self.trainer.set_rng_state(self.generator, saved)
-        self.trainer.work.extend(saved.get("work", []))  # the finished epochs' passes
+        self.trainer.restore_work(saved.get("work", []))  # the finished epochs' passes
         self.phase.resume(saved["epochs_done"])
         return {**saved["extras"], "epochs_done": saved["epochs_done"],
                 "curve": [{**point, "resumed": True} for point in saved["curve"]]}
@@ -357,6 +357,13 @@ class Trainer:
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    def restore_work(self, entries: list[dict[str, object]]) -> None:
+        """Put back the ledger entries a checkpoint's finished epochs added; an entry of an
+        artifact the ledger already holds is left out, as ``ArtifactCache`` counts an artifact
+        once a cell. (A checkpoint made before checkpoints kept them restores nothing.)"""
+        present = {e.get("artifact") for e in self.work} - {None}
+        self.work.extend(e for e in entries if e.get("artifact") not in present)
+
     def rng_state(self, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
         """The random state a checkpoint keeps: the loop's generator, torch's CPU RNG and, on a
         GPU, its CUDA RNG (``set_rng_state`` restores it)."""
@@ -533,7 +540,7 @@ class Trainer:
             sched.load_state_dict(saved["schedule"])
             self.set_rng_state(gen, saved)
             curve = [{**point, "resumed": True} for point in saved["curve"]]
-            self.work.extend(saved.get("work", []))  # the finished epochs' passes (evaluations)
+            self.restore_work(saved.get("work", []))  # the finished epochs' passes (evaluations)
             start = saved["epochs_done"]
             phase.resume(start)
         last_save = time.monotonic()

@@ -294,6 +294,38 @@ def test_a_resumed_training_keeps_the_work_of_the_epochs_it_skips(tmp_path):
     assert run(cache) == whole
 
 
+def test_a_resumed_loop_of_a_methods_own_keeps_its_work_and_counts_an_artifact_once():
+    """LoopCheckpoint (VaB's and D-BR's loops) saves the ledger entries its epochs added and a
+    resume puts them back, less those of an artifact the ledger already holds."""
+    from benchmark.progress import Phase
+    from benchmark.train import LoopCheckpoint
+
+    class Memory:  # a Checkpoint kept in memory
+        state = None
+
+        def load(self) -> dict | None:
+            return self.state
+
+        def save(self, state: dict) -> None:
+            self.state = state
+
+    store, model = Memory(), torch.nn.Linear(2, 2)
+    t = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    t.checkpoint_every_s = 0.0
+    t.note_work("loop", 2, 10, 1, 10)
+    loop = LoopCheckpoint(store, t, Phase("loop", 2, 1), torch.Generator(), {"k": 1}, model=model)
+    t.work += [{"phase": "eval", "images": 10}, {"phase": "x", "artifact": "models/a"}]
+    loop.epoch_done(1, False, [{"epoch": 1}])
+    again = Trainer((0.5,) * 3, (0.25,) * 3, device="cpu")
+    again.work = [{"phase": "x", "artifact": "models/a", "reused": True}]  # loaded before the loop
+    again.note_work("loop", 2, 10, 1, 10)
+    saved = LoopCheckpoint(store, again, Phase("loop", 2, 1), torch.Generator(), {"k": 1},
+                           model=torch.nn.Linear(2, 2)).resume()
+    assert saved["epochs_done"] == 1
+    assert again.work[-1] == {"phase": "eval", "images": 10}
+    assert sum(e.get("artifact") == "models/a" for e in again.work) == 1
+
+
 def test_a_checkpoint_that_does_not_verify_is_set_aside_and_the_training_starts_over(tmp_path, capsys):
     from benchmark.cache import ArtifactCache
 
