@@ -680,3 +680,13 @@ def test_robustness_adds_the_lowest_rate_no_defense_learns_beside_an_attack_it_d
                for n in iso.notes)
     unswept = robustness.robustness(frame(recs[:1] + recs[4:5]))[0]
     assert "narcissus TPR" in unswept.mean.columns and len(unswept.mean.columns) == 2
+    # another dataset that learns Narcissus at its reference rate keeps its 0.005 cells out of
+    # the column chosen for cifar10
+    other = [record("narcissus", d, sets=["dataset=gtsrb", *s], ca=70, asr=95,
+                    **({"tpr": 50, "fpr": 1} if d == "pipd" else {}))
+             for d in ("no_defense", "pipd") for s in ([], ["narcissus.rate=0.005"])]
+    iso = robustness.robustness(frame(recs + other))[0]
+    col = "narcissus at 0.005 (lowest learned) TPR"
+    assert iso.mean.loc[("cifar10", "pipd"), col] == pytest.approx(70)
+    gtsrb = iso.mean.loc[("gtsrb", "pipd")]
+    assert math.isnan(gtsrb[col]) and gtsrb["narcissus TPR"] == pytest.approx(50)

@@ -48,13 +48,15 @@ COMMAND = ("python run_benchmark.py --grid {grid} --attacks adaptive_blend,tact,
 Columns = dict[str, tuple[str, dict[str, Any]]]  # column -> (attack, its settings)
 
 
-def lowest_learned(ok: pd.DataFrame) -> Columns:
+def lowest_learned(ok: pd.DataFrame) -> tuple[Columns, dict[str, set[str]]]:
     """A column for each adaptive attack that No Defense does not learn at its reference settings
     on some dataset (mean ASR over seeds below ``LEARNED_ASR``): the lowest poison rate at which
     No Defense's records there learn it, among the records whose one attack setting is the
-    rate; no column where none of them learns it."""
+    rate; no column where none of them learns it. With each column, the datasets it was chosen
+    for: another dataset's cells at that rate are not its lowest learned rate."""
     base = ok[ok["defense_label"] == "no_defense"]
     extra: Columns = {}
+    chosen: dict[str, set[str]] = {}
     for attack, settings in ADAPTIVE.values():
         key, mine = f"{attack}.rate", base[base["attack"] == attack]
         # (astype: an empty frame's map is not boolean, and would select columns)
@@ -68,8 +70,10 @@ def lowest_learned(ok: pd.DataFrame) -> Columns:
             learned = by_rate[by_rate >= LEARNED_ASR]
             if len(learned):
                 rate = float(learned.index.min())
-                extra[f"{attack} at {rate:g} (lowest learned)"] = (attack, {key: rate})
-    return extra
+                col = f"{attack} at {rate:g} (lowest learned)"
+                extra[col] = (attack, {key: rate})
+                chosen.setdefault(col, set()).add(dataset)
+    return extra, chosen
 
 
 def column_of(attack: str, overrides: dict[str, Any], extra: Columns | None = None) -> str | None:
@@ -98,12 +102,17 @@ def _usable(df: pd.DataFrame) -> pd.DataFrame:
               & df["defense_overrides"].map(lambda o: not o)].copy()
 
 
-def _per_attack(ok: pd.DataFrame, metrics: list[str], extra: Columns) -> pd.DataFrame:
-    """Mean over seeds of every (dataset, method, attack) at the view's settings."""
+def _per_attack(ok: pd.DataFrame, metrics: list[str], extra: Columns,
+                chosen: dict[str, set[str]]) -> pd.DataFrame:
+    """Mean over seeds of every (dataset, method, attack) at the view's settings; a lowest
+    learned column holds the datasets it was chosen for only."""
     ok = ok.copy()
     ok["robust_column"] = [column_of(a, o, extra)
                            for a, o in zip(ok["attack"], ok["attack_overrides"], strict=True)]
     ok = ok[ok["robust_column"].notna()]
+    held = [col not in chosen or d in chosen[col] for col, d in zip(ok["robust_column"], ok["dataset"],
+                                                                    strict=True)]
+    ok = ok[pd.Series(held, index=ok.index, dtype=bool)]  # (a list would select columns when empty)
     keys = ["dataset", "defense_label", "robust_column", "attack_label"]
     return ok.groupby(keys, as_index=False)[metrics].mean()
 
@@ -126,9 +135,9 @@ def robustness(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
     """The isolation table (TPR / FPR) and the defended-model table (CA / ASR)."""
     metrics = ["tpr", "fpr", "ca", "asr"]
     ok = _usable(df) if not df.empty else df
-    extra = lowest_learned(ok) if not df.empty else {}
+    extra, chosen = lowest_learned(ok) if not df.empty else ({}, {})
     order = column_order(extra)
-    per = _per_attack(ok, metrics, extra) if not df.empty else pd.DataFrame(
+    per = _per_attack(ok, metrics, extra, chosen) if not df.empty else pd.DataFrame(
         columns=["dataset", "defense_label", "robust_column", "attack_label", *metrics])
     iso = per[per["tpr"].notna()]
     trained = df[df["trains_model"].astype(bool)]["defense_label"].unique() if not df.empty else []
