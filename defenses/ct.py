@@ -108,10 +108,11 @@ def confusion_shifts(iterations: int, classes: int) -> list[int]:
 
 
 def distill(losses: torch.Tensor, labels: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:
-    """Rows kept for the next round: the lowest ``ratio`` of the losses, and each class topped up
+    """Rows kept for the next round: the lowest ``ratio`` of the losses (at least two, what a
+    training step's BatchNorm needs, on a set too small for the ratio), and each class topped up
     with its lowest-loss rows to at least its size // ``floor``."""
     keep = torch.zeros(len(losses), dtype=torch.bool)
-    keep[losses.argsort()[:int(ratio * len(losses))]] = True
+    keep[losses.argsort()[:max(2, int(ratio * len(losses)))]] = True
     for c in labels.unique():
         rows = (labels == c).nonzero().flatten()
         need = len(rows) // floor - int(keep[rows].sum())

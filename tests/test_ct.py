@@ -24,6 +24,9 @@ def test_distill_keeps_the_lowest_losses_and_tops_up_every_class_to_its_floor():
     losses = torch.cat([torch.arange(100.0), 100 + torch.arange(100.0), 200 + torch.arange(100.0)])
     kept = distill(losses, labels, 0.1, 50)  # the 30 lowest are class 0's; floors: 100 // 50 = 2
     assert kept.tolist() == [*range(30), 100, 101, 200, 201]
+    # a set too small for the ratio keeps its two lowest (a fit's BatchNorm needs two)
+    small = distill(torch.tensor([3.0, 1.0, 2.0, 5.0]), torch.zeros(4, dtype=torch.long), 0.04, 50)
+    assert small.tolist() == [1, 2]
 
 
 def test_the_likelihood_ratio_and_the_class_rule():
