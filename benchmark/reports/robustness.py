@@ -99,7 +99,7 @@ def _usable(df: pd.DataFrame) -> pd.DataFrame:
     """Records the view reads: ok, no fault injection, current versions, the defense at its
     defaults."""
     return df[(df["status"] == "ok") & df["fault_ratio"].isna() & df["current"].astype(bool)
-              & df["defense_overrides"].map(lambda o: not o)].copy()
+              & df["defense_overrides"].map(lambda o: not o)]
 
 
 def _per_attack(ok: pd.DataFrame, metrics: list[str], extra: Columns,
@@ -134,11 +134,14 @@ def _table(rows: pd.DataFrame, name: str, title: str, metrics: dict[str, str], g
 def robustness(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
     """The isolation table (TPR / FPR) and the defended-model table (CA / ASR)."""
     metrics = ["tpr", "fpr", "ca", "asr"]
-    ok = _usable(df) if not df.empty else df
-    extra, chosen = lowest_learned(ok) if not df.empty else ({}, {})
+    if df.empty:
+        extra: Columns = {}
+        per = pd.DataFrame(columns=["dataset", "defense_label", "robust_column", "attack_label", *metrics])
+    else:
+        ok = _usable(df)
+        extra, chosen = lowest_learned(ok)
+        per = _per_attack(ok, metrics, extra, chosen)
     order = column_order(extra)
-    per = _per_attack(ok, metrics, extra, chosen) if not df.empty else pd.DataFrame(
-        columns=["dataset", "defense_label", "robust_column", "attack_label", *metrics])
     iso = per[per["tpr"].notna()]
     trained = df[df["trains_model"].astype(bool)]["defense_label"].unique() if not df.empty else []
     defended = per[per["defense_label"].isin(trained)]
