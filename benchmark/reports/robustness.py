@@ -137,13 +137,14 @@ def robustness(df: pd.DataFrame, grid: str = "quick") -> list[Table]:
     if df.empty:
         extra: Columns = {}
         per = pd.DataFrame(columns=["dataset", "defense_label", "robust_column", "attack_label", *metrics])
+        trained = []
     else:
         ok = _usable(df)
         extra, chosen = lowest_learned(ok)
         per = _per_attack(ok, metrics, extra, chosen)
+        trained = df[df["trains_model"].astype(bool)]["defense_label"].unique()
     order = column_order(extra)
     iso = per[per["tpr"].notna()]
-    trained = df[df["trains_model"].astype(bool)]["defense_label"].unique() if not df.empty else []
     defended = per[per["defense_label"].isin(trained)]
     tables = [
         _table(iso, "robustness_isolation", "Robustness: isolation TPR and FPR under the attacks "
